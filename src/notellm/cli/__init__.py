@@ -26,23 +26,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# (module, sub-app name or None for top-level commands, help)
-_GROUPS = [
-    ("quickstart", None, None),
-    ("data", "data", "Import notes into the Note table, make the demo corpus, mine pairs, split."),
-    ("pairs", None, None),
-    ("models", "models", "List and prepare backbones (the offline default, any HF id or folder)."),
-    ("train", None, None),
-    ("embed", None, None),
-    ("index", "index", "Build and inspect vector indexes of note embeddings."),
-    ("evaluate", "eval", "Evaluate models and baselines exactly as the papers measure."),
-    ("tag", None, None),
-    ("popularity", "popularity", "Predict a note's popularity (RedNoob): train, predict, eval."),
-    ("coldstart", "coldstart", "Cold-start popularity from a user's past posts (MultiSmpLLM, IDPOP)."),
-    ("serve", None, None),
+# Sub-command groups, and the modules whose commands fill them (None: top-level commands).
+_GROUP_HELP = {
+    "data": "Import notes into the Note table, make the demo corpus, split.",
+    "models": "List and prepare backbones (the offline default, any HF id or folder).",
+    "index": "Build and query vector indexes of note embeddings.",
+    "eval": "Evaluate models and baselines exactly as the papers measure.",
+    "popularity": "Predict a note's popularity (RedNoob): train, predict, eval.",
+    "coldstart": "Cold-start popularity from a user's past posts (MultiSmpLLM, IDPOP): sft, align, eval.",
+}
+_MODULES = [
+    ("quickstart", None), ("data", "data"), ("demo", "data"), ("split", "data"), ("pairs", None),
+    ("models", "models"), ("train", None), ("embed", None), ("index", "index"), ("recommend", None),
+    ("eval_recall", "eval"), ("eval_generation", "eval"), ("tag", None), ("popularity", "popularity"),
+    ("coldstart", "coldstart"), ("serve", None),
 ]
 
-for module_name, group, help_text in _GROUPS:
+_groups: dict[str, typer.Typer] = {}
+for module_name, group in _MODULES:
     try:
         module = importlib.import_module(f"notellm.cli.{module_name}")
     except ModuleNotFoundError as exc:  # a job whose module is not there yet
@@ -50,10 +51,13 @@ for module_name, group, help_text in _GROUPS:
             raise
         continue
     if group is None:
-        for command in module.app.registered_commands:
-            app.registered_commands.append(command)
+        target = app
+    elif group not in _groups:
+        target = _groups[group] = typer.Typer(no_args_is_help=True)
+        app.add_typer(target, name=group, help=_GROUP_HELP[group])
     else:
-        app.add_typer(module.app, name=group, help=help_text)
+        target = _groups[group]
+    target.registered_commands.extend(module.app.registered_commands)
 
 
 def main() -> None:
