@@ -1,0 +1,3 @@
+from notellm.cli import main
+
+main()

@@ -1,0 +1,253 @@
+"""A FAISS vector index of note embeddings, with the note ids and embedding metadata beside it.
+
+    index_dir/index.faiss   the FAISS index (inner product on L2-normalised vectors = cosine)
+    index_dir/index.json    ids (row order), dim, metric, kind, the index config, the embedding metadata
+    index_dir/notes.parquet optional: note_id, title, category of the indexed notes (titles in tables,
+                            the category filter of `neighbours_of`)
+
+Kinds: `flat` (exact, IndexFlatIP; the default), `hnsw` (IndexHNSWFlat: graph search, no training),
+`ivfpq` (inverted lists + product quantisation: compact, trained on the vectors, approximate).
+Every file is written to a temporary name and renamed; index.json is written last, so a folder with an
+index.json is complete.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from notellm.errors import ConfigError, DataError
+from notellm.io import atomic_path, read_json, write_json, write_parquet
+
+KINDS = ("flat", "hnsw", "ivfpq")
+INDEX_FILE, META_FILE, NOTES_FILE = "index.faiss", "index.json", "notes.parquet"
+METRIC = "cosine (inner product of L2-normalised vectors)"
+
+
+@dataclass
+class IndexConfig:
+    kind: str = "flat"
+    hnsw_m: int = 32                  # graph degree: more = better recall, more memory
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 64          # candidates searched per query: the recall/latency knob
+    ivf_nlist: int = 0                # inverted lists; 0 = about 4 * sqrt(n), at least 39 training vectors each
+    ivf_nprobe: int = 16              # lists visited per query
+    pq_m: int = 0                     # sub-quantisers; 0 = dim / 4 (must divide dim)
+    pq_nbits: int = 8
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ConfigError(f"index kind must be one of {KINDS}, got '{self.kind}'")
+
+
+def _as_matrix(vectors: Any, what: str) -> np.ndarray:
+    x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise DataError(f"{what} must be a 2-d array [n, dim], got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise DataError(f"{what} contain NaN or infinite values")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)  # cosine; vectors that are already unit length are unchanged
+
+
+def _make_faiss_index(x: np.ndarray, cfg: IndexConfig):
+    import faiss
+
+    n, d = x.shape
+    if cfg.kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif cfg.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = cfg.hnsw_ef_construction
+        index.hnsw.efSearch = cfg.hnsw_ef_search
+    else:
+        pq_m = cfg.pq_m or max(1, d // 4)
+        if d % pq_m:
+            raise ConfigError(f"pq_m={pq_m} must divide the vector dimension {d}")
+        need = 39 * (1 << cfg.pq_nbits)  # faiss wants ~39 training points per centroid
+        if n < need:
+            raise DataError(f"IVF-PQ with pq_nbits={cfg.pq_nbits} needs at least {need} vectors to train, got {n}; "
+                            f"use kind=flat or hnsw, or lower pq_nbits")
+        nlist = cfg.ivf_nlist or int(4 * math.sqrt(n))
+        nlist = max(1, min(nlist, n // 39))
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, cfg.pq_nbits, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = cfg.seed
+        index.pq.cp.seed = cfg.seed
+        index.train(x)
+        index.nprobe = min(cfg.ivf_nprobe, nlist)
+    index.add(x)
+    return index
+
+
+class NoteIndex:
+    """Note ids + a FAISS index over their embeddings (+ optionally the notes' titles and categories)."""
+
+    def __init__(self, ids: Sequence[str], index, meta: dict[str, Any], config: IndexConfig,
+                 notes: pa.Table | None = None, path: str | Path | None = None):
+        self.ids = [str(i) for i in ids]
+        self.row = {note_id: i for i, note_id in enumerate(self.ids)}
+        if len(self.row) != len(self.ids):
+            raise DataError("note ids of the index are not unique")
+        if index.ntotal != len(self.ids):
+            raise DataError(f"the index holds {index.ntotal} vectors but {len(self.ids)} note ids",
+                            file=str(path) if path else None)
+        self.index, self.meta, self.config, self.path = index, dict(meta), config, path
+        self.notes = notes
+        self._categories: dict[str, list[str]] | None = None
+        self._titles: dict[str, str] | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    # ---- queries ----
+    def check_dim(self, dim: int, what: str = "query vectors") -> None:
+        if dim != self.dim:
+            raise DataError(f"{what} have dimension {dim} but the index{f' {self.path}' if self.path else ''} "
+                            f"holds vectors of dimension {self.dim} (model {self.meta.get('model', '?')})")
+
+    def search(self, vectors: Any, k: int = 10) -> tuple[list[list[str]], np.ndarray]:
+        """The k nearest notes of each query vector: (ids per query, cosine scores [n, k]); fewer than k ids
+        (and -inf scores) when the index has fewer notes than k or an approximate index finds fewer."""
+        x = _as_matrix(vectors, "query vectors")
+        self.check_dim(x.shape[1])
+        k = max(1, min(int(k), len(self)))
+        scores, rows = self.index.search(x, k)
+        ids = [[self.ids[r] for r in row if r >= 0] for row in rows]
+        return ids, np.where(rows >= 0, scores, -np.inf)
+
+    def vector_of(self, note_id: str) -> np.ndarray:
+        """The stored vector of an indexed note (approximate for ivfpq, which keeps only codes)."""
+        if note_id not in self.row:
+            raise DataError(f"note id '{note_id}' is not in the index ({len(self):,} notes"
+                            f"{f' in {self.path}' if self.path else ''})", field="note_id")
+        if self.config.kind == "ivfpq" and not getattr(self, "_direct_map", False):
+            self.index.make_direct_map()
+            self._direct_map = True
+        return self.index.reconstruct(self.row[note_id])
+
+    def neighbours_of(self, note_id: str, k: int = 10, exclude_self: bool = True,
+                      category: str | None = None) -> list[tuple[str, float]]:
+        """The k notes nearest to an indexed note, as (note_id, cosine)."""
+        exclude = {note_id} if exclude_self else set()
+        return self.neighbours_of_vector(self.vector_of(note_id), k, exclude=exclude, category=category)
+
+    def neighbours_of_vector(self, vector: Any, k: int = 10, exclude: set[str] = frozenset(),
+                             category: str | None = None) -> list[tuple[str, float]]:
+        """The k notes nearest to a vector; `category` keeps notes whose category (any level) equals it.
+        Filters are applied to an over-fetched result list that grows until k notes pass or the index is done."""
+        categories = self.categories() if category is not None else None
+        fetch = (k + len(exclude)) * (4 if category is not None else 1)
+        while True:
+            ids, scores = self.search(vector, fetch)
+            hits = [(i, float(s)) for i, s in zip(ids[0], scores[0])
+                    if i not in exclude and (categories is None or category in categories.get(i, ()))]
+            if len(hits) >= k or fetch >= len(self):
+                return hits[:k]
+            fetch = min(len(self), fetch * 4)
+
+    # ---- the attached notes ----
+    def categories(self) -> dict[str, list[str]]:
+        if self.notes is None or "category" not in self.notes.column_names:
+            raise DataError("this index has no notes table attached, so it cannot filter by category "
+                            "(build it with --notes notes.parquet)")
+        if self._categories is None:
+            self._categories = dict(zip(self.notes.column("note_id").to_pylist(),
+                                        (c or [] for c in self.notes.column("category").to_pylist())))
+        return self._categories
+
+    def titles(self) -> dict[str, str]:
+        if self.notes is None:
+            return {}
+        if self._titles is None:
+            self._titles = dict(zip(self.notes.column("note_id").to_pylist(), self.notes.column("title").to_pylist()))
+        return self._titles
+
+    # ---- persistence ----
+    @staticmethod
+    def load(index_dir: str | Path) -> "NoteIndex":
+        return load_index(index_dir)
+
+    def info(self) -> dict[str, Any]:
+        return {"kind": self.config.kind, "count": len(self), "dim": self.dim, "metric": METRIC,
+                "config": asdict(self.config), "embedding": self.meta, "notes_attached": self.notes is not None}
+
+    def save(self, out_dir: str | Path) -> Path:
+        import faiss
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / INDEX_FILE, suffix=".faiss") as tmp:
+            faiss.write_index(self.index, str(tmp))
+        if self.notes is not None:
+            write_parquet(self.notes, out / NOTES_FILE)
+        elif (out / NOTES_FILE).exists():
+            (out / NOTES_FILE).unlink()  # a stale table from an earlier build would describe other notes
+        write_json({**self.info(), "ids": self.ids}, out / META_FILE)
+        self.path = out
+        return out
+
+
+def build_index(ids: Sequence[str], vectors: Any, meta: dict[str, Any] | None = None, kind: str | None = None,
+                config: IndexConfig | None = None, notes: pa.Table | None = None) -> NoteIndex:
+    """Index `vectors` (rows L2-normalised here) under `ids`. `notes`: a Note table whose rows for these ids
+    (note_id, title, category) are kept with the index."""
+    cfg = config or IndexConfig()
+    if kind is not None:
+        cfg = IndexConfig(**{**asdict(cfg), "kind": kind})
+    x = _as_matrix(vectors, "vectors")
+    if len(ids) != x.shape[0]:
+        raise DataError(f"{len(ids)} note ids but {x.shape[0]} vectors")
+    if x.shape[0] == 0:
+        raise DataError("no vectors to index")
+    meta = dict(meta or {})
+    if meta.get("dim") not in (None, x.shape[1]):
+        raise DataError(f"the embedding metadata says dimension {meta['dim']} but the vectors have {x.shape[1]}")
+    return NoteIndex(ids, _make_faiss_index(x, cfg), meta, cfg, _notes_subset(notes, ids))
+
+
+def _notes_subset(notes: pa.Table | None, ids: Sequence[str]) -> pa.Table | None:
+    if notes is None:
+        return None
+    wanted = set(map(str, ids))
+    note_ids = notes.column("note_id").to_pylist()
+    keep = [i for i, n in enumerate(note_ids) if str(n) in wanted]
+    cols = [c for c in ("note_id", "title", "category") if c in notes.column_names]
+    return notes.select(cols).take(pa.array(keep, type=pa.int64()))
+
+
+def load_index(index_dir: str | Path) -> NoteIndex:
+    import faiss
+
+    path = Path(index_dir)
+    for name in (INDEX_FILE, META_FILE):
+        if not (path / name).exists():
+            raise DataError(f"not an index folder (missing {name}); build one with `notellm index build`",
+                            file=str(path))
+    info = read_json(path / META_FILE)
+    index = faiss.read_index(str(path / INDEX_FILE))
+    if index.d != info["dim"]:
+        raise DataError(f"{INDEX_FILE} has dimension {index.d} but {META_FILE} says {info['dim']}", file=str(path))
+    cfg = IndexConfig(**info["config"])
+    if cfg.kind == "hnsw":  # search-time settings are not part of the FAISS file
+        index.hnsw.efSearch = cfg.hnsw_ef_search
+    elif cfg.kind == "ivfpq":
+        faiss.extract_index_ivf(index).nprobe = min(cfg.ivf_nprobe, faiss.extract_index_ivf(index).nlist)
+    notes = None
+    if (path / NOTES_FILE).exists():
+        import pyarrow.parquet as pq
+
+        notes = pq.read_table(path / NOTES_FILE)
+    return NoteIndex(info["ids"], index, info.get("embedding", {}), cfg, notes, path)

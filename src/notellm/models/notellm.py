@@ -1,0 +1,237 @@
+"""NoteLLM: a causal LM that compresses a note (its Note Compression Prompt) into one token.
+
+The note's embedding is the last-layer hidden state at the position just before `[EMB]` (the opening quote,
+as the reference code; `pooling="emb"` takes `[EMB]` itself, `"last"` the last prompt token, `"mean"` the mean
+over the prompt), projected by Linear(hidden, dim, bias=False) and L2-normalised. The same forward pass feeds
+the generation (CSFT) loss on the answer tokens that follow.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from notellm.models.prompts import EMB_TOKEN, TASK_EMBED, NotePrompt, PromptConfig, build_prompt
+
+POOLINGS = ("before_emb", "emb", "last", "mean")
+MODEL_CARD = "notellm.json"
+HEAD_FILE = "head.safetensors"
+
+
+@dataclass
+class NoteLLMConfig:
+    backbone: str = "gemma-3-270m"
+    dim: int = 128                  # projection size (paper 128; reference code 64); 0 = no projection
+    pooling: str = "before_emb"
+    max_length: int = 140           # tokens, prompt + answer
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+
+    def __post_init__(self):
+        if isinstance(self.prompt, dict):
+            self.prompt = PromptConfig(**self.prompt)
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got '{self.pooling}'")
+
+
+def add_emb_token(model, tokenizer, token: str = EMB_TOKEN) -> int:
+    """Add `token` to the tokenizer; its input row starts at the mean of the existing embeddings."""
+    if token in tokenizer.get_vocab():
+        return tokenizer.convert_tokens_to_ids(token)
+    tokenizer.add_special_tokens({"additional_special_tokens": [token]}, replace_extra_special_tokens=False) \
+        if _accepts_replace(tokenizer) else tokenizer.add_special_tokens({"additional_special_tokens": [token]})
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    old = model.get_input_embeddings().weight
+    mean = old.detach().float().mean(dim=0)
+    if token_id >= old.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[token_id] = mean.to(old.dtype)
+    return token_id
+
+
+def _accepts_replace(tokenizer) -> bool:
+    import inspect
+
+    return "replace_extra_special_tokens" in inspect.signature(tokenizer.add_special_tokens).parameters
+
+
+class NoteLLM(nn.Module):
+    """Backbone LM + projection. `lm` may be a PEFT model (LoRA)."""
+
+    def __init__(self, lm, tokenizer, config: NoteLLMConfig, emb_token_id: int | None = None):
+        super().__init__()
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.config = config
+        self.emb_token_id = emb_token_id if emb_token_id is not None else add_emb_token(lm, tokenizer)
+        hidden = lm.config.get_text_config().hidden_size if hasattr(lm.config, "get_text_config") else lm.config.hidden_size
+        # dim 0: the raw hidden state (zero-shot baselines: an untrained projection would only distort it)
+        self.proj = nn.Linear(hidden, config.dim, bias=False) if config.dim > 0 else nn.Identity()
+        self.dim = config.dim or hidden
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.get_input_embeddings().weight.device
+
+    # ---- tokenisation ----------------------------------------------------------------------------------
+    def encode_prompts(self, prompts: Sequence[NotePrompt], with_answers: bool = True) -> dict[str, torch.Tensor]:
+        """Token ids (right-padded), attention mask, answer labels (-100 elsewhere) and the [EMB] positions."""
+        return self.pad(*self.tokenize(prompts, with_answers))
+
+    def tokenize(self, prompts: Sequence[NotePrompt], with_answers: bool = True) -> tuple[list, list]:
+        """Per prompt: token ids (prefix + answer + eos) and labels (-100 on the prefix)."""
+        tok = self.tokenizer
+        eos = tok.eos_token_id
+        rows, labels = [], []
+        for p in prompts:
+            prefix = self._fit_prefix(tok(p.prefix, add_special_tokens=True)["input_ids"])
+            answer = tok(p.answer, add_special_tokens=False)["input_ids"] + [eos] if (with_answers and p.answer) else []
+            answer = answer[: max(0, self.config.max_length - len(prefix))]
+            rows.append(prefix + answer)
+            labels.append([-100] * len(prefix) + answer)
+        return rows, labels
+
+    def _fit_prefix(self, ids: list[int]) -> list[int]:
+        """Keep the prompt within max_length by dropping note tokens just before the compression sentence."""
+        budget = self.config.max_length - 8  # room for at least a few answer tokens
+        if len(ids) <= budget:
+            return ids
+        emb = ids.index(self.emb_token_id)
+        tail_start = max(1, emb - 8)  # the compression sentence's opening ('，压缩为一个词：“') stays
+        drop = len(ids) - budget
+        return ids[: max(1, tail_start - drop)] + ids[tail_start:]
+
+    def pad(self, rows: list[list[int]], labels: list[list[int]]) -> dict[str, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        lab = torch.full((len(rows), width), -100, dtype=torch.long)
+        emb_pos = torch.zeros(len(rows), dtype=torch.long)
+        for i, (r, l) in enumerate(zip(rows, labels)):
+            input_ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+            lab[i, : len(l)] = torch.tensor(l)
+            if self.emb_token_id not in r:
+                raise ValueError("the prompt lost its [EMB] token; raise max_length")
+            emb_pos[i] = r.index(self.emb_token_id)
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": lab, "emb_pos": emb_pos}
+
+    def prompts_for(self, notes: Sequence[dict[str, Any]], task: str = TASK_EMBED) -> list[NotePrompt]:
+        return [build_prompt(n, task, self.config.prompt) for n in notes]
+
+    # ---- forward ---------------------------------------------------------------------------------------
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last-layer hidden states, without computing vocabulary logits."""
+        decoder = self.lm.get_decoder()
+        return decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor, emb_pos: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        pooling = self.config.pooling
+        if pooling == "before_emb":
+            return hidden[rows, emb_pos - 1]
+        if pooling == "emb":
+            return hidden[rows, emb_pos]
+        if pooling == "last":
+            return hidden[rows, attention_mask.sum(1) - 1]
+        upto = (torch.arange(hidden.shape[1], device=hidden.device)[None, :] <= emb_pos[:, None]).to(hidden.dtype)
+        return (hidden * upto[..., None]).sum(1) / upto.sum(1, keepdim=True)
+
+    def embed_hidden(self, pooled: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.proj, nn.Linear):
+            pooled = pooled.to(self.proj.weight.dtype)
+        return F.normalize(self.proj(pooled).float(), dim=-1)
+
+    def forward(self, input_ids, attention_mask, emb_pos, labels=None) -> dict[str, torch.Tensor]:
+        """Embeddings of every row and, when labels are given, logits at the answer positions only."""
+        hidden = self.hidden_states(input_ids, attention_mask)
+        out = {"embeddings": self.embed_hidden(self.pool(hidden, attention_mask, emb_pos))}
+        if labels is not None:
+            # position k predicts token k+1: keep only positions whose next token is an answer token
+            next_labels = labels[:, 1:]
+            keep = next_labels != -100
+            head = self.lm.get_output_embeddings()
+            logits = head(hidden[:, :-1][keep])
+            softcap = getattr(self.lm.config, "final_logit_softcapping", None)
+            if softcap:
+                logits = torch.tanh(logits / softcap) * softcap
+            out["answer_logits"] = logits
+            out["answer_labels"] = next_labels[keep]
+        return out
+
+    @torch.inference_mode()
+    def embed_notes(self, notes: Sequence[dict[str, Any]]) -> torch.Tensor:
+        batch = self.encode_prompts(self.prompts_for(notes), with_answers=False)
+        return self(batch["input_ids"], batch["attention_mask"], batch["emb_pos"])["embeddings"]
+
+    # ---- saving ----------------------------------------------------------------------------------------
+    def card(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"format": "notellm/1", "config": asdict(self.config), "emb_token": EMB_TOKEN, **(extra or {})}
+
+    def save(self, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """A self-describing folder: notellm.json, the LoRA adapter or full weights, the head, the tokenizer."""
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        is_peft = hasattr(self.lm, "peft_config")
+        if is_peft:
+            self.lm.save_pretrained(out / "adapter")
+        else:
+            self.lm.save_pretrained(out / "backbone")
+        self.tokenizer.save_pretrained(out / "tokenizer")
+        head = {k: v.detach().float().contiguous() for k, v in self.proj.state_dict().items()}
+        save_file(head or {"identity": torch.zeros(0)}, str(out / HEAD_FILE))
+        card = self.card({"weights": "lora" if is_peft else "full", **(extra or {})})
+        (out / MODEL_CARD).write_text(json.dumps(card, ensure_ascii=False, indent=2), encoding="utf-8")
+        return out
+
+
+def build_notellm(config: NoteLLMConfig, dtype: str = "float32", seed: int = 0) -> NoteLLM:
+    """A fresh NoteLLM on `config.backbone` (projection initialised with `seed`)."""
+    from notellm.models.backbone import load_backbone
+
+    lm, tokenizer = load_backbone(config.backbone, dtype=dtype, seed=seed)
+    torch.manual_seed(seed)
+    return NoteLLM(lm, tokenizer, config)
+
+
+def load_notellm(model_dir: str | Path, dtype: str = "float32", merge_lora: bool = True) -> NoteLLM:
+    """Load a folder written by `NoteLLM.save` (or by `notellm train`)."""
+    from safetensors.torch import load_file
+
+    from notellm.errors import NotellmError
+    from notellm.models.backbone import load_backbone
+
+    model_dir = Path(model_dir)
+    card_path = model_dir / MODEL_CARD
+    if not card_path.exists():
+        raise NotellmError(f"{model_dir} is not a notellm model folder (no {MODEL_CARD})")
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    config = NoteLLMConfig(**card["config"])
+    if card.get("weights") == "full":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer")
+        lm = AutoModelForCausalLM.from_pretrained(model_dir / "backbone", dtype=getattr(torch, dtype))
+    else:
+        lm, tokenizer = load_backbone(config.backbone, dtype=dtype, seed=card.get("backbone_seed", 0))
+        add_emb_token(lm, tokenizer)
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, model_dir / "adapter")
+        if merge_lora:
+            lm = lm.merge_and_unload()
+    model = NoteLLM(lm, tokenizer, config, emb_token_id=tokenizer.convert_tokens_to_ids(EMB_TOKEN))
+    if isinstance(model.proj, nn.Linear):
+        model.proj.load_state_dict({"weight": load_file(str(model_dir / HEAD_FILE))["weight"]})
+        model.proj.float()
+    model.card_data = card
+    return model.eval()

@@ -1,0 +1,449 @@
+"""`notellm train`: Generative Contrastive Learning + Collaborative SFT for NoteLLM (LoRA or full).
+
+An explicit loop (nanoGPT-style) on top of accelerate, so the same code runs on a laptop CPU and, through
+`accelerate launch` with the shipped DeepSpeed / FSDP configs, on many GPUs and machines:
+
+    setup -> for each step: batch -> forward (embeddings + answer logits) -> loss -> backward -> step
+          -> log / validate / checkpoint  -> save the model folder
+
+Checkpoints hold the trainable weights, optimizer, scheduler, data position and RNG states; a run started
+again with the same output_dir continues exactly where the last checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from notellm.errors import DataError
+from notellm.models.notellm import NoteLLM, NoteLLMConfig
+from notellm.models.prompts import TASK_CATEGORY, TASK_EMBED, TASK_HASHTAG, NotePrompt, build_prompt
+from notellm.training.losses import NoteLLMLoss
+
+OBJECTIVES = ("notellm", "gcl", "csft")
+
+
+@dataclass
+class LoraSettings:
+    enabled: bool = True
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    train_emb_token: bool = True  # the [EMB] input row trains (peft trainable_token_indices)
+
+
+@dataclass
+class TrainConfig:
+    notes: str = ""                     # Note table (Parquet)
+    train_pairs: str = ""               # pairs (note_a, note_b[, score]); unused by objective=csft
+    val_pairs: str | None = None        # validation pairs: loss and Recall@K during training
+    output_dir: str = "runs/notellm"
+    model: NoteLLMConfig = field(default_factory=NoteLLMConfig)
+    objective: str = "notellm"          # notellm = GCL + CSFT | gcl | csft (generation only)
+    gen_weight: float = 0.01            # a in L = (L_cl + a L_gen) / (1 + a)
+    topic_rate: float = 0.4             # share of notes given the hashtag task (the rest: category)
+    init_log_scale: float = 3.0
+    max_scale: float = 100.0
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    scheduler: str = "cosine"
+    batch_pairs: int = 16               # pairs per process per step (2x notes); csft: notes per step
+    grad_accum: int = 1
+    epochs: float = 1.0
+    max_steps: int = -1
+    max_minutes: float | None = None    # stop (and save) after this much wall time
+    bf16: str = "auto"                  # auto | true | false
+    gradient_checkpointing: bool = False
+    log_every: int = 10
+    eval_every: int = 0                 # 0: only at the end
+    eval_ks: list[int] = field(default_factory=lambda: [10, 50, 100])
+    save_every: int = 50
+    keep_checkpoints: int = 2
+    seed: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            self.model = NoteLLMConfig(**self.model)
+        if isinstance(self.lora, dict):
+            self.lora = LoraSettings(**self.lora)
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got '{self.objective}'")
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+class NoteStore:
+    """Note-table rows by id, as dicts (what prompts are built from)."""
+
+    def __init__(self, notes_path: str):
+        from notellm.data.schema import read_notes
+
+        table = read_notes(notes_path)
+        cols = ["note_id", "title", "content", "hashtags", "category", "image_paths"]
+        self.rows = {r["note_id"]: r for r in table.select(cols).to_pylist()}
+        self.path = notes_path
+
+    def __getitem__(self, note_id: str) -> dict[str, Any]:
+        return self.rows[note_id]
+
+    def check_ids(self, ids: list[str], source: str, field_name: str) -> None:
+        for i, note_id in enumerate(ids, start=1):
+            if note_id not in self.rows:
+                raise DataError(f"note id '{note_id}' is not in the note table {self.path}",
+                                file=source, row=i, field=field_name)
+
+
+def read_pairs(path: str, store: NoteStore) -> list[tuple[str, str]]:
+    import pyarrow.parquet as pq
+
+    if not Path(path).exists():
+        raise DataError("pairs file does not exist", file=path)
+    table = pq.read_table(path)
+    for col in ("note_a", "note_b"):
+        if col not in table.column_names:
+            raise DataError(f"missing column '{col}'", file=path, field=col)
+    a, b = table["note_a"].to_pylist(), table["note_b"].to_pylist()
+    store.check_ids(a, path, "note_a")
+    store.check_ids(b, path, "note_b")
+    return list(zip(a, b))
+
+
+def assign_task(note: dict[str, Any], seed: int, epoch: int, slot: int, topic_rate: float) -> tuple[str, int | None]:
+    """Task for one note occurrence: hashtag (one tag removed becomes the target) with probability topic_rate,
+    else category. Drawn from (seed, epoch, slot), so it is resampled every epoch and identical on resume."""
+    rng = np.random.default_rng([seed, epoch, slot])
+    tags, category = note.get("hashtags") or [], note.get("category") or []
+    wants_tags = rng.random() < topic_rate
+    if tags and (wants_tags or not category):
+        return TASK_HASHTAG, int(rng.integers(len(tags)))
+    if category:
+        return TASK_CATEGORY, None
+    return TASK_EMBED, None
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch, 7]).permutation(n)
+
+
+# ---- the module trained ----------------------------------------------------------------------------------
+class TrainModule(nn.Module):
+    """Model + loss in one module, so DDP / DeepSpeed / FSDP see every trainable parameter (incl. the scale)."""
+
+    def __init__(self, model: NoteLLM, loss: NoteLLMLoss, objective: str):
+        super().__init__()
+        self.model, self.loss, self.objective = model, loss, objective
+
+    def forward(self, input_ids, attention_mask, emb_pos, labels) -> dict[str, torch.Tensor]:
+        out = self.model(input_ids, attention_mask, emb_pos, labels if self.objective != "gcl" else None)
+        if self.objective == "csft":
+            l_gen = self.loss.generative(out["answer_logits"], out["answer_labels"])
+            return {"loss": l_gen, "generative": l_gen.detach(), "contrastive": torch.zeros(()),
+                    "scale": self.loss.contrastive.scale.detach()}
+        emb = out["embeddings"]
+        return self.loss(emb[0::2], emb[1::2], out.get("answer_logits"), out.get("answer_labels"))
+
+
+def apply_lora(model: NoteLLM, settings: LoraSettings) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    kwargs: dict[str, Any] = {}
+    if settings.train_emb_token:
+        kwargs["trainable_token_indices"] = [model.emb_token_id]
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=settings.target_modules, task_type="CAUSAL_LM", **kwargs)
+    model.lm = get_peft_model(model.lm, config)
+
+
+def use_bf16(setting: str) -> bool:
+    if setting in ("true", True):
+        return True
+    if setting in ("false", False):
+        return False
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------------
+def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    done = sorted(p for p in (output_dir / "checkpoints").glob("step-*") if (p / "state.json").exists()
+                  and not p.name.endswith(".tmp"))
+    return done[-1] if done else None
+
+
+def save_checkpoint(output_dir: Path, module: nn.Module, optimizer, scheduler, position: dict, keep: int) -> Path:
+    """Write step-N.tmp, then rename: a kill mid-write leaves the previous checkpoint intact."""
+    from safetensors.torch import save_file
+
+    final = output_dir / "checkpoints" / f"step-{position['step']:07d}"
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(trainable_state(module), str(tmp / "trainable.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+    torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+               tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps(position), encoding="utf-8")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in sorted((output_dir / "checkpoints").glob("step-???????"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, module: nn.Module, optimizer, scheduler) -> dict:
+    from safetensors.torch import load_file
+
+    state = load_file(str(path / "trainable.safetensors"))
+    params = dict(module.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in state]
+    if missing:
+        raise DataError(f"checkpoint does not match the model: {len(missing)} trainable tensors missing, "
+                        f"e.g. {missing[:3]}", file=str(path))
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)
+    optim = torch.load(path / "optim.pt", weights_only=False)
+    optimizer.load_state_dict(optim["optimizer"])
+    scheduler.load_state_dict(optim["scheduler"])
+    rng = torch.load(path / "rng.pt", weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    return json.loads((path / "state.json").read_text(encoding="utf-8"))
+
+
+# ---- the trainer -----------------------------------------------------------------------------------------
+class NoteLLMTrainer:
+    """Builds everything from a TrainConfig; `train()` runs (or resumes) the loop and saves the model folder."""
+
+    def __init__(self, config: TrainConfig, model: NoteLLM | None = None, accelerator=None):
+        from accelerate import Accelerator
+
+        self.cfg = config
+        self.out = Path(config.output_dir)
+        self.bf16 = use_bf16(config.bf16)
+        self.accelerator = accelerator or Accelerator(mixed_precision="bf16" if self.bf16 else "no")
+        self.store = NoteStore(config.notes)
+        self.items = self._read_items()
+        self.model = model or self._build_model()
+        self.loss = NoteLLMLoss(config.gen_weight, config.init_log_scale, config.max_scale)
+        self.module = TrainModule(self.model, self.loss, config.objective)
+
+    # setup
+    def _read_items(self) -> list:
+        if self.cfg.objective == "csft":
+            return list(self.store.rows)
+        return read_pairs(self.cfg.train_pairs, self.store)
+
+    def _build_model(self) -> NoteLLM:
+        from notellm.models.notellm import build_notellm
+
+        # LoRA on bf16 hardware: frozen base weights in bf16, trainable weights in fp32 (stable, ~3x faster)
+        dtype = "bfloat16" if (self.bf16 and self.cfg.lora.enabled) else "float32"
+        model = build_notellm(self.cfg.model, dtype=dtype, seed=self.cfg.seed)
+        model.proj.float()
+        if self.cfg.lora.enabled:
+            apply_lora(model, self.cfg.lora)
+            for p in model.lm.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
+        if self.cfg.gradient_checkpointing:
+            model.lm.gradient_checkpointing_enable()
+            if self.cfg.lora.enabled:
+                model.lm.enable_input_require_grads()
+        return model
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    def steps_per_epoch(self) -> int:
+        global_batch = self.cfg.batch_pairs * self.world
+        steps = len(self.items) // global_batch // self.cfg.grad_accum
+        if steps == 0:
+            raise DataError(f"{len(self.items)} training items cannot fill one global batch of {global_batch}"
+                            f" x {self.cfg.grad_accum} accumulation steps", file=self.cfg.train_pairs or self.cfg.notes)
+        return steps
+
+    def total_steps(self) -> int:
+        total = math.ceil(self.cfg.epochs * self.steps_per_epoch())
+        return min(total, self.cfg.max_steps) if self.cfg.max_steps > 0 else total
+
+    # batches
+    def micro_batches(self, epoch: int, start_micro: int) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+        """This process's micro-batches of one epoch (a fixed permutation), from `start_micro` on."""
+        order = epoch_order(len(self.items), self.cfg.seed, epoch)
+        per_process = self.cfg.batch_pairs
+        global_batch = per_process * self.world
+        n_micro = len(order) // global_batch
+        for micro in range(start_micro, n_micro):
+            chunk = order[micro * global_batch: (micro + 1) * global_batch]
+            mine = chunk[self.rank * per_process: (self.rank + 1) * per_process]
+            yield micro, self.collate([int(i) for i in mine], epoch)
+
+    def collate(self, indices: list[int], epoch: int) -> dict[str, torch.Tensor]:
+        prompts: list[NotePrompt] = []
+        for index in indices:
+            item = self.items[index]
+            ids = (item,) if isinstance(item, str) else item
+            for side, note_id in enumerate(ids):
+                note = self.store[note_id]
+                task, removed = assign_task(note, self.cfg.seed, epoch, 2 * index + side, self.cfg.topic_rate)
+                prompts.append(build_prompt(note, task, self.cfg.model.prompt, removed_tag_index=removed))
+        return self.model.encode_prompts(prompts, with_answers=self.cfg.objective != "gcl")
+
+    # loop
+    def _optimizer(self):
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def train(self) -> dict[str, Any]:
+        from transformers import get_scheduler
+
+        cfg, acc = self.cfg, self.accelerator
+        torch.manual_seed(cfg.seed)
+        total = self.total_steps()
+        optimizer = self._optimizer()
+        scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total),
+                                  num_training_steps=total)
+        module, optimizer = acc.prepare(self.module, optimizer)
+        position = {"step": 0, "epoch": 0, "micro": 0}
+        checkpoint = latest_checkpoint(self.out)
+        if checkpoint is not None:
+            position = load_checkpoint(checkpoint, acc.unwrap_model(module), optimizer, scheduler)
+            self._log({"event": "resumed", "from": str(checkpoint), **position})
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "train_config.json").write_text(json.dumps(asdict(cfg), ensure_ascii=False, indent=2), "utf-8")
+        summary = self._loop(module, optimizer, scheduler, position, total)
+        return summary
+
+    def _loop(self, module, optimizer, scheduler, position: dict, total: int) -> dict[str, Any]:
+        from notellm.cli.common import progress
+
+        cfg, acc = self.cfg, self.accelerator
+        started, tokens, pairs, last = time.time(), 0, 0, {}
+        stop = position["step"] >= total
+        module.train()
+        with progress() as bar:
+            task = bar.add_task("train", total=total, completed=position["step"])
+            while not stop:
+                accum = 0
+                for micro, batch in self.micro_batches(position["epoch"], position["micro"]):
+                    with acc.autocast():
+                        out = module(**batch)
+                    acc.backward(out["loss"] / cfg.grad_accum)
+                    tokens += int(batch["attention_mask"].sum()) * self.world
+                    pairs += cfg.batch_pairs * self.world
+                    accum += 1
+                    position["micro"] = micro + 1
+                    if accum < cfg.grad_accum:
+                        continue
+                    accum = 0
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    position["step"] += 1
+                    last = {k: float(v.detach()) for k, v in out.items()}
+                    bar.update(task, advance=1, description=f"train loss {last['loss']:.3f}")
+                    stop = self._after_step(module, optimizer, scheduler, position, total, last, started,
+                                            tokens, pairs)
+                    if stop:
+                        break
+                else:
+                    position.update(epoch=position["epoch"] + 1, micro=0)
+        return self._finish(module, optimizer, scheduler, position, last, started)
+
+    def _after_step(self, module, optimizer, scheduler, position, total, last, started, tokens, pairs) -> bool:
+        cfg = self.cfg
+        elapsed = time.time() - started
+        if position["step"] % cfg.log_every == 0 or position["step"] == 1:
+            self._log({"step": position["step"], "epoch": position["epoch"], **last,
+                       "temperature": 1.0 / last["scale"], "lr": scheduler.get_last_lr()[0],
+                       "pairs_per_s": pairs / elapsed, "tokens_per_s": tokens / elapsed})
+        if cfg.eval_every and position["step"] % cfg.eval_every == 0:
+            self._log({"step": position["step"], **self.validate()})
+            module.train()
+        out_of_time = cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60
+        done = position["step"] >= total or out_of_time
+        if cfg.save_every and (position["step"] % cfg.save_every == 0 or done):
+            self._checkpoint(module, optimizer, scheduler, position)
+        return done
+
+    def _checkpoint(self, module, optimizer, scheduler, position) -> None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            save_checkpoint(self.out, acc.unwrap_model(module), optimizer, scheduler,
+                            dict(position, config=asdict(self.cfg)), self.cfg.keep_checkpoints)
+        acc.wait_for_everyone()
+
+    def _finish(self, module, optimizer, scheduler, position, last, started) -> dict[str, Any]:
+        acc = self.accelerator
+        summary = {"steps": position["step"], "epochs": position["epoch"] + position["micro"] / max(1, len(self.items) // (self.cfg.batch_pairs * self.world)),
+                   "seconds": time.time() - started, "last": last}
+        if self.cfg.val_pairs:
+            summary["validation"] = self.validate()
+        if acc.is_main_process:
+            self.model.save(self.out / "model", extra={"backbone_seed": self.cfg.seed, "train": summary,
+                                                       "objective": self.cfg.objective})
+            self._log({"event": "saved", "model": str(self.out / "model"), **summary})
+        acc.wait_for_everyone()
+        return summary
+
+    # validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Recall@K on the validation pairs (the DESIGN.md protocol) with the current weights."""
+        from notellm.evaluation.recall import evaluate_recall_pairs
+
+        import pyarrow.parquet as pq
+
+        self.model.eval()
+        pairs = pq.read_table(self.cfg.val_pairs)
+        ids = sorted(set(pairs["note_a"].to_pylist()) | set(pairs["note_b"].to_pylist()))
+        vectors = embed_ids(self.model, self.store, ids, batch_size=32, autocast=self.bf16)
+        report = evaluate_recall_pairs(pairs, ids, vectors, self.cfg.eval_ks)
+        self.model.train()
+        return {f"val_R@{k}": v for k, v in report.items()}
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        from notellm.cli.common import console
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False, default=float) + "\n")
+        shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+                         if not isinstance(v, dict))
+        console.log(shown, highlight=False)
+
+
+def embed_ids(model: NoteLLM, store: NoteStore, ids: list[str], batch_size: int = 32,
+              autocast: bool = False) -> np.ndarray:
+    from notellm.inference.embed import embed_notes
+
+    return embed_notes(model, [store[i] for i in ids], batch_size=batch_size, bf16=autocast)

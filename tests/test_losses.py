@@ -1,0 +1,60 @@
+"""GCL / CSFT / combined loss against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from notellm.training.losses import CollaborativeSFTLoss, GenerativeContrastiveLoss, NoteLLMLoss
+
+
+def test_gcl_equals_hand_computed_value():
+    # 2 pairs: (a0, b0), (a1, b1). Scale 1 (log-scale 0) keeps the arithmetic readable.
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[0.6, 0.8], [-1.0, 0.0]])
+    loss = GenerativeContrastiveLoss(init_log_scale=0.0)(a, b)
+    # cosines: a0.b0=.6 a0.a1=0 a0.b1=-1 b0.a1=.8 b0.b1=-.6 a1.b1=0; each row: -pos + log sum_{j != i} e^{s_ij}
+    rows = [
+        -0.6 + math.log(math.exp(0.6) + math.exp(0.0) + math.exp(-1.0)),   # a0: partner b0
+        -0.6 + math.log(math.exp(0.6) + math.exp(0.8) + math.exp(-0.6)),   # b0: partner a0
+        -0.0 + math.log(math.exp(0.0) + math.exp(0.0) + math.exp(0.8)),    # a1: partner b1
+        -0.0 + math.log(math.exp(0.0) + math.exp(-1.0) + math.exp(-0.6)),  # b1: partner a1
+    ]
+    expected = sum(rows) / 4
+    assert expected == pytest.approx(0.8942642, abs=1e-6)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_gcl_is_symmetric_and_scale_is_learnable_and_clamped():
+    torch.manual_seed(0)
+    a, b = torch.randn(4, 8), torch.randn(4, 8)
+    gcl = GenerativeContrastiveLoss()
+    assert gcl.scale.item() == pytest.approx(math.exp(3.0), rel=1e-6)
+    assert gcl(a, b).item() == pytest.approx(gcl(b, a).item(), rel=1e-6)
+    gcl(a, b).backward()
+    assert gcl.log_scale.grad is not None and gcl.log_scale.grad.abs() > 0
+    clamped = GenerativeContrastiveLoss(init_log_scale=10.0, max_scale=100.0)
+    assert clamped.scale.item() == pytest.approx(100.0, rel=1e-5)
+
+
+def test_gcl_ignores_vector_norms_and_prefers_aligned_pairs():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    good = GenerativeContrastiveLoss()(a, a * 3.0)
+    bad = GenerativeContrastiveLoss()(a, a.flip(0))
+    assert good < 0.01 < bad
+
+
+def test_csft_counts_answer_tokens_only():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 5.0, 0.0]])
+    labels = torch.tensor([0, -100, 1])
+    expected = (-math.log(math.exp(2) / (math.exp(2) + 2)) - math.log(math.exp(5) / (math.exp(5) + 2))) / 2
+    assert CollaborativeSFTLoss()(logits, labels).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_combined_loss_weights():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[0.6, 0.8], [-1.0, 0.0]])
+    logits, labels = torch.tensor([[0.0, 0.0]]), torch.tensor([1])
+    out = NoteLLMLoss(gen_weight=0.5, init_log_scale=0.0)(a, b, logits, labels)
+    assert out["generative"].item() == pytest.approx(math.log(2), abs=1e-6)
+    assert out["loss"].item() == pytest.approx((0.8942642 + 0.5 * math.log(2)) / 1.5, abs=1e-5)
