@@ -1,12 +1,20 @@
-"""Text conventions of Xiaohongshu notes (see DESIGN.md): invisible characters, inline `#话题[话题]#` tags."""
+"""Text conventions of Xiaohongshu notes (see DESIGN.md): invisible characters, inline `#话题[话题]#` tags.
+
+Two inline hashtag styles exist in the sources we read:
+- closed tags `#话题[话题]#` (Xiaohongshu) and `#话题#` (Weibo): `parse_hashtags` / `strip_hashtags`;
+- open tags `#tag ` ended by a blank or punctuation (Kuaishou, Instagram): `parse_open_hashtags` /
+  `strip_open_hashtags`.
+"""
 
 from __future__ import annotations
 
+import math
 import re
 
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\ufeff"), None)
 _TOPIC_MARK = re.compile(r"\[话题\]")
 _HASHTAG = re.compile(r"#(\w+)#")
+_OPEN_HASHTAG = re.compile(r"#(\w+)")
 MAX_TAG_CHARS = 16
 MAX_TAGS = 10
 
@@ -15,29 +23,52 @@ def clean_text(text: str | None) -> str:
     """Strip zero-width characters and surrounding blanks; keep platform emoji like `[哭惹R]` as text."""
     if text is None:
         return ""
+    if isinstance(text, float) and math.isnan(text):  # a missing cell read by pandas
+        return ""
     return str(text).translate(_INVISIBLE).strip()
+
+
+def _keep_tags(found: list[str], max_chars: int, max_tags: int) -> list[str]:
+    tags: list[str] = []
+    for tag in found:
+        if len(tag) <= max_chars and tag not in tags:
+            tags.append(tag)
+    return tags[:max_tags]
 
 
 def parse_hashtags(text: str | None, max_chars: int = MAX_TAG_CHARS, max_tags: int = MAX_TAGS) -> list[str]:
     """Hashtags written inline as `#话题[话题]#` or `#话题#`, in order, deduplicated.
 
-    As the reference code: remove `[话题]`, match `#(\\w+)#`, keep tags of <= 16 chars, at most 10.
+    As the reference code: remove `[话题]`, match `#(\\w+)#` without overlap (so `#a[话题]##b[话题]#` gives
+    a, b while the body between two Weibo tags, `#a#正文#b#`, is not taken for a tag), keep tags of
+    <= 16 chars, at most 10.
     """
     text = _TOPIC_MARK.sub("", clean_text(text))
-    tags: list[str] = []
-    pos = 0
-    while (m := _HASHTAG.search(text, pos)) is not None:
-        tag = m.group(1)
-        if len(tag) <= max_chars and tag not in tags:
-            tags.append(tag)
-        pos = m.end() - 1  # the closing '#' may open the next tag: `#a##b#` and `#a#b#`
-    return tags[:max_tags]
+    return _keep_tags(_HASHTAG.findall(text), max_chars, max_tags)
+
+
+def _tidy_blanks(text: str) -> str:
+    """Collapse runs of blanks left by removed tags but keep the note's line breaks (paragraphs)."""
+    text = re.sub(r"[^\S\n]+", " ", text)
+    text = re.sub(r" *\n *", "\n", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
 def strip_hashtags(text: str | None) -> str:
-    """The body without its inline hashtags (they live in the `hashtags` column)."""
+    """The body without its inline `#…#` hashtags (they live in the `hashtags` column); line breaks kept."""
     text = _TOPIC_MARK.sub("", clean_text(text))
-    return re.sub(r"\s+", " ", _HASHTAG.sub(" ", text)).strip()
+    return _tidy_blanks(_HASHTAG.sub(" ", text))
+
+
+def parse_open_hashtags(text: str | None, max_chars: int = MAX_TAG_CHARS, max_tags: int = MAX_TAGS) -> list[str]:
+    """Hashtags written `#tag` and ended by a blank or punctuation (Kuaishou: `#搞笑 #热门 正文`)."""
+    return _keep_tags(_OPEN_HASHTAG.findall(clean_text(text)), max_chars, max_tags)
+
+
+def strip_open_hashtags(text: str | None) -> str:
+    """The body without its `#tag` hashtags; a `#` closing a tag (`#a#b`) goes too."""
+    text = _OPEN_HASHTAG.sub(" ", clean_text(text))
+    return _tidy_blanks(re.sub(r"(?<=\s)#(?=\s|$)|^#(?=\s|$)", " ", text))
 
 
 def normalize_tag(tag: str) -> str:
@@ -50,26 +81,34 @@ _UNITS = {"万": 10_000, "w": 10_000, "W": 10_000, "千": 1_000, "k": 1_000, "K"
 
 
 def parse_count(value: object) -> int | None:
-    """Counts as platforms print them: `1234`, `1.5万`, `10w+`, `2千`, `1,024`; empty -> None.
+    """Counts as platforms print them: `1234`, `1.5万`, `10w+`, `2千`, `1,024`, `1202.0`; empty or NaN -> None.
 
-    Raises ValueError on anything else, so callers can name the row and field.
+    Raises ValueError on anything else (junk, negative, infinite), so callers can name the row and field.
     """
     if value is None:
         return None
-    if isinstance(value, (int,)) and not isinstance(value, bool):
-        return int(value)
+    if isinstance(value, bool):
+        raise ValueError(f"not a count: {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"not a count: {value!r}")
+        return value
     if isinstance(value, float):
-        if value != value:  # NaN
+        if math.isnan(value):  # a missing cell read by pandas
             return None
-        return int(round(value))
-    text = clean_text(str(value)).replace(",", "").rstrip("+")
-    if text == "":
-        return None
-    unit = 1
-    if text[-1] in _UNITS:
-        unit = _UNITS[text[-1]]
-        text = text[:-1]
-    number = float(text)  # ValueError for junk
-    if number < 0:
-        raise ValueError(f"negative count {value!r}")
-    return int(round(number * unit))
+        number = value
+    else:
+        text = clean_text(str(value)).replace(",", "").rstrip("+")
+        if text == "" or text.lower() == "nan":  # empty cell, or NaN written out by pandas/numpy
+            return None
+        unit = 1
+        if text[-1] in _UNITS:
+            unit = _UNITS[text[-1]]
+            text = text[:-1]
+        try:
+            number = float(text) * unit
+        except ValueError:
+            raise ValueError(f"not a count: {value!r}") from None
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"not a count: {value!r}")
+    return int(round(number))

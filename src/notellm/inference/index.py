@@ -39,6 +39,7 @@ class IndexConfig:
     ivf_nprobe: int = 16              # lists visited per query
     pq_m: int = 0                     # sub-quantisers; 0 = dim / 4 (must divide dim)
     pq_nbits: int = 8
+    train_size: int = 0               # ivfpq training sample; 0 = 50 per centroid (IVF and PQ), at most n
     seed: int = 0
 
     def __post_init__(self):
@@ -82,10 +83,18 @@ def _make_faiss_index(x: np.ndarray, cfg: IndexConfig):
         index = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, cfg.pq_nbits, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = cfg.seed
         index.pq.cp.seed = cfg.seed
-        index.train(x)
+        index.train(_training_sample(x, cfg.train_size or 50 * max(nlist, 1 << cfg.pq_nbits), cfg.seed))
         index.nprobe = min(cfg.ivf_nprobe, nlist)
     index.add(x)
     return index
+
+
+def _training_sample(x: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """A seeded random subset: k-means cost grows with the sample, and ~50 points per centroid suffice."""
+    if size >= len(x):
+        return x
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), size, replace=False))
+    return x[rows]
 
 
 class NoteIndex:

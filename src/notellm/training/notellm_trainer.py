@@ -69,6 +69,7 @@ class TrainConfig:
     max_minutes: float | None = None    # stop (and save) after this much wall time
     bf16: str = "auto"                  # auto | true | false
     gradient_checkpointing: bool = False
+    grad_cache_chunk: int = 0           # >0: GradCache with chunks of this many notes (huge in-batch negatives)
     log_every: int = 10
     eval_every: int = 0                 # 0: only at the end
     eval_ks: list[int] = field(default_factory=lambda: [10, 50, 100])
@@ -329,10 +330,16 @@ class NoteLLMTrainer:
         optimizer = self._optimizer()
         scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total),
                                   num_training_steps=total)
+        # the scheduler is not prepared: accelerate would step it once per process, but our step count is global
         module, optimizer = acc.prepare(self.module, optimizer)
+        acc.register_for_checkpointing(scheduler)
         position = {"step": 0, "epoch": 0, "micro": 0}
         checkpoint = latest_checkpoint(self.out)
-        if checkpoint is not None:
+        if checkpoint is not None and self.sharded:
+            acc.load_state(str(checkpoint))
+            position = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+            self._log({"event": "resumed", "from": str(checkpoint), **position})
+        elif checkpoint is not None:
             position = load_checkpoint(checkpoint, acc.unwrap_model(module), optimizer, scheduler)
             self._log({"event": "resumed", "from": str(checkpoint), **position})
         self.out.mkdir(parents=True, exist_ok=True)
@@ -352,9 +359,7 @@ class NoteLLMTrainer:
             while not stop:
                 accum = 0
                 for micro, batch in self.micro_batches(position["epoch"], position["micro"]):
-                    with acc.autocast():
-                        out = module(**batch)
-                    acc.backward(out["loss"] / cfg.grad_accum)
+                    out = self._forward_backward(module, batch)
                     tokens += int(batch["attention_mask"].sum()) * self.world
                     pairs += cfg.batch_pairs * self.world
                     accum += 1
@@ -376,6 +381,19 @@ class NoteLLMTrainer:
                     position.update(epoch=position["epoch"] + 1, micro=0)
         return self._finish(module, optimizer, scheduler, position, last, started)
 
+    def _forward_backward(self, module, batch) -> dict[str, torch.Tensor]:
+        cfg, acc = self.cfg, self.accelerator
+        if cfg.grad_cache_chunk and cfg.objective != "csft":
+            from notellm.training.gradcache import grad_cache_backward
+
+            return grad_cache_backward(module, batch, cfg.grad_cache_chunk, 1.0 / cfg.grad_accum,
+                                       no_sync=acc.no_sync if acc.num_processes > 1 else None,
+                                       autocast=acc.autocast)
+        with acc.autocast():
+            out = module(**batch)
+        acc.backward(out["loss"] / cfg.grad_accum)
+        return out
+
     def _after_step(self, module, optimizer, scheduler, position, total, last, started, tokens, pairs) -> bool:
         cfg = self.cfg
         elapsed = time.time() - started
@@ -392,10 +410,20 @@ class NoteLLMTrainer:
             self._checkpoint(module, optimizer, scheduler, position)
         return done
 
+    @property
+    def sharded(self) -> bool:
+        """DeepSpeed / FSDP shard parameters and optimizer state: checkpoints go through accelerate."""
+        return self.accelerator.distributed_type.value in ("DEEPSPEED", "FSDP")
+
     def _checkpoint(self, module, optimizer, scheduler, position) -> None:
         acc = self.accelerator
         acc.wait_for_everyone()
-        if acc.is_main_process:
+        if self.sharded:
+            final = self.out / "checkpoints" / f"step-{position['step']:07d}"
+            acc.save_state(str(final))
+            if acc.is_main_process:
+                (final / "state.json").write_text(json.dumps(dict(position, config=asdict(self.cfg))), "utf-8")
+        elif acc.is_main_process:
             save_checkpoint(self.out, acc.unwrap_model(module), optimizer, scheduler,
                             dict(position, config=asdict(self.cfg)), self.cfg.keep_checkpoints)
         acc.wait_for_everyone()
@@ -417,17 +445,17 @@ class NoteLLMTrainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Recall@K on the validation pairs (the DESIGN.md protocol) with the current weights."""
-        from notellm.evaluation.recall import evaluate_recall_pairs
-
         import pyarrow.parquet as pq
+
+        from notellm.evaluation.recall import evaluate_recall
 
         self.model.eval()
         pairs = pq.read_table(self.cfg.val_pairs)
         ids = sorted(set(pairs["note_a"].to_pylist()) | set(pairs["note_b"].to_pylist()))
         vectors = embed_ids(self.model, self.store, ids, batch_size=32, autocast=self.bf16)
-        report = evaluate_recall_pairs(pairs, ids, vectors, self.cfg.eval_ks)
+        report = evaluate_recall(None, pairs, (ids, vectors), ks=self.cfg.eval_ks, buckets=False)
         self.model.train()
-        return {f"val_R@{k}": v for k, v in report.items()}
+        return {f"val_R@{k}": v for k, v in report.overall.recall.items()}
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.accelerator.is_main_process:

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create ./.venv (once) and install notellm with its pinned dependencies. Idempotent: a second run is quick.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.notellm-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  # torch first: 2.13.0 resolves to the CPU build shipped on this machine's wheel mirror (never a CUDA build).
+  .venv/bin/python -m pip install --quiet "torch==2.13.0"
+  .venv/bin/python -m pip install --quiet -e ".[dev,baselines,align]"
+  touch "$stamp"
+fi

@@ -1,0 +1,44 @@
+"""`notellm embed`: embed a Note table with a trained model or a zero-shot backbone."""
+
+from __future__ import annotations
+
+import typer
+
+from notellm.cli.common import console, progress
+
+app = typer.Typer()
+
+
+@app.command("embed")
+def embed(
+    notes: str = typer.Argument(..., help="Note table (Parquet)"),
+    model: str = typer.Option(..., "--model", "-m",
+                              help="a trained model folder, or zero-shot:<backbone>[@pooling], e.g. zero-shot:gemma-3-270m@mean"),
+    out: str = typer.Option(..., "--out", "-o", help="output folder (embeddings.npy, note_ids.txt, meta.json)"),
+    batch_size: int = typer.Option(32, help="notes per forward pass (batches are sorted by length)"),
+    shard_size: int = typer.Option(4096, help="notes per on-disk shard; finished shards are skipped on resume"),
+    pooling: str = typer.Option(None, help="override pooling: before_emb | emb | last | mean"),
+    bf16: bool = typer.Option(None, "--bf16/--fp32", help="default: bf16 where the CPU/GPU supports it"),
+) -> None:
+    """Embed every note; a killed run started again resumes from its finished shards.
+
+    On several GPUs: `accelerate launch -m notellm.cli embed ...` (each process takes every world-th shard;
+    the main process merges).
+    """
+    import os
+
+    import torch
+
+    from notellm.inference.embed import embed_table
+
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    with progress() as bar:
+        result = embed_table(notes, model, out, shard_size=shard_size, batch_size=batch_size, bf16=bf16,
+                             pooling=pooling, rank=rank, world=world, progress=bar)
+    if result is not None:
+        console.print(f"[green]wrote[/] {result}/embeddings.npy")

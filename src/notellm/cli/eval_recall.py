@@ -1,0 +1,76 @@
+"""`notellm eval recall`: I2I Recall@K under the NoteLLM protocol, for embeddings or a baseline."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from notellm.cli.common import console, progress
+
+app = typer.Typer()
+
+
+@app.command("recall")
+def recall(
+    notes: str = typer.Option(..., help="Note table (Parquet) holding the test notes"),
+    pairs: str = typer.Option(..., help="test Pair table (note_a, note_b, score)"),
+    embeddings: Optional[str] = typer.Option(None, help="embeddings folder (notellm embed)"),
+    baseline: Optional[str] = typer.Option(None, help="tfidf-word | tfidf-char | bm25 | e5"),
+    ks: Optional[str] = typer.Option(None, help="comma-separated K, e.g. 10,50,100 (default: 10,50,100,1k,... < pool)"),
+    pool: str = typer.Option("pairs", help="candidates: 'pairs' (notes of the test pairs), 'notes' (every note of "
+                                           "--notes), or a Note table / text file of note ids"),
+    buckets: bool = typer.Option(True, help="also report exposure and length buckets"),
+    out: Optional[str] = typer.Option(None, help="write the report as JSON here"),
+) -> None:
+    """Keep test pairs greedily (no note twice), rank the pool for each query, report R@K (ties count against)."""
+    from notellm.errors import NotellmError
+    from notellm.evaluation.recall import evaluate_recall
+
+    if (embeddings is None) == (baseline is None):
+        raise NotellmError("give exactly one of --embeddings and --baseline")
+    k_list = [int(k) for k in ks.split(",")] if ks else None
+    candidates = _pool(pool, notes)
+    if embeddings is not None:
+        from notellm.inference.embed import read_embeddings
+
+        ids, vectors, meta = read_embeddings(embeddings)
+        source, name = (ids, vectors), f"{meta.get('model', embeddings)} ({meta.get('pooling', '?')})"
+        report = evaluate_recall(notes, pairs, source, ks=k_list, buckets=buckets, pool=candidates, name=name)
+    else:
+        from notellm.evaluation.baselines import make_baseline
+
+        with progress() as bar:
+            task = bar.add_task(f"{baseline}", total=None)
+            report = evaluate_recall(notes, pairs,
+                                     lambda rows: make_baseline(baseline, rows, on_batch=lambda n: bar.advance(task, n)),
+                                     ks=k_list, buckets=buckets, pool=candidates)
+    console.print(report.table())
+    for what, why in report.skipped.items():
+        console.print(f"[yellow]{what} not reported:[/] {why}")
+    if out:
+        report.write_json(out)
+        console.print(f"[green]wrote[/] {out}")
+
+
+def _pool(pool: str, notes: str) -> list[str] | None:
+    from pathlib import Path
+
+    from notellm.errors import DataError
+
+    if pool == "pairs":
+        return None
+    if pool == "notes":
+        path = Path(notes)
+    else:
+        path = Path(pool)
+        if not path.exists():
+            raise DataError("candidate pool file does not exist (or use --pool pairs / notes)", file=pool)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        if "note_id" not in pq.read_schema(path).names:
+            raise DataError("candidate pool table has no note_id column", file=str(path))
+        table = pq.read_table(path, columns=["note_id"])
+        return [str(i) for i in table.column("note_id").to_pylist()]
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

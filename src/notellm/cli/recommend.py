@@ -1,0 +1,86 @@
+"""`notellm recommend`: the nearest notes of an indexed note, or of a new note embedded with a model."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from notellm.cli.common import console
+
+app = typer.Typer()
+
+
+@app.command("recommend")
+def recommend(
+    index: str = typer.Option(..., "--index", "-i", help="index folder (notellm index build)"),
+    note_id: Optional[str] = typer.Option(None, "--note-id", help="an indexed note"),
+    note_json: Optional[str] = typer.Option(None, "--note-json",
+                                            help='a new note, e.g. \'{"title": "..", "content": "..", "hashtags": []}\''),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model folder that embeds --note-json"),
+    k: int = typer.Option(10, "-k", help="how many notes"),
+    category: Optional[str] = typer.Option(None, help="keep notes of this category (any level), e.g. 美食"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON to stdout instead of a table"),
+) -> None:
+    """Recommend the k notes most similar (cosine) to a note."""
+    import json
+
+    from rich.table import Table
+
+    from notellm.errors import NotellmError
+    from notellm.inference.index import load_index
+
+    if (note_id is None) == (note_json is None):
+        raise NotellmError("give exactly one of --note-id and --note-json")
+    idx = load_index(index)
+    if note_id is not None:
+        hits = idx.neighbours_of(note_id, k=k, category=category)
+        source = note_id
+    else:
+        if model is None:
+            raise NotellmError("--note-json needs --model (the model that made the index's embeddings)")
+        vector = _embed_new_note(note_json, model, idx)
+        hits = idx.neighbours_of_vector(vector, k=k, category=category)
+        source = "the given note"
+    titles = idx.titles()
+    categories = idx.categories() if idx.notes is not None and "category" in idx.notes.column_names else {}
+    rows = [{"rank": r, "note_id": i, "score": round(s, 4), "title": titles.get(i), "category": categories.get(i)}
+            for r, (i, s) in enumerate(hits, 1)]
+    if as_json:
+        typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    table = Table(title=f"notes like {source}" + (f" in {category}" if category else ""))
+    for col in ("rank", "note_id", "score") + (("title", "category") if titles else ()):
+        table.add_column(col, justify="right" if col in ("rank", "score") else "left")
+    for row in rows:
+        cells = [str(row["rank"]), row["note_id"], f"{row['score']:.3f}"]
+        if titles:
+            cells += [row["title"] or "", " / ".join(row["category"] or [])]
+        table.add_row(*cells)
+    console.print(table)
+
+
+def _embed_new_note(note_json: str, model: str, idx):
+    import json
+
+    from notellm.data.schema import empty_note
+    from notellm.errors import DataError
+    from notellm.inference.embed import load_embedder
+
+    try:
+        given = json.loads(note_json)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"--note-json is not valid JSON: {exc}", field="note-json") from exc
+    if not isinstance(given, dict):
+        raise DataError("--note-json must be a JSON object with title and content", field="note-json")
+    note = {**empty_note(str(given.get("note_id", "new"))), **given}
+    embedder = load_embedder(model)
+    dim = embedder.meta.get("dim")
+    if dim is not None and dim != idx.dim:
+        raise DataError(f"model {model} makes vectors of dimension {dim} but the index {idx.path} holds "
+                        f"dimension {idx.dim} (built from {idx.meta.get('model', '?')})")
+    for key in ("model", "pooling"):
+        if idx.meta.get(key) not in (None, embedder.meta.get(key)):
+            console.print(f"[yellow]warning:[/] the index was built with {key} {idx.meta.get(key)!r}, "
+                          f"the query is embedded with {embedder.meta.get(key)!r}")
+    return embedder.encode([note])[0]
