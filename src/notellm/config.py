@@ -37,6 +37,29 @@ def _dataclass_type(tp: Any) -> type | None:
     return None
 
 
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """YAML reads `3e-5` as a string (YAML 1.1 wants a dot); convert scalars to the field's declared type."""
+    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    if value is None or any(isinstance(value, o) for o in options if isinstance(o, type) and o is not float):
+        return value
+    for option in options:
+        if option is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if option is int and isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    if float in options and isinstance(value, float):
+        return value
+    if any(o in (int, float) for o in options) and isinstance(value, str):
+        raise ConfigError(f"{where}: expected a number, got '{value}'")
+    return value
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build dataclass `cls` from a (nested) dict, rejecting unknown keys."""
     if data is None:
@@ -54,6 +77,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         sub = _dataclass_type(types_[key])
         if sub is not None and isinstance(value, dict):
             value = from_dict(sub, value, f"{where}{key}.")
+        else:
+            value = _coerce(value, types_[key], f"{where}{key}")
         kwargs[key] = value
     return cls(**kwargs)
 

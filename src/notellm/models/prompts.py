@@ -47,6 +47,8 @@ class NotePrompt:
 
 
 def _json_note(cfg: PromptConfig, title: str, tags: Sequence[str], content: str, category: Sequence[str]) -> str:
+    """The note as compact JSON. Category (when configured) precedes the content; the category task never
+    sees it (build_prompt passes none), else its target would be copied from the input."""
     title = (title or "")[: cfg.title_chars]
     content = (content or "")[: cfg.content_chars]
     tags = list(tags)[: cfg.max_tags_in_input]
@@ -56,14 +58,16 @@ def _json_note(cfg: PromptConfig, title: str, tags: Sequence[str], content: str,
             fields["话题"] = "，".join(tags)
         if cfg.include_category_in_input and category:
             fields["类目"] = "，".join(category)
-        fields["内容"] = content
+        if content:
+            fields["内容"] = content
         return "笔记：" + json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
     fields = {"title": title}
     if tags:
         fields["topic"] = ", ".join(tags)
     if cfg.include_category_in_input and category:
         fields["category"] = ", ".join(category)
-    fields["content"] = content
+    if content:
+        fields["content"] = content
     return json.dumps(fields, ensure_ascii=False)
 
 
@@ -113,7 +117,7 @@ def build_prompt(
             answer_tags = [removed]
         else:
             input_tags, answer_tags = [], tags
-    body = _json_note(cfg, title, input_tags, content, category)
+    body = _json_note(cfg, title, input_tags, content, [] if task == TASK_CATEGORY else category)
     answer_categories = category[: cfg.category_levels]
     n = n_tags if n_tags is not None else len(answer_tags)
     if cfg.language == "zh":

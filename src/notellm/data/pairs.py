@@ -1,0 +1,436 @@
+"""Co-occurring note pairs from user behaviour: NoteLLM's s(A->B) = sum over users i of 1/N_i.
+
+The mining is one SQL query (`sql/pairs.sql`) run by DuckDB here (embedded, out-of-core: memory limit and a
+spill folder) and unchanged by Spark SQL on a cluster (`mine_pairs_spark`, `pair_sql(config, "spark")`).
+
+Semantics (see docs/pairs.md for the reasons):
+
+- Order: a user's clicks are ordered by (timestamp, seq, file order); `seq` is an optional integer column.
+  Events without a timestamp column are ordered by seq and file order alone.
+- Sequences: `sessions` picks what one sequence is: `none` (the user's whole history), `column` (the
+  `session_id` column), `gap` (a new session after `session_gap_seconds` without a click), or `auto`
+  (`column` when the events have a non-null session_id, else `none`).
+- `window` mode (protocol ml-i2i-v1 exactly): for each click A, each of the next `window` clicks B of the same
+  sequence with B != A adds 1/N to s(A->B), N = the number of clicks in the sequence. Repeated clicks of a note
+  are clicks: they count in N and in the window (as the protocol says "clicks"), unless `dedupe_clicks`
+  keeps only the first click of each note in a sequence.
+- `session` mode: every ordered pair (A, B) of distinct notes of a sequence adds 1/N, N = the number of
+  distinct notes in it (a repeated click adds nothing); `directed` keeps only A clicked before B.
+- The sum is rounded to `round_decimals` (9) places, so that summation order (threads, engines) cannot change
+  thresholds or ties. Then l <= s <= u (`min_score`, `max_score`; null = no bound) and the top `top_k` B per A
+  by score, ties broken by note_b ascending (string order). Output is sorted by (note_a, score desc, note_b).
+- Events of notes missing from a given note table are dropped before mining (so they take no window slot and
+  do not count in N) and reported (count, distinct notes, examples); `unknown_notes: error` refuses them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterable, Union
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from notellm.errors import ConfigError, DataError
+from notellm.io import write_parquet
+from notellm.data.schema import PAIR_SCHEMA
+
+EventSource = Union[str, Path, pa.Table]
+NoteSource = Union[str, Path, pa.Table, Iterable[str]]
+
+_SQL_FILE = Path(__file__).with_name("sql") / "pairs.sql"
+_MODES = ("window", "session")
+_SESSIONS = ("auto", "none", "column", "gap")
+_DIALECTS = ("duckdb", "spark")
+REPORT_KEY = b"notellm.pairs"  # Parquet/Arrow schema metadata key holding the mining report (JSON)
+
+
+@dataclass
+class PairMiningConfig:
+    """How co-occurring pairs are mined. Defaults follow the NoteLLM paper (l=0.01, u=30, t=10) and ml-i2i-v1."""
+
+    mode: str = "window"              # window | session
+    window: int = 20                  # window mode: the next W clicks of each click
+    sessions: str = "auto"            # auto | none | column | gap
+    session_gap_seconds: float = 1800.0
+    directed: bool = False            # session mode: only pairs where A was clicked before B
+    dedupe_clicks: bool = False       # window mode: only the first click of a note in a sequence counts
+    min_score: float | None = 0.01    # l (inclusive); null: no lower bound
+    max_score: float | None = 30.0    # u (inclusive); null: no upper bound
+    top_k: int | None = 10            # t; null: keep every pair in range
+    round_decimals: int = 9
+    unknown_notes: str = "drop"       # drop | error: events naming notes missing from the note table
+    memory_limit: str = "4GB"         # DuckDB: beyond this it spills to temp_directory
+    temp_directory: str | None = None  # DuckDB spill folder; null: a fresh folder in the system temp dir
+    threads: int | None = None        # DuckDB threads; null: all cores
+
+    def validate(self) -> "PairMiningConfig":
+        if self.mode not in _MODES:
+            raise ConfigError(f"mode must be one of {_MODES}, got '{self.mode}'")
+        if self.sessions not in _SESSIONS:
+            raise ConfigError(f"sessions must be one of {_SESSIONS}, got '{self.sessions}'")
+        if not isinstance(self.window, int) or self.window < 1:
+            raise ConfigError(f"window must be a positive integer, got {self.window!r}")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+            raise ConfigError(f"top_k must be a positive integer or null, got {self.top_k!r}")
+        if self.session_gap_seconds <= 0:
+            raise ConfigError(f"session_gap_seconds must be > 0, got {self.session_gap_seconds}")
+        if (self.min_score is not None and self.max_score is not None and self.min_score > self.max_score):
+            raise ConfigError(f"min_score {self.min_score} is above max_score {self.max_score}")
+        if not 0 <= self.round_decimals <= 15:
+            raise ConfigError(f"round_decimals must be in 0..15, got {self.round_decimals}")
+        if self.unknown_notes not in ("drop", "error"):
+            raise ConfigError(f"unknown_notes must be 'drop' or 'error', got '{self.unknown_notes}'")
+        return self
+
+
+@dataclass
+class PairMiningReport:
+    """What a mining run saw and kept; stored as JSON in the output's Parquet metadata."""
+
+    engine: str
+    events: int = 0                # events mined (after dropping unknown notes)
+    users: int = 0
+    notes: int = 0                 # distinct notes in the mined events
+    sessions: str = "none"         # the sequence rule actually used (auto resolved)
+    unknown_events: int = 0        # events whose note is not in the note table (dropped)
+    unknown_notes: int = 0
+    unknown_examples: list[str] = field(default_factory=list)
+    candidate_pairs: int = -1      # distinct (A, B) with s > 0 (-1: not counted by this engine)
+    pairs_in_range: int = -1       # ... with l <= s <= u
+    pairs_kept: int = 0            # ... in the top t of their A
+    notes_with_pairs: int = 0      # distinct A with a kept pair
+    seconds: float = 0.0
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+
+# ---- SQL ----------------------------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def _sql_blocks() -> dict[str, str]:
+    """The `-- name: x` blocks of pairs.sql, comments kept (they explain the query to whoever reads it)."""
+    text = _SQL_FILE.read_text(encoding="utf-8")
+    parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.M)
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2])}
+
+
+def _block(name: str, **values: Any) -> str:
+    return _sql_blocks()[name].format(**values)
+
+
+def _float_literal(x: float) -> str:
+    # a bare 0.01 is DECIMAL in Spark; both engines read this as the same double
+    return f"CAST({float(x)!r} AS DOUBLE)"
+
+
+def _score_filter(config: PairMiningConfig) -> str:
+    terms = []
+    if config.min_score is not None:
+        terms.append(f"score >= {_float_literal(config.min_score)}")
+    if config.max_score is not None:
+        terms.append(f"score <= {_float_literal(config.max_score)}")
+    return " AND ".join(terms) or "TRUE"
+
+
+def _ctes(config: PairMiningConfig, sessions: str) -> list[tuple[str, str]]:
+    """(name, query) of each CTE up to `raw_pairs` (one row per contribution w = 1/N to s(note_a -> note_b))."""
+    if sessions == "auto":
+        raise ValueError("resolve sessions='auto' against the events first")
+    ctes = [("ordered", _block("ordered")),
+            ("sessioned", _block(f"sessions_{sessions}", gap_us=int(round(config.session_gap_seconds * 1e6))))]
+    if config.mode == "window":
+        source = "sessioned"
+        if config.dedupe_clicks:
+            ctes.append(("first_clicks", _block("first_clicks")))
+            source = "first_clicks"
+        offsets = ", ".join(f"({k})" for k in range(1, config.window + 1))
+        ctes += [("positioned", _block("positioned", source=source)),
+                 ("offsets", f"SELECT k FROM (VALUES {offsets}) AS o(k)"),
+                 ("raw_pairs", _block("window_pairs", window=config.window))]
+    else:
+        directed = "a.first_pos < b.first_pos" if config.directed else "TRUE"
+        ctes += [("session_notes", _block("session_notes")),
+                 ("raw_pairs", _block("session_pairs", directed=directed))]
+    return ctes
+
+
+def _with(ctes: list[tuple[str, str]], body: str) -> str:
+    inner = ",\n".join(f"{name} AS (\n{query}\n)" for name, query in ctes)
+    return f"WITH {inner}\n{body}"
+
+
+def _select_sql(config: PairMiningConfig) -> str:
+    top = f"rnk <= {config.top_k}" if config.top_k is not None else "TRUE"
+    return _block("select", score_filter=_score_filter(config), top_filter=top)
+
+
+def pair_sql(config: PairMiningConfig, dialect: str = "duckdb", sessions: str | None = None) -> str:
+    """The whole mining query over a relation `clicks` (see sql/pairs.sql), for DuckDB or Spark SQL.
+
+    `sessions` overrides config.sessions; `auto` (which depends on the data) is read as `column`."""
+    if dialect not in _DIALECTS:
+        raise ConfigError(f"dialect must be one of {_DIALECTS}, got '{dialect}'")
+    config.validate()
+    sessions = sessions or config.sessions
+    sessions = "column" if sessions == "auto" else sessions
+    # The text is identical for both engines: everything engine-specific lives in the readers that make `clicks`.
+    ctes = _ctes(config, sessions)
+    ctes.append(("scored", _block("scored", decimals=config.round_decimals)))
+    return _with(ctes, _select_sql(config))
+
+
+# ---- DuckDB -------------------------------------------------------------------------------------------------
+def _parquet_files(path: Path) -> list[str]:
+    if path.is_dir():
+        files = sorted(str(p) for p in path.rglob("*.parquet"))
+        if not files:
+            raise DataError("folder holds no .parquet files", file=str(path))
+        return files
+    if not path.exists():
+        raise DataError("event table does not exist", file=str(path))
+    return [str(path)]
+
+
+def _time_expr(column_type: str | None, engine: str) -> str:
+    """SQL giving microseconds since 1970 from the event table's `timestamp` column of this type."""
+    if column_type is None:  # no time: order by seq and file order alone
+        return "CAST(0 AS BIGINT)"
+    kind = column_type.upper()
+    if kind.startswith("TIMESTAMP"):
+        return "epoch_us(timestamp)" if engine == "duckdb" else "unix_micros(timestamp)"
+    if kind in ("BIGINT", "INTEGER", "INT", "SMALLINT", "TINYINT", "HUGEINT", "UBIGINT", "UINTEGER", "LONG"):
+        return "CAST(timestamp AS BIGINT) * 1000000"  # unix seconds
+    if kind in ("DOUBLE", "FLOAT", "REAL"):
+        return "CAST(ROUND(timestamp * 1000000) AS BIGINT)"
+    raise DataError(f"timestamp must be a timestamp or unix seconds, not {column_type}", field="timestamp")
+
+
+def _clicks_select(columns: dict[str, str], engine: str, file_col: str, row_col: str, source: str) -> str:
+    for required in ("user_id", "note_id"):
+        if required not in columns:
+            raise DataError(f"not an event table: missing column '{required}' (columns: {sorted(columns)})")
+    session = "CAST(session_id AS STRING)" if "session_id" in columns else "CAST(NULL AS STRING)"
+    seq = "CAST(seq AS BIGINT)" if "seq" in columns else "CAST(NULL AS BIGINT)"
+    return (f"SELECT CAST(user_id AS STRING) AS user_id, CAST(note_id AS STRING) AS note_id, "
+            f"{_time_expr(columns.get('timestamp'), engine)} AS t, {session} AS session_id, {seq} AS seq, "
+            f"{file_col} AS src_file, CAST({row_col} AS BIGINT) AS src_row FROM {source}")
+
+
+def _duckdb_connect(config: PairMiningConfig, temp_dir: str):
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    con.execute(f"SET memory_limit = '{config.memory_limit}'")
+    con.execute(f"SET temp_directory = '{temp_dir}'")
+    con.execute("SET preserve_insertion_order = false")  # lets big aggregates stream; output is ORDERed anyway
+    if config.threads:
+        con.execute(f"SET threads = {int(config.threads)}")
+    return con
+
+
+def _register_events(con, events: EventSource) -> tuple[str, dict[str, str]]:
+    """Create view `clicks` (see sql/pairs.sql); returns (the source's name for messages, its column types)."""
+    if isinstance(events, pa.Table):
+        table = events.append_column("__src_row", pa.array(range(len(events)), pa.int64()))
+        con.register("raw_events", table)
+        columns = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE raw_events)").fetchall())
+        con.execute("CREATE TEMP VIEW clicks AS "
+                    + _clicks_select(columns, "duckdb", "''", "__src_row", "raw_events"))
+        return "<events table>", columns
+    path = Path(events)
+    files = _parquet_files(path)
+    source = f"read_parquet({files!r}, filename = true, file_row_number = true)"
+    columns = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {source})").fetchall())
+    con.execute("CREATE TEMP VIEW clicks AS "
+                + _clicks_select(columns, "duckdb", "filename", "file_row_number", source))
+    return str(path), columns
+
+
+def _note_ids(notes: NoteSource) -> pa.Table:
+    if isinstance(notes, (str, Path)):
+        path = Path(notes)
+        if not path.exists():
+            raise DataError("note table does not exist", file=str(path))
+        ids = pq.read_table(path, columns=["note_id"]).column("note_id")
+    elif isinstance(notes, pa.Table):
+        ids = notes.column("note_id")
+    else:
+        ids = pa.array([str(n) for n in notes], pa.string())
+    return pa.table({"note_id": pa.chunked_array(ids).cast(pa.string()) if isinstance(ids, pa.ChunkedArray)
+                     else ids.cast(pa.string())})
+
+
+def _first_bad_row(run: Callable[[str], list], condition: str) -> tuple[str | None, int | None]:
+    rows = run(_block("first_bad_row", condition=condition))
+    if not rows:
+        return None, None
+    src_file, src_row = rows[0]
+    return (src_file or None), int(src_row) + 1
+
+
+def _check_events(run: Callable[[str], list], config: PairMiningConfig, source: str,
+                  has_time: bool) -> tuple[dict[str, int], str]:
+    """Count events, users, notes; raise DataError (file, row, field) on missing values; resolve sessions."""
+    names = ("events", "users", "notes", "missing_user", "missing_note", "missing_time", "missing_session")
+    facts = dict(zip(names, (int(v or 0) for v in run(_block("check"))[0])))
+    problems = [("missing_user", "user_id IS NULL OR user_id = ''", "user_id"),
+                ("missing_note", "note_id IS NULL OR note_id = ''", "note_id"),
+                ("missing_time", "t IS NULL", "timestamp")]
+    for key, condition, column in problems:
+        if facts[key]:
+            file, row = _first_bad_row(run, condition)
+            raise DataError(f"{facts[key]} event(s) have no {column} (the first is shown)",
+                            file=file or source, row=row, field=column)
+    sessions = config.sessions
+    if sessions == "auto":
+        sessions = "column" if facts["missing_session"] < facts["events"] else "none"
+    if sessions == "column" and facts["missing_session"]:
+        file, row = _first_bad_row(run, "session_id IS NULL")
+        raise DataError(f"{facts['missing_session']} event(s) have no session_id but sessions='column'",
+                        file=file or source, row=row, field="session_id")
+    if sessions == "gap" and not has_time:
+        raise ConfigError("sessions='gap' needs a timestamp column in the events")
+    return facts, sessions
+
+
+def _drop_unknown_notes(con, notes: NoteSource, config: PairMiningConfig, source: str,
+                        report: PairMiningReport) -> None:
+    """Restrict `clicks` to notes of the note table; count (and with unknown_notes=error, refuse) the others."""
+    con.register("known_notes", _note_ids(notes))
+    unknown = "NOT EXISTS (SELECT 1 FROM known_notes k WHERE k.note_id = c.note_id)"
+    count, distinct = con.execute(f"SELECT COUNT(*), COUNT(DISTINCT note_id) FROM clicks c WHERE {unknown}").fetchone()
+    if count:
+        examples = [r[0] for r in con.execute(
+            f"SELECT DISTINCT note_id FROM clicks c WHERE {unknown} ORDER BY note_id LIMIT 5").fetchall()]
+        report.unknown_events, report.unknown_notes, report.unknown_examples = int(count), int(distinct), examples
+        if config.unknown_notes == "error":
+            file, row = _first_bad_row(lambda q: con.execute(q).fetchall(),
+                                       unknown.replace("c.note_id", "clicks.note_id"))
+            raise DataError(f"{count} event(s) name {distinct} note(s) missing from the note table, e.g. "
+                            f"{examples}", file=file or source, row=row, field="note_id")
+    con.execute("ALTER VIEW clicks RENAME TO all_clicks")
+    con.execute("CREATE TEMP VIEW clicks AS SELECT * FROM all_clicks c WHERE EXISTS "
+                "(SELECT 1 FROM known_notes k WHERE k.note_id = c.note_id)")
+
+
+def mine_pairs_report(events: EventSource, config: PairMiningConfig | None = None,
+                      out_path: str | Path | None = None, notes: NoteSource | None = None,
+                      on_stage: Callable[[str], None] | None = None) -> tuple[pa.Table, PairMiningReport]:
+    """Mine pairs with DuckDB; returns (pairs with PAIR_SCHEMA, report). See the module docstring."""
+    config = (config or PairMiningConfig()).validate()
+    stage = on_stage or (lambda _msg: None)
+    started = time.perf_counter()
+    report = PairMiningReport(engine="duckdb", config=asdict(config))
+    with tempfile.TemporaryDirectory(prefix="notellm-pairs-", dir=config.temp_directory) as temp_dir:
+        con = _duckdb_connect(config, temp_dir)
+        try:
+            stage("reading events")
+            source, columns = _register_events(con, events)
+            if notes is not None:
+                _drop_unknown_notes(con, notes, config, source, report)
+            run = lambda q: con.execute(q).fetchall()  # noqa: E731
+            facts, report.sessions = _check_events(run, config, source, "timestamp" in columns)
+            report.events, report.users, report.notes = facts["events"], facts["users"], facts["notes"]
+            stage("mining pairs")
+            ctes = _ctes(config, report.sessions)
+            con.execute("CREATE TEMP TABLE scored AS "
+                        + _with(ctes, _block("scored", decimals=config.round_decimals)))
+            report.candidate_pairs = con.execute("SELECT COUNT(*) FROM scored").fetchone()[0]
+            report.pairs_in_range = con.execute(
+                f"SELECT COUNT(*) FROM scored WHERE {_score_filter(config)}").fetchone()[0]
+            stage("ranking")
+            table = con.sql(_select_sql(config)).to_arrow_table()
+        finally:
+            con.close()
+    table = _as_pair_table(table)
+    report.pairs_kept = table.num_rows
+    report.notes_with_pairs = len(table.column("note_a").unique()) if table.num_rows else 0
+    report.seconds = round(time.perf_counter() - started, 3)
+    table = table.replace_schema_metadata({REPORT_KEY: report.to_json()})
+    if out_path is not None:
+        stage("writing")
+        write_parquet(table, out_path)
+    return table, report
+
+
+def mine_pairs(events: EventSource, config: PairMiningConfig | None = None, out_path: str | Path | None = None,
+               notes: NoteSource | None = None) -> pa.Table:
+    """Mine co-occurring note pairs with DuckDB: a table with PAIR_SCHEMA (note_a, note_b, score).
+
+    `events`: a Parquet file or folder, or an Arrow table (EVENT_SCHEMA, optional `seq`). `notes`: a note table
+    (path or Arrow) or note ids; events naming other notes are dropped and counted in the report, which is in
+    the result's schema metadata (`read_report`). With `out_path` the table is also written atomically."""
+    return mine_pairs_report(events, config, out_path, notes)[0]
+
+
+def read_report(table_or_path: pa.Table | str | Path) -> dict[str, Any] | None:
+    """The mining report stored in a pair table's (or Parquet file's) metadata, if any."""
+    schema = (table_or_path.schema if isinstance(table_or_path, pa.Table)
+              else pq.read_schema(table_or_path))
+    raw = (schema.metadata or {}).get(REPORT_KEY)
+    return json.loads(raw) if raw else None
+
+
+def _as_pair_table(table: pa.Table) -> pa.Table:
+    return pa.table({name: table.column(name).cast(PAIR_SCHEMA.field(name).type) for name in PAIR_SCHEMA.names},
+                    schema=PAIR_SCHEMA)
+
+
+# ---- Spark --------------------------------------------------------------------------------------------------
+def local_spark(threads: int = 2, memory: str = "2g"):
+    """A local SparkSession (UTC, small shuffles, no UI) for tests and single machines."""
+    from pyspark.sql import SparkSession
+
+    return (SparkSession.builder.master(f"local[{threads}]").appName("notellm-pairs")
+            .config("spark.sql.session.timeZone", "UTC")
+            .config("spark.sql.shuffle.partitions", str(max(2, threads * 2)))
+            .config("spark.ui.enabled", "false")
+            .config("spark.driver.memory", memory)
+            .getOrCreate())
+
+
+_SPARK_TYPES = {"timestamp": "TIMESTAMP", "timestamp_ntz": "TIMESTAMP", "bigint": "BIGINT", "int": "INT",
+                "smallint": "SMALLINT", "tinyint": "TINYINT", "double": "DOUBLE", "float": "FLOAT"}
+
+
+def spark_pairs_dataframe(spark, events_path: str | Path, config: PairMiningConfig,
+                          report: PairMiningReport | None = None):
+    """The mined pairs as a Spark DataFrame (lazy): for a cluster, write it with `.write.parquet(...)`."""
+    config.validate()
+    df = spark.read.parquet(str(events_path))
+    df.createOrReplaceTempView("raw_events")
+    columns = {f.name: _SPARK_TYPES.get(f.dataType.simpleString(), f.dataType.simpleString().upper())
+               for f in df.schema.fields}
+    spark.sql("CREATE OR REPLACE TEMP VIEW clicks AS " + _clicks_select(
+        columns, "spark", "_metadata.file_path", "_metadata.row_index", "raw_events"))
+    report = report or PairMiningReport(engine="spark")
+    facts, report.sessions = _check_events(lambda q: [tuple(r) for r in spark.sql(q).collect()], config,
+                                           str(events_path), "timestamp" in columns)
+    report.events, report.users, report.notes = facts["events"], facts["users"], facts["notes"]
+    return spark.sql(pair_sql(config, "spark", sessions=report.sessions))
+
+
+def mine_pairs_spark(events_path: str | Path, config: PairMiningConfig | None = None,
+                     out: str | Path | None = None, spark=None) -> pa.Table:
+    """The same query on Spark SQL (a local session unless `spark` is given); result and `out` as mine_pairs."""
+    config = (config or PairMiningConfig()).validate()
+    started = time.perf_counter()
+    session = spark or local_spark()
+    report = PairMiningReport(engine="spark", config=asdict(config))
+    frame = spark_pairs_dataframe(session, events_path, config, report)
+    table = _as_pair_table(frame.toArrow())
+    report.pairs_kept = table.num_rows
+    report.notes_with_pairs = len(table.column("note_a").unique()) if table.num_rows else 0
+    report.seconds = round(time.perf_counter() - started, 3)
+    table = table.replace_schema_metadata({REPORT_KEY: report.to_json()})
+    if out is not None:
+        write_parquet(table, out)
+    return table
