@@ -36,9 +36,11 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     from notellm.config import load_config, save_config
     from notellm.training.coldstart import ColdStartConfig, evaluate, train_alignment, train_sft
 
-    overrides = [f"output_dir={args.out}/{name}", f"data.main_users={args.main_users}",
-                 f"data.preference_users={args.preference_users}", f"sft.epochs={args.sft_epochs}",
-                 f"align.epochs={args.align_epochs}", f"threads={args.threads}"]
+    overrides = [f"output_dir={args.out}/{name}", f"threads={args.threads}"]
+    for key, value in (("data.main_users", args.main_users), ("data.preference_users", args.preference_users),
+                       ("sft.epochs", args.sft_epochs), ("align.epochs", args.align_epochs)):
+        if value is not None:  # otherwise the YAML's value
+            overrides.append(f"{key}={value}")
     if name == "hackernews":
         overrides.append(f"data.path={SHARED / 'datasets' / 'hackernews_2016_sample' / 'hacker_news.csv'}")
     cfg = load_config(ColdStartConfig, CONFIGS[name], overrides + list(args.override))
@@ -86,10 +88,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="hackernews,demo")
     ap.add_argument("--losses", default="dpo,idpop", help="alignment runs, e.g. dpo,dpop,idpop")
-    ap.add_argument("--main-users", type=int, default=80)
-    ap.add_argument("--preference-users", type=int, default=60)
-    ap.add_argument("--sft-epochs", type=float, default=2.0)
-    ap.add_argument("--align-epochs", type=float, default=1.0)
+    ap.add_argument("--main-users", type=int, default=None, help="default: the config's data.main_users")
+    ap.add_argument("--preference-users", type=int, default=None)
+    ap.add_argument("--sft-epochs", type=float, default=None)
+    ap.add_argument("--align-epochs", type=float, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_coldstart"))
     ap.add_argument("--override", action="append", default=[], help="extra config override key=value (repeatable)")

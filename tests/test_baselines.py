@@ -46,6 +46,9 @@ def test_baseline_ranks_the_similar_note_first(name):
 
 def test_note_text_and_tokens():
     assert note_text({"title": "标题", "content": "好吃 #火锅#", "hashtags": ["火锅", "美食"]}) == "标题 好吃 #火锅# #美食"
+    assert note_text({"title": "Up (2009)", "content": "Title: Up (2009). Tags: #pixar", "hashtags": ["pixar"]}) \
+        == "Title: Up (2009). Tags: #pixar"
+    assert note_text({"content": "#pixar_films", "hashtags": ["pixar"]}) == "#pixar_films #pixar"
     # Chinese runs go through jieba (single characters kept); other text keeps tokens of >= 2 word characters
     tokens = tokenize("Hot Pot a 1 火锅好吃")
     assert tokens[:2] == ["hot", "pot"] and "a" not in tokens and "1" not in tokens

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime, timedelta, timezone
 
@@ -33,7 +34,8 @@ def make_notes(posts_per_user: dict[str, int], with_counts: bool = True):
             row = empty_note(f"{u}-{i}")
             row.update(title=f"{u}-post-{i}", author_id=u, published_at=T0 + timedelta(hours=7 * i + len(u)),
                        likes=10 * i + len(u) if with_counts else None, collects=i, comments=2 * i,
-                       category=["Tech", "AI"], hashtags=[f"tag{i}"])
+                       category=["Tech", "AI"], hashtags=[f"tag{i}"],
+                       extra=json.dumps({"domain": f"{u}.com", "quality": 9.87}))
             rows.append(row)
     rows.reverse()  # file order is not time order
     return notes_to_table(rows)
@@ -67,7 +69,8 @@ def test_scores_are_weighted_log_counts_and_missing_counts_are_errors():
 
 def test_train_question_uses_post_n_minus_1_and_never_sees_post_n():
     table = make_notes({"alice": 6, "bob": 5, "cy": 4})
-    cfg = InstructionConfig(language="en", shots=[1, 2, 3], score=ScoreConfig(1.0, 0.0, 0.0))
+    cfg = InstructionConfig(language="en", shots=[1, 2, 3], score=ScoreConfig(1.0, 0.0, 0.0),
+                            extra_fields={"domain": "website"})
     users, skips = group_user_posts(table, cfg)
     assert [u.user_id for u in users] == ["alice", "bob"]  # cy has 4 < 5 posts
     assert skips.no_author == 0 and skips.no_time == 0
@@ -87,7 +90,8 @@ def test_train_question_uses_post_n_minus_1_and_never_sees_post_n():
     assert 'The target new post is post 4, the title is "alice-post-5"' in three.prompt
     assert three.prompt.endswith("Provide the popularity score for this new post.\nAnswer:")
     assert "the category is Tech, the subcategory is AI, the concept is tag5" in three.prompt
-    assert "the release time is 2016-09-09 00:00 (Fri)" in three.prompt
+    assert "the release time is Fri Sep 9 00:00" in three.prompt
+    assert "the website is alice.com" in three.prompt and "9.87" not in three.prompt  # only chosen extra keys
 
 
 def test_chinese_template():
@@ -175,6 +179,10 @@ def test_freeze_trains_only_the_last_layers():
     model = cs.make_trainable(model, cs.ModelConfig(backbone="tiny-qwen3", method="freeze", freeze_last_n=1))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("model.layers.1.") for n in trainable)
+    lora_cfg = cs.ModelConfig(backbone="tiny-qwen3", method="lora", lora=cs.LoraSettings(r=4, last_n_layers=1))
+    lora = cs.make_trainable(load_backbone("tiny-qwen3")[0], lora_cfg)
+    trainable = {n for n, p in lora.named_parameters() if p.requires_grad}
+    assert len(trainable) == 14 and all(".layers.1." in n and "lora_" in n for n in trainable)  # 7 modules x A, B
 
 
 # ----------------------------------------------------------------------------- preference and eval
@@ -232,3 +240,19 @@ def test_pipeline_sft_align_eval_on_tiny_model(tmp_path):
     assert metrics["history-mean"]["1-shot"]["non_number"] == 0
     table = pq.read_table(tmp_path / "run" / "eval" / "predictions.parquet")
     assert table.num_rows == 12 and "raw:align-idpop" in table.column_names
+
+
+@pytest.mark.slow
+def test_gemma_left_padding_gives_the_same_answers_and_logprobs():
+    """The real backbone: a left-padded batch answers exactly as each prompt alone, and the sampling pass's
+    log-probabilities equal a separate forward pass (what the stored reference log-probabilities rely on)."""
+    from notellm.models.backbone import load_backbone
+
+    model, tok = load_backbone("gemma-3-270m")
+    prompts = ["The popularity score of post 1 is 2.30. The popularity score of post 2 is",
+               "帖子1的流行度得分是1.25。帖子2的流行度得分是"]
+    batched = cs.generate_answers(model, tok, prompts, 96, max_new_tokens=4, batch_size=2)
+    single = [cs.generate_answers(model, tok, [p], 96, max_new_tokens=4)[0] for p in prompts]
+    assert [a[0].token_ids for a in batched] == [a[0].token_ids for a in single]
+    again = cs.reference_logprobs(model, tok, prompts, [a[0].token_ids for a in batched], 96, 4, batch_size=2)
+    assert [a[0].logp for a in batched] == pytest.approx(again, abs=1e-3)

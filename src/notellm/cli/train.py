@@ -24,8 +24,15 @@ def train(
     from notellm.config import load_config
     from notellm.training.notellm_trainer import NoteLLMTrainer, TrainConfig
 
-    cfg = load_config(TrainConfig, config, overrides or [])
-    trainer = NoteLLMTrainer(cfg)
+    config_cls, trainer_cls = TrainConfig, NoteLLMTrainer
+    # NoteLLM-2 (issue 7): a `multimodal:` section (in the file or an override) trains the image + text model
+    from notellm.training.multimodal_trainer import is_multimodal_config
+
+    if is_multimodal_config(config, overrides or []):
+        from notellm.training.multimodal_trainer import MultimodalTrainConfig as config_cls
+        from notellm.training.multimodal_trainer import MultimodalTrainer as trainer_cls
+    cfg = load_config(config_cls, config, overrides or [])
+    trainer = trainer_cls(cfg)
     console.print(f"[bold]training[/] {cfg.objective} on {len(trainer.items)} items, "
                   f"{trainer.total_steps()} steps, backbone {cfg.model.backbone}, "
                   f"{'LoRA' if cfg.lora.enabled else 'full'}, bf16={trainer.bf16}")

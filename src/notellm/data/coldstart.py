@@ -5,7 +5,8 @@ For a user with posts C_1..C_n in time order (authors with >= `min_posts` posts)
   answer is S_{n-1}. It never shows C_n.
 - test question: the k posts before C_n (C_{n-k}..C_{n-1}) with their scores, then C_n; the answer is S_n.
   As in the paper, the post asked about in training (C_{n-1}) becomes history at test time.
-Each post is described by its title, category / subcategory, concept (hashtags), release time, an image
+Each post is described by its title, category / subcategory, concept (hashtags), chosen `extra` fields
+(e.g. the link's domain), release time (UTC, weekday month day hh:mm: digits cost one token each), an image
 caption when the data has one (`extra[caption_key]`), and, for history posts, its popularity score.
 The answer is the score as text with fixed decimals. Templates follow the paper's Table 2 (English) and a
 faithful Chinese rendering.
@@ -55,6 +56,8 @@ class InstructionConfig:
     category_levels: int = 2                # category, subcategory
     include_time: bool = True
     caption_key: str = "image_caption"      # key in the Note table's `extra` JSON, used when present
+    extra_fields: dict[str, str] = field(default_factory=dict)  # more `extra` keys to show: key -> label
+    include_user_id: bool = True
     decimals: int = 2
     score: ScoreConfig = field(default_factory=ScoreConfig)
 
@@ -186,8 +189,10 @@ class PromptWriter:
         category = [c for c in (self.cols["category"][row] or []) if c][: cfg.category_levels]
         concepts = [t for t in (self.cols["hashtags"][row] or []) if t][: cfg.max_concepts]
         when = self.cols["published_at"][row] if cfg.include_time else None
-        caption = _extra(self.cols["extra"][row], self.source, row).get(cfg.caption_key) if cfg.caption_key else None
-        return dict(title=title, category=category, concepts=concepts, when=when, caption=caption)
+        extra = _extra(self.cols["extra"][row], self.source, row)
+        caption = extra.get(cfg.caption_key) if cfg.caption_key else None
+        more = [(label, extra[key]) for key, label in cfg.extra_fields.items() if extra.get(key) not in (None, "")]
+        return dict(title=title, category=category, concepts=concepts, when=when, caption=caption, more=more)
 
     def _describe_en(self, f: dict[str, Any], title_phrase: str) -> tuple[str, str]:
         parts = [f'{title_phrase} "{f["title"]}"']
@@ -195,8 +200,9 @@ class PromptWriter:
             parts.append(f"the {name} is {value}")
         if f["concepts"]:
             parts.append("the concept is " + ", ".join(f["concepts"]))
+        parts.extend(f"the {label} is {value}" for label, value in f["more"])
         if f["when"] is not None:
-            parts.append(f"the release time is {f['when']:%Y-%m-%d %H:%M} ({_WEEKDAYS_EN[f['when'].weekday()]})")
+            parts.append(f"the release time is {_WEEKDAYS_EN[f['when'].weekday()]} {f['when']:%b} {f['when'].day} {f['when']:%H:%M}")
         photo = f" The photo in the post shows {f['caption']}." if f["caption"] else ""
         return ", ".join(parts), photo
 
@@ -206,8 +212,9 @@ class PromptWriter:
             parts.append(f"{name}是{value}")
         if f["concepts"]:
             parts.append("话题是" + "、".join(f["concepts"]))
+        parts.extend(f"{label}是{value}" for label, value in f["more"])
         if f["when"] is not None:
-            parts.append(f"发布时间是{f['when']:%Y-%m-%d %H:%M}（{_WEEKDAYS_ZH[f['when'].weekday()]}）")
+            parts.append(f"发布时间是{f['when'].month}月{f['when'].day}日{_WEEKDAYS_ZH[f['when'].weekday()]}{f['when']:%H:%M}")
         photo = f"帖子中的图片显示{f['caption']}。" if f["caption"] else ""
         return "，".join(parts), photo
 
@@ -228,10 +235,12 @@ class PromptWriter:
         else:
             text, photo = self._describe_zh(self._fields(target_row), "标题是")
         if en:
-            head = f"The target user ID is {user_id}. The information and popularity of the posts published by this user are as follows:"
+            who = f"The target user ID is {user_id}. " if self.cfg.include_user_id else ""
+            head = f"{who}The information and popularity of the posts published by this user are as follows:"
             tail = f"The target new post is post {new_id}, {text}.{photo} Provide the popularity score for this new post."
             return f"{INSTRUCTION_EN}\n{head} {' '.join(lines)} {tail}\nAnswer:"
-        head = f"目标用户ID是{user_id}。该用户发布的帖子信息和流行度如下："
+        who = f"目标用户ID是{user_id}。" if self.cfg.include_user_id else ""
+        head = f"{who}该用户发布的帖子信息和流行度如下："
         tail = f"目标新帖子是帖子{new_id}，{text}。{photo}请给出这条新帖子的流行度得分。"
         return f"{INSTRUCTION_ZH}\n{head}{''.join(lines)}{tail}\n答案："
 

@@ -31,7 +31,7 @@ import functools
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -226,12 +226,12 @@ TITLE_TEMPLATES = (
     "{kw}和{kw2}｜{sub}{hook}",
 )
 BODY_TEMPLATES = (
-    "最近入手了{kw}，{aspect}真的很{adj}{emo}",
-    "{kw}和{kw2}一起用，效果比想象中{adj}",
-    "作为一个{sub}爱好者，{kw}我已经试了{n}次了",
+    "最近一直在研究{kw}，{aspect}真的很{adj}{emo}",
+    "{kw}和{kw2}放在一起看，效果比想象中{adj}",
+    "作为一个{sub}爱好者，{kw}我已经研究了{n}年了",
     "说实话{kw}的{aspect}比我想象的好太多",
     "重点说一下{aspect}：很{adj}，{feel}",
-    "如果你也喜欢{kw}，一定要试试{kw2}{emo}",
+    "如果你也关注{kw}，一定要看看{kw2}{emo}",
     "{cat}这件事，{kw}真的绕不开",
     "踩过的坑：{kw}的{aspect}一定要提前了解",
     "整体打分{n}分，{feel}",
@@ -240,7 +240,7 @@ BODY_TEMPLATES = (
     "之前一直纠结{kw}和{kw2}，现在终于想明白了",
     "关于{aspect}，我的建议是先从{kw}开始",
     "{kw}真的绝了，{feel}{emo}",
-    "预算{price}左右的话，{kw}很{adj}",
+    "花了{price}块入门{kw}，{feel}",
     "每次{sub}都会想到{kw}，{feel}",
 )
 OPENER_TEMPLATE = ("{opener}{emo}",)
@@ -286,7 +286,6 @@ def _vocab() -> _Vocab:
     aspects, cat_first_aspect, cat_n_aspects = [], [], []
     tag_ids: dict[str, int] = {}
     pools: list[list[tuple[int, float]]] = []
-    generic = GENERIC_TAGS.split()
 
     def tag_id(tag: str) -> int:
         return tag_ids.setdefault(tag, len(tag_ids))
@@ -319,7 +318,6 @@ def _vocab() -> _Vocab:
     for t, pool in enumerate(pools):
         pool_ids[t, : len(pool)] = [i for i, _ in pool]
         pool_w[t, : len(pool)] = [w for _, w in pool]
-    assert len(set(generic)) == len(generic)
     strings = lambda xs: pa.array(xs, pa.string())  # noqa: E731
     return _Vocab(
         categories=strings(cats), cat_weight=np.array(weights), cat_collect=np.array(collects),
@@ -461,14 +459,16 @@ def _epoch(start: str | dt.date | dt.datetime) -> int:
     return int(start.timestamp())
 
 
-# Hour-of-day shares of posting (evening peak), as seen on content platforms.
-_HOUR_WEIGHT = np.array([2, 1, 0.6, 0.4, 0.3, 0.3, 0.6, 1.2, 2, 2.5, 3, 3.2,
+# Weights of the local (UTC+8) hour of posting: an evening peak; assumed shape, not measured.
+_LOCAL_HOUR_WEIGHT = np.array([2, 1, 0.6, 0.4, 0.3, 0.3, 0.6, 1.2, 2, 2.5, 3, 3.2,
                          4, 3.6, 3, 3, 3.2, 3.6, 4.2, 5, 6, 6.5, 5.5, 3.5])
 
 
 # --- notes -------------------------------------------------------------------------------------------------
 @dataclass
 class DemoCorpus:
+    """A generated corpus: the Note table, the click events and the latent truth behind them."""
+
     notes: pa.Table   # NOTE_SCHEMA
     events: pa.Table  # EVENT_SCHEMA
     truth: pa.Table   # note_id, quality, topic_id, topic, category_id, subcategory_id, author_skill
@@ -490,10 +490,10 @@ class DemoCorpus:
 
 
 def _authors(rng: np.random.Generator, n_notes: int, v: _Vocab) -> dict[str, np.ndarray]:
-    """Authors with power-law activity, a home category/subcategory and a skill (slightly higher for the
-    prolific ones); each note gets an author in proportion to activity."""
+    """Authors with power-law activity (Pareto, capped at 50x the least active), a home category and
+    subcategory, and a skill (slightly higher for prolific ones); notes go to authors in proportion to activity."""
     n_authors = max(1, n_notes // 8)
-    activity = rng.pareto(1.2, n_authors) + 1.0
+    activity = np.minimum(rng.pareto(1.3, n_authors) + 1.0, 50.0)  # the cap keeps one author from owning a small corpus
     notes_per_author = rng.multinomial(n_notes, activity / activity.sum())
     log_act = np.log(activity)
     z = (log_act - log_act.mean()) / (log_act.std() + 1e-9)
@@ -517,8 +517,8 @@ def _note_topics(rng: np.random.Generator, author: np.ndarray, authors: dict, v:
 
 def _publish_times(rng: np.random.Generator, n: int, start: int, days: int) -> np.ndarray:
     day = rng.integers(0, days, n)
-    hour = rng.choice(24, n, p=_HOUR_WEIGHT / _HOUR_WEIGHT.sum())
-    return start + day * 86400 + hour * 3600 + rng.integers(0, 3600, n)
+    local_hour = rng.choice(24, n, p=_LOCAL_HOUR_WEIGHT / _LOCAL_HOUR_WEIGHT.sum())
+    return start + day * 86400 + (local_hour - 8) % 24 * 3600 + rng.integers(0, 3600, n)
 
 
 def _hashtags(rng: np.random.Generator, topic: np.ndarray, v: _Vocab) -> tuple[pa.Array, np.ndarray]:
@@ -543,9 +543,11 @@ def _texts(rng: np.random.Generator, cat, sub, topic, v: _Vocab) -> tuple[pa.Arr
     title = _fill(_parse_templates(TITLE_TEMPLATES), rng.integers(0, len(TITLE_TEMPLATES), n), slots)
     body_templates = _parse_templates(BODY_TEMPLATES)
     n_middle = rng.integers(2, 6, n)
+    # distinct middle templates per note: the first columns of a random permutation per row
+    middle = np.argsort(rng.random((n, len(BODY_TEMPLATES)), dtype=np.float32), axis=1)[:, :5]
     sentences = [_fill(_parse_templates(OPENER_TEMPLATE), np.where(rng.random(n) < 0.7, 0, -1), slots)]
     for position in range(5):
-        choice = np.where(n_middle > position, rng.integers(0, len(BODY_TEMPLATES), n), -1)
+        choice = np.where(n_middle > position, middle[:, position], -1)
         sentences.append(_fill(body_templates, choice, slots))
     sentences.append(_fill(_parse_templates(CLOSER_TEMPLATE), np.where(rng.random(n) < 0.6, 0, -1), slots))
     content = pc.binary_join_element_wise(*sentences, "。", null_handling="skip")
@@ -704,53 +706,67 @@ def _generate_events(rng, n_users: int, note_ids: pa.Array, notes: dict, observe
     sessions_per_user = 1 + rng.negative_binomial(1, 0.4, n_users)
     user = np.repeat(np.arange(n_users), sessions_per_user)
     n_sessions = len(user)
+    if n_sessions == 0:
+        return EVENT_SCHEMA.empty_table()
     length = np.minimum(1 + rng.geometric(0.2, n_sessions), max_session_len)
-    pick_interest = lambda: interests[user, (rng.random(n_sessions) * n_interests[user]).astype(np.int64)]  # noqa: E731
+    first = np.concatenate([[0], np.cumsum(length)[:-1]])  # each session's first row in the flat click list
+    session = np.repeat(np.arange(n_sessions), length)
 
-    clicks = np.full((n_sessions, int(length.max())), -1, dtype=np.int64)
-    clicks[:, 0] = sampler.sample(rng, "category", pick_interest())
-    for step in range(1, clicks.shape[1]):
+    def pick_interest(sessions: np.ndarray) -> np.ndarray:
+        u = user[sessions]
+        return interests[u, (rng.random(len(sessions)) * n_interests[u]).astype(np.int64)]
+
+    note = np.empty(int(length.sum()), dtype=np.int64)
+    note[first] = sampler.sample(rng, "category", pick_interest(np.arange(n_sessions)))
+    for step in range(1, int(length.max())):
         active = np.flatnonzero(length > step)
-        other_interest = pick_interest()[active]
-        clicks[active, step] = _next_clicks(rng, clicks[active, step - 1], other_interest, sampler, notes, v)
+        rows = first[active] + step
+        note[rows] = _next_clicks(rng, note[rows - 1], pick_interest(active), sampler, notes, v)
 
     # Times: gaps of 15 s + exponential(75 s) between clicks; the session starts after the latest
     # publish time of its notes, somewhere before the observation time when there is room.
-    valid = clicks >= 0
-    gaps = np.where(valid, 15 + rng.exponential(75.0, clicks.shape).astype(np.int64), 0)
-    gaps[:, 0] = 0
-    offset = np.cumsum(gaps, axis=1)
-    latest = np.where(valid, notes["published"][np.maximum(clicks, 0)], np.iinfo(np.int64).min).max(axis=1)
-    duration = offset[np.arange(n_sessions), length - 1]
+    gaps = 15 + rng.exponential(75.0, len(note)).astype(np.int64)
+    gaps[first] = 0
+    elapsed = np.cumsum(gaps)
+    offset = elapsed - elapsed[first][session]
+    latest = np.maximum.reduceat(notes["published"][note], first)
+    duration = offset[first + length - 1]
     room = np.maximum(observed_at - latest - 60 - duration, 0)
     session_start = latest + 60 + (rng.random(n_sessions) * room).astype(np.int64)
-    timestamps = (session_start[:, None] + offset)[valid]
-    note = clicks[valid]
-    session = np.repeat(np.arange(n_sessions), length)
-    order = np.lexsort((timestamps, user[session]))
+
+    # Rows by user, then session start; sessions are renumbered in that order.
+    by_start = np.lexsort((session_start, user))
+    new_length = length[by_start]
+    new_first = np.concatenate([[0], np.cumsum(new_length)[:-1]])
+    rows = np.arange(len(note)) - np.repeat(new_first - first[by_start], new_length)
+    new_session = np.repeat(np.arange(n_sessions), new_length)
+    timestamps = session_start[session[rows]] + offset[rows]
 
     user_created = observed_at - rng.integers(30, 5 * 365, n_users) * 86400
     user_ids = _xhs_ids(user_created, 2, np.arange(n_users), key=0xC1C4)
-    width = len(str(max(n_sessions - 1, 0)))
+    width = len(str(n_sessions - 1))
     session_ids = pc.binary_join_element_wise(
         pa.scalar("s"), pc.utf8_lpad(pc.cast(pa.array(np.arange(n_sessions)), pa.string()), width, "0"), "")
     return pa.Table.from_arrays(
-        [user_ids.take(user[session][order]), note_ids.take(note[order]),
-         pa.array(timestamps[order], pa.timestamp("s", tz="UTC")), session_ids.take(session[order])],
+        [user_ids.take(user[by_start][new_session]), note_ids.take(note[rows]),
+         pa.array(timestamps, pa.timestamp("s", tz="UTC")), session_ids.take(new_session)],
         schema=EVENT_SCHEMA,
     )
 
 
 def generate_demo(
     n_notes: int = 1000,
+    *,
     n_users: int | None = None,
     seed: int = 0,
     start: str | dt.date | dt.datetime = DEFAULT_START,
     days: int = DEFAULT_DAYS,
 ) -> DemoCorpus:
     """A seeded demo corpus of `n_notes` notes published over `days` days from `start` (UTC), and the click
-    sessions of `n_users` users (default n_notes // 4, at least 20). Engagement counts are as observed at
-    the end of the date range. Notes do not depend on `n_users`; the same arguments give identical tables."""
+    sessions of `n_users` users (default n_notes // 4, at least 20; 0 gives no events). Engagement counts
+    are as observed at the end of the date range (`params["observed_at"]`); a few sessions that start just
+    before it end a few minutes after it. Notes do not depend on `n_users`; the same arguments give
+    identical tables. Arguments after `n_notes` are keyword-only, so a seed is never taken for a user count."""
     if n_notes < 1:
         raise ConfigError(f"n_notes must be >= 1, got {n_notes}")
     if days < 1:

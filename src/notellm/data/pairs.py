@@ -140,25 +140,29 @@ def _score_filter(config: PairMiningConfig) -> str:
     return " AND ".join(terms) or "TRUE"
 
 
-def _ctes(config: PairMiningConfig, sessions: str) -> list[tuple[str, str]]:
+_ORDER = "t, seq NULLS LAST, ord"  # a user's clicks: time, then seq, then file order
+_FILE_SHIFT = 1 << 40  # ord = file number * 2^40 + row in the file
+_LIST_WORDS = {"duckdb": {"collect": "list", "explode": "unnest"},
+               "spark": {"collect": "collect_list", "explode": "explode"}}
+
+
+def _ctes(config: PairMiningConfig, sessions: str, dialect: str) -> list[tuple[str, str]]:
     """(name, query) of each CTE up to `raw_pairs` (one row per contribution w = 1/N to s(note_a -> note_b))."""
-    if sessions == "auto":
-        raise ValueError("resolve sessions='auto' against the events first")
-    ctes = [("ordered", _block("ordered")),
-            ("sessioned", _block(f"sessions_{sessions}", gap_us=int(round(config.session_gap_seconds * 1e6))))]
+    if sessions not in ("none", "column", "gap"):
+        raise ValueError(f"sessions must be resolved to none, column or gap, got '{sessions}'")
+    words = _LIST_WORDS[dialect]
+    gap_us = int(round(config.session_gap_seconds * 1e6))
+    ctes = [("sessioned", _block(f"sessions_{sessions}", order=_ORDER, gap_us=gap_us))]
     if config.mode == "window":
         source = "sessioned"
         if config.dedupe_clicks:
-            ctes.append(("first_clicks", _block("first_clicks")))
+            ctes.append(("first_clicks", _block("first_clicks", order=_ORDER)))
             source = "first_clicks"
-        offsets = ", ".join(f"({k})" for k in range(1, config.window + 1))
-        ctes += [("positioned", _block("positioned", source=source)),
-                 ("offsets", f"SELECT k FROM (VALUES {offsets}) AS o(k)"),
-                 ("raw_pairs", _block("window_pairs", window=config.window))]
+        ctes.append(("raw_pairs", _block("window_pairs", source=source, order=_ORDER, window=config.window, **words)))
     else:
-        directed = "a.first_pos < b.first_pos" if config.directed else "TRUE"
-        ctes += [("session_notes", _block("session_notes")),
-                 ("raw_pairs", _block("session_pairs", directed=directed))]
+        frame_start = "1 FOLLOWING" if config.directed else "UNBOUNDED PRECEDING"
+        ctes += [("session_notes", _block("session_notes", order=_ORDER)),
+                 ("raw_pairs", _block("session_pairs", frame_start=frame_start, **words))]
     return ctes
 
 
@@ -175,19 +179,18 @@ def _select_sql(config: PairMiningConfig) -> str:
 def pair_sql(config: PairMiningConfig, dialect: str = "duckdb", sessions: str | None = None) -> str:
     """The whole mining query over a relation `clicks` (see sql/pairs.sql), for DuckDB or Spark SQL.
 
+    The two texts differ only in the list functions (DuckDB list/unnest, Spark collect_list/explode).
     `sessions` overrides config.sessions; `auto` (which depends on the data) is read as `column`."""
     if dialect not in _DIALECTS:
         raise ConfigError(f"dialect must be one of {_DIALECTS}, got '{dialect}'")
     config.validate()
     sessions = sessions or config.sessions
     sessions = "column" if sessions == "auto" else sessions
-    # The text is identical for both engines: everything engine-specific lives in the readers that make `clicks`.
-    ctes = _ctes(config, sessions)
+    ctes = _ctes(config, sessions, dialect)
     ctes.append(("scored", _block("scored", decimals=config.round_decimals)))
-    return _with(ctes, _select_sql(config))
+    return _with(ctes, _select_sql(config)) + "\nORDER BY note_a, score DESC, note_b"
 
 
-# ---- DuckDB -------------------------------------------------------------------------------------------------
 def _parquet_files(path: Path) -> list[str]:
     if path.is_dir():
         files = sorted(str(p) for p in path.rglob("*.parquet"))
@@ -218,7 +221,7 @@ def _clicks_select(columns: dict[str, str], engine: str, file_col: str, row_col:
         if required not in columns:
             raise DataError(f"not an event table: missing column '{required}' (columns: {sorted(columns)})")
     session = "CAST(session_id AS STRING)" if "session_id" in columns else "CAST(NULL AS STRING)"
-    seq = "CAST(seq AS BIGINT)" if "seq" in columns else "CAST(NULL AS BIGINT)"
+    seq = "CAST(seq AS BIGINT)" if "seq" in columns else "CAST(0 AS BIGINT)"
     return (f"SELECT CAST(user_id AS STRING) AS user_id, CAST(note_id AS STRING) AS note_id, "
             f"{_time_expr(columns.get('timestamp'), engine)} AS t, {session} AS session_id, {seq} AS seq, "
             f"{file_col} AS src_file, CAST({row_col} AS BIGINT) AS src_row FROM {source}")
@@ -230,26 +233,29 @@ def _duckdb_connect(config: PairMiningConfig, temp_dir: str):
     con = duckdb.connect(":memory:")
     con.execute(f"SET memory_limit = '{config.memory_limit}'")
     con.execute(f"SET temp_directory = '{temp_dir}'")
-    con.execute("SET preserve_insertion_order = false")  # lets big aggregates stream; output is ORDERed anyway
+    con.execute("SET preserve_insertion_order = false")  # lets big aggregates stream; the output is sorted anyway
     if config.threads:
         con.execute(f"SET threads = {int(config.threads)}")
     return con
 
 
 def _register_events(con, events: EventSource) -> tuple[str, dict[str, str]]:
-    """Create view `clicks` (see sql/pairs.sql); returns (the source's name for messages, its column types)."""
+    """Create view `events_text` (the `clicks` columns, ids as strings); returns (source name, column types)."""
     if isinstance(events, pa.Table):
         table = events.append_column("__src_row", pa.array(range(len(events)), pa.int64()))
         con.register("raw_events", table)
         columns = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE raw_events)").fetchall())
-        con.execute("CREATE TEMP VIEW clicks AS "
+        columns.pop("__src_row")
+        con.execute("CREATE TEMP VIEW events_text AS "
                     + _clicks_select(columns, "duckdb", "''", "__src_row", "raw_events"))
         return "<events table>", columns
     path = Path(events)
     files = _parquet_files(path)
     source = f"read_parquet({files!r}, filename = true, file_row_number = true)"
     columns = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {source})").fetchall())
-    con.execute("CREATE TEMP VIEW clicks AS "
+    for extra in ("filename", "file_row_number"):
+        columns.pop(extra, None)
+    con.execute("CREATE TEMP VIEW events_text AS "
                 + _clicks_select(columns, "duckdb", "filename", "file_row_number", source))
     return str(path), columns
 
@@ -261,39 +267,40 @@ def _note_ids(notes: NoteSource) -> pa.Table:
             raise DataError("note table does not exist", file=str(path))
         ids = pq.read_table(path, columns=["note_id"]).column("note_id")
     elif isinstance(notes, pa.Table):
+        if "note_id" not in notes.column_names:
+            raise DataError("the note table has no note_id column", field="note_id")
         ids = notes.column("note_id")
     else:
         ids = pa.array([str(n) for n in notes], pa.string())
-    return pa.table({"note_id": pa.chunked_array(ids).cast(pa.string()) if isinstance(ids, pa.ChunkedArray)
-                     else ids.cast(pa.string())})
+    return pa.table({"note_id": ids.cast(pa.string())})
 
 
-def _first_bad_row(run: Callable[[str], list], condition: str) -> tuple[str | None, int | None]:
-    rows = run(_block("first_bad_row", condition=condition))
+def _first_bad_row(run: Callable[[str], list], relation: str, condition: str) -> tuple[str | None, int | None]:
+    rows = run(_block("first_bad_row", relation=relation, condition=condition))
     if not rows:
         return None, None
     src_file, src_row = rows[0]
     return (src_file or None), int(src_row) + 1
 
 
-def _check_events(run: Callable[[str], list], config: PairMiningConfig, source: str,
+def _check_events(run: Callable[[str], list], relation: str, config: PairMiningConfig, source: str,
                   has_time: bool) -> tuple[dict[str, int], str]:
     """Count events, users, notes; raise DataError (file, row, field) on missing values; resolve sessions."""
     names = ("events", "users", "notes", "missing_user", "missing_note", "missing_time", "missing_session")
-    facts = dict(zip(names, (int(v or 0) for v in run(_block("check"))[0])))
+    facts = dict(zip(names, (int(v or 0) for v in run(_block("check", relation=relation))[0])))
     problems = [("missing_user", "user_id IS NULL OR user_id = ''", "user_id"),
                 ("missing_note", "note_id IS NULL OR note_id = ''", "note_id"),
                 ("missing_time", "t IS NULL", "timestamp")]
     for key, condition, column in problems:
         if facts[key]:
-            file, row = _first_bad_row(run, condition)
+            file, row = _first_bad_row(run, relation, condition)
             raise DataError(f"{facts[key]} event(s) have no {column} (the first is shown)",
                             file=file or source, row=row, field=column)
     sessions = config.sessions
     if sessions == "auto":
         sessions = "column" if facts["missing_session"] < facts["events"] else "none"
     if sessions == "column" and facts["missing_session"]:
-        file, row = _first_bad_row(run, "session_id IS NULL")
+        file, row = _first_bad_row(run, relation, "session_id IS NULL")
         raise DataError(f"{facts['missing_session']} event(s) have no session_id but sessions='column'",
                         file=file or source, row=row, field="session_id")
     if sessions == "gap" and not has_time:
@@ -302,23 +309,43 @@ def _check_events(run: Callable[[str], list], config: PairMiningConfig, source: 
 
 
 def _drop_unknown_notes(con, notes: NoteSource, config: PairMiningConfig, source: str,
-                        report: PairMiningReport) -> None:
-    """Restrict `clicks` to notes of the note table; count (and with unknown_notes=error, refuse) the others."""
+                        report: PairMiningReport) -> str:
+    """View `events_known`: the events of notes in the note table; the others are counted in the report
+    (or refused with unknown_notes=error). Returns the view's name."""
     con.register("known_notes", _note_ids(notes))
-    unknown = "NOT EXISTS (SELECT 1 FROM known_notes k WHERE k.note_id = c.note_id)"
-    count, distinct = con.execute(f"SELECT COUNT(*), COUNT(DISTINCT note_id) FROM clicks c WHERE {unknown}").fetchone()
+    unknown = "NOT EXISTS (SELECT 1 FROM known_notes k WHERE k.note_id = e.note_id)"
+    count, distinct = con.execute(
+        f"SELECT COUNT(*), COUNT(DISTINCT note_id) FROM events_text e WHERE {unknown}").fetchall()[0]
     if count:
         examples = [r[0] for r in con.execute(
-            f"SELECT DISTINCT note_id FROM clicks c WHERE {unknown} ORDER BY note_id LIMIT 5").fetchall()]
+            f"SELECT DISTINCT note_id FROM events_text e WHERE {unknown} ORDER BY note_id LIMIT 5").fetchall()]
         report.unknown_events, report.unknown_notes, report.unknown_examples = int(count), int(distinct), examples
         if config.unknown_notes == "error":
-            file, row = _first_bad_row(lambda q: con.execute(q).fetchall(),
-                                       unknown.replace("c.note_id", "clicks.note_id"))
+            file, row = _first_bad_row(lambda q: con.execute(q).fetchall(), "events_text e", unknown)
             raise DataError(f"{count} event(s) name {distinct} note(s) missing from the note table, e.g. "
                             f"{examples}", file=file or source, row=row, field="note_id")
-    con.execute("ALTER VIEW clicks RENAME TO all_clicks")
-    con.execute("CREATE TEMP VIEW clicks AS SELECT * FROM all_clicks c WHERE EXISTS "
-                "(SELECT 1 FROM known_notes k WHERE k.note_id = c.note_id)")
+    con.execute(f"CREATE TEMP VIEW events_known AS SELECT * FROM events_text e WHERE NOT ({unknown})")
+    return "events_known"
+
+
+def _encode_clicks(con, relation: str, sessions: str) -> None:
+    """Table `clicks` with integer ids: note codes follow the note ids' string order (so ties still break by
+    note id); integer keys make DuckDB's sorts, joins and the big aggregate several times faster."""
+    con.execute("CREATE TEMP TABLE note_codes AS SELECT note_id, "
+                f"CAST(ROW_NUMBER() OVER (ORDER BY note_id) AS BIGINT) AS code FROM (SELECT DISTINCT note_id FROM {relation})")
+    con.execute("CREATE TEMP TABLE user_codes AS SELECT user_id, CAST(ROW_NUMBER() OVER () AS BIGINT) AS code "
+                f"FROM (SELECT DISTINCT user_id FROM {relation})")
+    session, session_join = "CAST(NULL AS BIGINT)", ""
+    if sessions == "column":
+        con.execute("CREATE TEMP TABLE session_codes AS SELECT session_id, "
+                    f"CAST(ROW_NUMBER() OVER () AS BIGINT) AS code FROM (SELECT DISTINCT session_id FROM {relation})")
+        session, session_join = "s.code", "JOIN session_codes s ON s.session_id = e.session_id"
+    con.execute("CREATE TEMP TABLE file_numbers AS " + _block("file_numbers", relation=relation))
+    con.execute(f"""CREATE TEMP TABLE clicks AS
+        SELECT u.code AS user_id, n.code AS note_id, e.t, {session} AS session_id, e.seq,
+               f.file_number * {_FILE_SHIFT} + e.src_row AS ord
+        FROM {relation} e JOIN user_codes u ON u.user_id = e.user_id JOIN note_codes n ON n.note_id = e.note_id
+        JOIN file_numbers f ON f.src_file = e.src_file {session_join}""")
 
 
 def mine_pairs_report(events: EventSource, config: PairMiningConfig | None = None,
@@ -334,20 +361,24 @@ def mine_pairs_report(events: EventSource, config: PairMiningConfig | None = Non
         try:
             stage("reading events")
             source, columns = _register_events(con, events)
+            relation = "events_text"
             if notes is not None:
-                _drop_unknown_notes(con, notes, config, source, report)
-            run = lambda q: con.execute(q).fetchall()  # noqa: E731
-            facts, report.sessions = _check_events(run, config, source, "timestamp" in columns)
+                relation = _drop_unknown_notes(con, notes, config, source, report)
+            facts, report.sessions = _check_events(lambda q: con.execute(q).fetchall(), relation, config, source,
+                                                   "timestamp" in columns)
             report.events, report.users, report.notes = facts["events"], facts["users"], facts["notes"]
+            _encode_clicks(con, relation, report.sessions)
             stage("mining pairs")
-            ctes = _ctes(config, report.sessions)
             con.execute("CREATE TEMP TABLE scored AS "
-                        + _with(ctes, _block("scored", decimals=config.round_decimals)))
-            report.candidate_pairs = con.execute("SELECT COUNT(*) FROM scored").fetchone()[0]
+                        + _with(_ctes(config, report.sessions, "duckdb"), _block("scored", decimals=config.round_decimals)))
+            report.candidate_pairs = con.execute("SELECT COUNT(*) FROM scored").fetchall()[0][0]
             report.pairs_in_range = con.execute(
-                f"SELECT COUNT(*) FROM scored WHERE {_score_filter(config)}").fetchone()[0]
+                f"SELECT COUNT(*) FROM scored WHERE {_score_filter(config)}").fetchall()[0][0]
             stage("ranking")
-            table = con.sql(_select_sql(config)).to_arrow_table()
+            table = con.sql(f"""WITH kept AS ({_select_sql(config)})
+                SELECT a.note_id AS note_a, b.note_id AS note_b, kept.score
+                FROM kept JOIN note_codes a ON a.code = kept.note_a JOIN note_codes b ON b.code = kept.note_b
+                ORDER BY kept.note_a, kept.score DESC, kept.note_b""").to_arrow_table()
         finally:
             con.close()
     table = _as_pair_table(table)

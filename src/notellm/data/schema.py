@@ -111,4 +111,8 @@ def read_events(path: str | Path) -> pa.Table:
     missing = [c for c in ("user_id", "note_id") if c not in table.column_names]
     if missing:
         raise DataError(f"not an event table: missing column(s) {missing}", file=str(path))
+    for field in EVENT_SCHEMA:  # Parquet stores seconds as milliseconds: cast the known columns back
+        if field.name in table.column_names:
+            i = table.column_names.index(field.name)
+            table = table.set_column(i, field, table.column(i).cast(field.type))
     return table

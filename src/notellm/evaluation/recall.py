@@ -20,7 +20,7 @@ Buckets (the paper's Table 3 and the reference's short/long query and target fil
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, Union, runtime_checkable
 
@@ -30,6 +30,8 @@ import pyarrow as pa
 from notellm.errors import DataError
 
 DEFAULT_KS = (10, 50, 100, 1_000, 10_000, 100_000)
+PROTOCOL = ("NoteLLM I2I: pairs by descending score, kept greedily (no note twice); pool = test notes minus "
+            "queries; rank = other pool notes scoring >= the partner (ties count against); R@K = share rank < K")
 _SCORE_BLOCK = 1 << 24  # scores computed per block of queries: at most ~16M floats (64 MB) at a time
 
 
@@ -216,6 +218,7 @@ class RecallReport:
     buckets: dict[str, RecallResult] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)   # bucket -> why it is not reported
     scorer: str = ""
+    protocol: str = PROTOCOL
     per_query: list[dict[str, Any]] = field(default_factory=list)  # query, partner, rank
 
     def to_dict(self) -> dict[str, Any]:
@@ -340,9 +343,7 @@ def evaluate_recall(notes_table: pa.Table | str | Path | None, test_pairs_table:
     (called once on the queries + pool, in that order). pool: candidate note ids (default: every note of the
     test pairs); queries are always removed from it. The notes table is needed for buckets and embed_fn.
     """
-    cfg = config or RecallConfig()
-    if ks is not None:
-        cfg.ks = list(ks)
+    cfg = replace(config or RecallConfig(), **({"ks": list(ks)} if ks is not None else {}))
     pairs, _ = read_test_pairs(test_pairs_table)
     if not pairs:
         raise DataError("no test pairs (after removing pairs of a note with itself)")

@@ -61,7 +61,10 @@ def load_model_for_embedding(model: str, bf16: bool, pooling: str | None = None)
         backbone, _, at_pooling = model[len(ZERO_SHOT_PREFIX):].partition("@")
         config = NoteLLMConfig(backbone=backbone, dim=0, pooling=pooling or at_pooling or "before_emb")
         return build_notellm(config, dtype=dtype).eval()
-    m = load_notellm(model, dtype=dtype)
+    # NoteLLM-2 (issue 7): a model card with a "multimodal" section loads the image + text model
+    from notellm.models.multimodal import is_multimodal_model, load_notellm2
+
+    m = load_notellm2(model, dtype=dtype) if is_multimodal_model(model) else load_notellm(model, dtype=dtype)
     if pooling:
         m.config.pooling = pooling
     return m

@@ -62,6 +62,7 @@ class LoraSettings:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
+    last_n_layers: int | None = None    # adapt only the last N decoder layers (None: all); backward stops there
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
@@ -73,7 +74,9 @@ class ModelConfig:
     method: str = "lora"                # lora | freeze
     lora: LoraSettings = field(default_factory=LoraSettings)
     freeze_last_n: int = 2              # Freeze: train only the last N decoder layers
-    dtype: str = "float32"
+    dtype: str = "float32"              # weights (and LoRA/optimizer state) stay in this dtype
+    autocast: str | None = None         # e.g. bfloat16: mixed-precision forward (2x faster on CPUs with AMX)
+    device: str = "auto"                # auto (cuda if available, else cpu) | cpu | cuda | cuda:1 ...
     max_length: int = 384               # prompt + answer tokens; longer prompts lose their oldest tokens
 
 
@@ -154,7 +157,8 @@ def load_notes(cfg: DataSourceConfig) -> tuple[pa.Table, str]:
     if cfg.source == "demo":
         from notellm.data.demo import generate_demo
 
-        return generate_demo(cfg.demo_notes, cfg.demo_seed).notes, f"<demo n={cfg.demo_notes} seed={cfg.demo_seed}>"
+        corpus = generate_demo(cfg.demo_notes, seed=cfg.demo_seed, n_users=0)  # notes only, no click events
+        return corpus.notes, f"<demo n={cfg.demo_notes} seed={cfg.demo_seed}>"
     if cfg.source == "notes":
         from notellm.data.schema import read_notes
 
@@ -261,16 +265,42 @@ def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
     return dict(input_ids=input_ids, attention_mask=attention, position_ids=position_ids, labels=labels, n_keep=n_keep)
 
 
-def answer_token_logprobs(model, batch: dict[str, Any]):
+def amp(model, autocast: str | None):
+    """Mixed-precision context for forward passes (a no-op when `autocast` is None)."""
+    import contextlib
+
+    import torch
+
+    if not autocast:
+        return contextlib.nullcontext()
+    return torch.autocast(next(model.parameters()).device.type, dtype=getattr(torch, autocast))
+
+
+def pick_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _on(model, batch: dict[str, Any]) -> dict[str, Any]:
+    device = next(model.parameters()).device
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
+def answer_token_logprobs(model, batch: dict[str, Any], autocast: str | None = None):
     """(log-probabilities of the answer tokens [B, n_keep-1], mask [B, n_keep-1]); logits are computed only
     for the last positions (the LM head over a 262k vocabulary dominates the cost otherwise)."""
     import torch
 
+    batch = _on(model, batch)
     n_keep = batch["n_keep"]
-    out = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"], logits_to_keep=n_keep, use_cache=False,
-    )
+    with amp(model, autocast):
+        out = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"], logits_to_keep=n_keep, use_cache=False,
+        )
     logits = out.logits[:, :-1].float()               # position t predicts token t+1
     targets = batch["labels"][:, -(n_keep - 1):]
     mask = targets != IGNORE
@@ -278,15 +308,15 @@ def answer_token_logprobs(model, batch: dict[str, Any]):
     return logps * mask, mask
 
 
-def sft_loss(model, batch: dict[str, Any]):
+def sft_loss(model, batch: dict[str, Any], autocast: str | None = None):
     """Mean negative log-likelihood of the answer tokens (prompt and padding carry no loss)."""
-    logps, mask = answer_token_logprobs(model, batch)
+    logps, mask = answer_token_logprobs(model, batch, autocast)
     return -logps.sum() / mask.sum().clamp(min=1)
 
 
-def sequence_logprobs(model, batch: dict[str, Any]):
+def sequence_logprobs(model, batch: dict[str, Any], autocast: str | None = None):
     """Summed answer log-probability per sequence, log pi(y|x)."""
-    logps, _ = answer_token_logprobs(model, batch)
+    logps, _ = answer_token_logprobs(model, batch, autocast)
     return logps.sum(-1)
 
 
@@ -304,9 +334,15 @@ def make_trainable(model, mcfg: ModelConfig):
     if mcfg.method == "lora":
         from peft import LoraConfig, get_peft_model
 
+        layers = None
+        if mcfg.lora.last_n_layers:
+            n_layers = len(_decoder_layers(model))
+            if not 1 <= mcfg.lora.last_n_layers <= n_layers:
+                raise ConfigError(f"model.lora.last_n_layers must be in 1..{n_layers}, got {mcfg.lora.last_n_layers}")
+            layers = list(range(n_layers - mcfg.lora.last_n_layers, n_layers))
         lora = LoraConfig(
             r=mcfg.lora.r, lora_alpha=mcfg.lora.alpha, lora_dropout=mcfg.lora.dropout,
-            target_modules=list(mcfg.lora.target_modules), task_type="CAUSAL_LM",
+            target_modules=list(mcfg.lora.target_modules), layers_to_transform=layers, task_type="CAUSAL_LM",
         )
         return get_peft_model(model, lora)
     if mcfg.method == "freeze":
@@ -350,6 +386,7 @@ def load_trained(model_dir: str | Path, trainable: bool = False):
         raise NotellmError(f"{model_dir} is not a trained cold-start model (no {META_FILE})")
     mcfg = from_dict(ModelConfig, read_json(meta_path)["model"])
     model, tokenizer = load_backbone(mcfg.backbone, dtype=mcfg.dtype)
+    model = model.to(pick_device(mcfg.device))
     if mcfg.method == "lora":
         from peft import PeftModel
 
@@ -394,10 +431,10 @@ def _optimizer(model, lr: float, weight_decay: float, warmup_ratio: float, steps
     return opt, sched, params
 
 
-def sft_step(model, batch: dict[str, Any], opt, params, max_grad_norm: float) -> float:
+def sft_step(model, batch: dict[str, Any], opt, params, max_grad_norm: float, autocast: str | None = None) -> float:
     import torch
 
-    loss = sft_loss(model, batch)
+    loss = sft_loss(model, batch, autocast)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     opt.step()
@@ -415,7 +452,7 @@ def train_sft(cfg: ColdStartConfig, log: Log = _quiet, data: InstructionSet | No
     data = data or prepare_instructions(cfg, log)
     torch.manual_seed(cfg.sft.seed)
     model, tokenizer = load_backbone(cfg.model.backbone, dtype=cfg.model.dtype, seed=cfg.sft.seed)
-    model = make_trainable(model, cfg.model)
+    model = make_trainable(model.to(pick_device(cfg.model.device)), cfg.model)
     model.train()
     encoded = [encode(tokenizer, e.prompt, e.answer, cfg.model.max_length) for e in data.train]
     batches = _batches(len(encoded), cfg.sft.batch_size, cfg.sft.epochs, cfg.sft.seed)
@@ -423,7 +460,7 @@ def train_sft(cfg: ColdStartConfig, log: Log = _quiet, data: InstructionSet | No
     losses, start = [], time.time()
     for step, idx in enumerate(batches, start=1):
         losses.append(sft_step(model, collate([encoded[i] for i in idx], tokenizer.pad_token_id), opt, params,
-                               cfg.sft.max_grad_norm))
+                               cfg.sft.max_grad_norm, cfg.model.autocast))
         sched.step()
         if step % 10 == 0 or step == len(batches):
             log(f"sft step {step}/{len(batches)} loss {sum(losses[-10:]) / len(losses[-10:]):.4f} "
@@ -464,7 +501,7 @@ def _sampled_logps(out, start: int, eos_id: int):
 def generate_answers(
     model, tokenizer, prompts: Sequence[str], max_length: int, *, sample: bool = False, n: int = 1,
     temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 8, batch_size: int = 16,
-    log: Log = _quiet,
+    autocast: str | None = None, log: Log = _quiet,
 ) -> list[list[Sample]]:
     """`n` answers per prompt (greedy when sample=False; sampling without top-k), with their token ids and
     log-probability under `model` (so sampled answers carry their reference log-probability for free)."""
@@ -474,9 +511,9 @@ def generate_answers(
     items = prompt_items(tokenizer, prompts, max_length, max_new_tokens)
     answers: list[list[Sample]] = []
     for start in range(0, len(items), batch_size):
-        batch = collate(items[start:start + batch_size], tokenizer.pad_token_id)
+        batch = _on(model, collate(items[start:start + batch_size], tokenizer.pad_token_id))
         kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if sample else dict(do_sample=False)
-        with torch.no_grad():
+        with torch.no_grad(), amp(model, autocast):
             out = model.generate(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 max_new_tokens=max_new_tokens, num_return_sequences=n, return_dict_in_generate=True,
@@ -511,7 +548,7 @@ def pick_pair(answers: Sequence[str], target: float) -> tuple[int, int, float, f
 
 
 def reference_logprobs(model, tokenizer, prompts: Sequence[str], answer_ids: Sequence[Sequence[int]],
-                       max_length: int, max_new_tokens: int, batch_size: int) -> list[float]:
+                       max_length: int, max_new_tokens: int, batch_size: int, autocast: str | None = None) -> list[float]:
     """log pi(y|x) of given answer tokens, prompts encoded as for generation."""
     import torch
 
@@ -521,7 +558,8 @@ def reference_logprobs(model, tokenizer, prompts: Sequence[str], answer_ids: Seq
     out: list[float] = []
     with torch.no_grad():
         for start in range(0, len(items), batch_size):
-            out.extend(sequence_logprobs(model, collate(items[start:start + batch_size], tokenizer.pad_token_id)).tolist())
+            batch = collate(items[start:start + batch_size], tokenizer.pad_token_id)
+            out.extend(sequence_logprobs(model, batch, autocast).tolist())
     return out
 
 
@@ -554,7 +592,7 @@ def build_preference_data(cfg: ColdStartConfig, log: Log = _quiet) -> pa.Table:
     sampled = generate_answers(
         model, tokenizer, [e.prompt for e in examples], mcfg.max_length, sample=True, n=acfg.n_samples,
         temperature=acfg.temperature, top_p=acfg.top_p, max_new_tokens=acfg.max_new_tokens,
-        batch_size=acfg.sample_batch_size, log=log,
+        batch_size=acfg.sample_batch_size, autocast=mcfg.autocast, log=log,
     )
     rows, skipped = [], {"unparseable": 0, "equal_error": 0}
     for e, samples in zip(examples, sampled):
@@ -629,7 +667,7 @@ def train_alignment(cfg: ColdStartConfig, log: Log = _quiet) -> Path:
     history, start = [], time.time()
     for step, idx in enumerate(batches, start=1):
         batch = collate([chosen[i] for i in idx] + [rejected[i] for i in idx], tokenizer.pad_token_id)
-        logps = sequence_logprobs(model, batch)
+        logps = sequence_logprobs(model, batch, mcfg.autocast).cpu()
         res = loss_fn(logps[: len(idx)], logps[len(idx):], ref_c[idx], ref_r[idx], mu_t[idx])
         res.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, acfg.max_grad_norm)
@@ -737,7 +775,8 @@ def evaluate(cfg: ColdStartConfig, models: Sequence[str] | None = None, log: Log
         model, tokenizer, mcfg = load_trained(model_dir)
         start = time.time()
         answers = generate_answers(model, tokenizer, [e.prompt for e in test], mcfg.max_length,
-                                   max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, log=log)
+                                   max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
+                                   autocast=mcfg.autocast, log=log)
         raw[name] = [a[0].text for a in answers]
         predictions[name] = [parse_number(a) for a in raw[name]]
         log(f"{name}: answered {len(test)} questions in {time.time() - start:.0f}s")

@@ -1,0 +1,96 @@
+"""`notellm data import FORMAT PATH --out notes.parquet`: any supported source into the Note table."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from notellm.cli.common import console
+
+app = typer.Typer(no_args_is_help=True)
+
+_GENERIC = ("csv", "jsonl", "parquet")
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    from notellm.errors import ConfigError
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{what} '{item}' is not of the form KEY=VALUE")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _options(opts: list[str]) -> dict[str, Any]:
+    import yaml
+
+    # values as YAML scalars, so min_rating=4 is a number and clicks_only=false a bool
+    return {k: (yaml.safe_load(v) if v != "" else "") for k, v in _pairs(opts, "--opt").items()}
+
+
+@app.command("formats")
+def formats() -> None:
+    """List the source formats `notellm data import` reads, with their options."""
+    from rich.table import Table
+
+    from notellm.data.readers import FORMATS, reader_options
+
+    table = Table(title="notellm data import FORMAT PATH")
+    for column in ("format", "what", "options (--opt KEY=VALUE)"):
+        table.add_column(column)
+    for name, description in FORMATS.items():
+        table.add_row(name, description, ", ".join(o for o in reader_options(name) if o != "column_map"))
+    console.print(table)
+
+
+@app.command("import")
+def import_notes(
+    fmt: str = typer.Argument(..., metavar="FORMAT", help="source format (see `notellm data formats`)"),
+    path: Path = typer.Argument(..., help="the source file or folder"),
+    out: Path = typer.Option(..., "--out", "-o", help="Note table to write (Parquet)"),
+    events_out: Optional[Path] = typer.Option(None, "--events-out", help="Event table (qilin, movielens)"),
+    pairs_out: Optional[Path] = typer.Option(None, "--pairs-out", help="Pair table (notellm-csv with pairs_csv)"),
+    maps: Optional[List[str]] = typer.Option(None, "--map", help="FIELD=COLUMN: Note field from a source column "
+                                             "(csv, jsonl, parquet), e.g. --map note_id=id --map title=headline"),
+    opts: Optional[List[str]] = typer.Option(None, "--opt", help="reader option KEY=VALUE, e.g. "
+                                             "pairs_csv=pairs.csv, min_rating=4, on_bad_rows=skip"),
+) -> None:
+    """Read a source into the Note table (and its events / pairs); print what was read and skipped."""
+    from notellm.data.readers import EVENT_FORMATS, PAIR_FORMATS, read_source
+    from notellm.data.schema import write_notes
+    from notellm.errors import DataError
+    from notellm.io import write_parquet
+
+    options = _options(opts or [])
+    column_map = _pairs(maps or [], "--map")
+    if column_map:
+        if fmt not in _GENERIC:
+            raise DataError(f"--map is for the generic formats {list(_GENERIC)}; '{fmt}' knows its columns")
+        options["column_map"] = column_map
+    if events_out is not None and fmt not in EVENT_FORMATS:
+        raise DataError(f"format '{fmt}' has no events; --events-out is for {sorted(EVENT_FORMATS)}")
+    if pairs_out is not None and (fmt not in PAIR_FORMATS or not options.get("pairs_csv")):
+        raise DataError("--pairs-out needs format notellm-csv with --opt pairs_csv=PAIRS.csv")
+    # the summary below shows every skip with its reason and rows; the readers' warnings would repeat them
+    logging.getLogger("notellm.data.readers").setLevel(logging.ERROR)
+    result = read_source(fmt, path, **options)
+    _print_summary("notes", result.notes, write_notes(result.notes, out))
+    for kind, table, target in (("events", result.events, events_out), ("pairs", result.pairs, pairs_out)):
+        if table is not None:
+            _print_summary(kind, table, write_parquet(table, target) if target is not None else None)
+
+
+def _print_summary(kind: str, table, target: Path | None) -> None:
+    from notellm.data.readers import summarize
+
+    summary = summarize(table, kind)
+    where = f"-> {target}" if target is not None else f"[yellow](not written: add --{kind}-out PATH)[/]"
+    console.print(f"[green]{kind}:[/] {summary['rows']:,} rows {where}")
+    for line in summary["lines"]:
+        console.print(f"  {line}")

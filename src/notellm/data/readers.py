@@ -1,0 +1,1443 @@
+"""Readers: map each source format onto the Note table, and onto Event / Pair tables where the source has them.
+
+Policies, the same in every reader:
+- Text: zero-width characters stripped (`text.clean_text`); inline hashtags are parsed into `hashtags`
+  (`text.parse_hashtags`: <= 16 chars, at most 10; Weibo `#…#` and Kuaishou `#tag` styles by their own
+  text.py functions) and removed from `content`, so the hashtag task never finds its answer in the input
+  (a "tag" too long to be a hashtag keeps its words in content). A source's full tag list, where it has
+  one, stays in `extra`.
+- `image_paths` lists only image files that exist locally (absolute paths); references to images that are
+  not here (URLs, Qilin's relative paths without the image folder) go to `extra`, so no later stage meets
+  an unreadable image.
+- Bad rows (`on_bad_rows`): a row with the wrong number of columns, a missing or duplicate note id
+  -> "error" (default: DataError naming file, row and field) or "skip" (counted and reported, first row kept
+  for duplicates). A count that is not a number, an unreadable time, a file that is not valid UTF-8 are
+  always errors naming file, row and field (or the byte offset).
+- Events and pairs naming a note that is not in the note table (`unknown_notes`): "skip" (default: counted
+  and reported with file and rows), "error", or "keep" (when the notes come from elsewhere).
+- Every returned table carries a report (rows, skips with reasons and example rows, merged duplicates) in
+  its schema metadata: `read_report(table)`; skips are also logged as warnings.
+
+Row numbers are data rows counted from 1 (the header line is not counted); messages add the file line
+where it differs. CSV files are parsed by the csv module (quoted multi-line fields are fine) and then
+handled column-wise with pandas / pyarrow; what stays per row is regex work on the text (hashtags), so a
+reader takes 2-10 s of CPU per 100k notes (more for long notes).
+"""
+
+from __future__ import annotations
+
+import ast
+import codecs
+import csv
+import inspect
+import io
+import json
+import logging
+import math
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from urllib.parse import urlsplit
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from notellm.data.schema import EVENT_SCHEMA, NOTE_COLUMNS, PAIR_SCHEMA, notes_to_table
+from notellm.data.text import (MAX_TAG_CHARS, MAX_TAGS, clean_text, parse_count, parse_open_hashtags,
+                               parse_weibo_hashtags, split_hashtags, strip_open_hashtags, strip_weibo_hashtags)
+from notellm.errors import DataError
+
+log = logging.getLogger(__name__)
+
+REPORT_KEY = b"notellm.read_report"
+BAD_ROW_POLICIES = ("error", "skip")
+UNKNOWN_NOTE_POLICIES = ("skip", "error", "keep")
+_EXAMPLES_PER_REASON = 5
+_TIMESTAMP = pa.timestamp("s", tz="UTC")
+_COUNT_FIELDS = ("likes", "collects", "comments", "shares", "impressions")
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+
+
+# ----------------------------------------------------------------------------------------------- reports
+@dataclass
+class ReadReport:
+    """What a reader did besides producing rows: skipped rows by reason (with example rows), merges."""
+
+    source: str
+    rows: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    merged: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def skip(self, reason: str, file: str | Path, rows: Sequence[int], detail: Sequence[str] | None = None) -> None:
+        """Count `rows` of `file` as skipped for `reason`; keep the first few as examples and log them."""
+        rows = [int(r) for r in rows]
+        if not rows:
+            return
+        self.skipped[reason] = self.skipped.get(reason, 0) + len(rows)
+        examples = self.examples.setdefault(reason, [])
+        for i, row in enumerate(rows[: max(0, _EXAMPLES_PER_REASON - len(examples))]):
+            extra = f" ({detail[i]})" if detail is not None else ""
+            examples.append(f"{file} row {row}{extra}")
+        log.warning("%s: skipped %d: %s (first at row %d)", file, len(rows), reason, rows[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _attach(table: pa.Table, report: ReadReport) -> pa.Table:
+    report.rows = table.num_rows
+    metadata = dict(table.schema.metadata or {})
+    metadata[REPORT_KEY] = json.dumps(report.to_dict(), ensure_ascii=False).encode()
+    return table.replace_schema_metadata(metadata)
+
+
+def read_report(table: pa.Table) -> dict[str, Any] | None:
+    """The report a reader attached to `table` (None for tables from elsewhere)."""
+    raw = (table.schema.metadata or {}).get(REPORT_KEY)
+    return json.loads(raw) if raw else None
+
+
+def _check_policy(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise DataError(f"{name} must be one of {list(allowed)}, not {value!r}", field=name)
+
+
+# ------------------------------------------------------------------------------------------ file input
+def _decode(path: Path, encoding: str = "utf-8") -> str:
+    """The whole file as text; invalid bytes are an error naming the byte offset and line."""
+    if not path.is_file():
+        raise DataError("file does not exist", file=str(path))
+    try:
+        codec = codecs.lookup(encoding).name
+    except LookupError:
+        raise DataError(f"unknown text encoding {encoding!r}", file=str(path)) from None
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig" if codec == "utf-8" else codec)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        bad = data[exc.start: exc.start + 4]
+        raise DataError(
+            f"not valid {encoding}: byte {bad[:1]!r} at byte offset {exc.start} (line {line}); convert the "
+            f"file to UTF-8 (e.g. `iconv -f GBK -t UTF-8`) or give its encoding",
+            file=str(path),
+        ) from None
+
+
+def _bad_row(policy: str, report: ReadReport | None, file: str, row: int, reason: str, detail: str) -> None:
+    if policy == "error" or report is None:
+        raise DataError(f"{reason}: {detail}", file=file, row=row)
+    report.skip(reason, file, [row], [detail])
+
+
+def _read_csv(
+    path: str | Path,
+    *,
+    names: Sequence[str] | None = None,
+    required: Sequence[str] = (),
+    on_bad_rows: str = "error",
+    report: ReadReport | None = None,
+    join_split_lines: bool = False,
+    encoding: str = "utf-8",
+) -> pd.DataFrame:
+    """All cells as str plus `_row` (data row from 1). `names` for files without a header line.
+
+    `join_split_lines` repairs rows broken by an unquoted line break (KuaiRec): a short row whose pieces
+    and the next row's add up to the right number of columns becomes one row again.
+    """
+    path = Path(path)
+    file = str(path)
+    text = _decode(path, encoding)
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # Qilin cells hold whole embedding vectors
+    reader = csv.reader(io.StringIO(text, newline=""))
+    if names is None:
+        header = next(reader, None)
+        if header is None:
+            raise DataError("empty file: no header line", file=file)
+        header = [clean_text(h) for h in header]
+    else:
+        header = list(names)
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DataError(f"missing column(s) {missing}; the file has {header}", file=file)
+    width = len(header)
+    records: list[list[str]] = []
+    rows: list[int] = []
+    row = 0
+    pending: tuple[list[str], int, int] | None = None  # (pieces, row, line) of a row cut by a line break
+    end = reader.line_num
+    for record in reader:
+        line, end = end + 1, reader.line_num  # the record's first line (a quoted field may span several)
+        if not record:  # blank line
+            continue
+        if names is not None and row == 0 and pending is None and [c.strip().lower() for c in record] == header:
+            continue  # a header line in a file that should have none
+        if pending is not None:
+            pieces, first_row, first_line = pending
+            pending = None
+            joined = pieces[:-1] + [pieces[-1] + "\n" + record[0]] + record[1:]
+            if len(joined) < width:
+                pending = (joined, first_row, first_line)
+                continue
+            if len(joined) == width:
+                records.append(joined)
+                rows.append(first_row)
+                continue
+            _bad_row(on_bad_rows, report, file, first_row, "wrong number of columns",
+                     f"expected {width}, found {len(pieces)} (line {first_line})")
+            # and `record` is read as a row of its own
+        row += 1
+        if len(record) == width:
+            records.append(record)
+            rows.append(row)
+        elif join_split_lines and len(record) < width:
+            pending = (record, row, line)
+        else:
+            _bad_row(on_bad_rows, report, file, row, "wrong number of columns",
+                     f"expected {width}, found {len(record)} (line {line})")
+    if pending is not None:
+        pieces, first_row, first_line = pending
+        _bad_row(on_bad_rows, report, file, first_row, "wrong number of columns",
+                 f"expected {width}, found {len(pieces)} (line {first_line})")
+    frame = pd.DataFrame(records, columns=header, dtype=object) if records else pd.DataFrame(
+        {c: pd.Series([], dtype=object) for c in header})
+    frame["_row"] = np.asarray(rows, dtype=np.int64)
+    return frame
+
+
+def _read_jsonl(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
+    records, rows = [], []
+    for number, line in enumerate(_decode(path, encoding).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON: {exc.msg} (column {exc.colno})", file=str(path), row=number) from None
+        if not isinstance(record, dict):
+            raise DataError("each line must be a JSON object", file=str(path), row=number)
+        records.append(record)
+        rows.append(number)
+    frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
+    frame["_row"] = np.asarray(rows, dtype=np.int64)
+    return frame
+
+
+def _read_json_array(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
+    try:
+        data = json.loads(_decode(path, encoding))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"invalid JSON: {exc.msg} (line {exc.lineno})", file=str(path)) from None
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise DataError("expected a JSON array of objects", file=str(path))
+    frame = pd.DataFrame.from_records(data) if data else pd.DataFrame()
+    frame["_row"] = np.arange(1, len(frame) + 1, dtype=np.int64)
+    return frame
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise DataError("file does not exist", file=str(path))
+    try:
+        frame = pq.read_table(path).to_pandas()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"not a readable Parquet file: {exc}", file=str(path)) from None
+    frame["_row"] = np.arange(1, len(frame) + 1, dtype=np.int64)
+    return frame
+
+
+def _read_table_file(path: Path, fmt: str | None = None, encoding: str = "utf-8", **csv_options: Any) -> pd.DataFrame:
+    fmt = fmt or _format_of(path)
+    if fmt == "csv":
+        return _read_csv(path, encoding=encoding, **csv_options)
+    if fmt == "jsonl":
+        return _read_jsonl(path, encoding)
+    if fmt == "json":
+        return _read_json_array(path, encoding)
+    if fmt == "parquet":
+        return _read_parquet(path)
+    raise DataError(f"cannot tell the format of {path.name}: use .csv, .tsv, .jsonl, .json or .parquet", file=str(path))
+
+
+def _format_of(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    return {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
+            ".pq": "parquet"}.get(suffix)
+
+
+# --------------------------------------------------------------------------------- column conversions
+def _is_missing(value: Any) -> bool:
+    if value is None or value is pd.NA:
+        return True
+    kind = type(value)
+    if kind is str:
+        return not value or value.isspace()
+    return kind is float and value != value  # NaN
+
+
+def _texts(values: pd.Series) -> list[str]:
+    """A text column cleaned column-wise (pyarrow string kernels), missing cells as ''."""
+    text = values.astype("str").fillna("") if values.dtype != "str" else values.fillna("")
+    text = text.str.replace("[\u200b\u200c\u200d\ufeff]", "", regex=True).str.strip()
+    return text.tolist()
+
+
+def _optional_str(values: pd.Series) -> list[str | None]:
+    return [None if _is_missing(v) else _id_text(v) for v in values.tolist()]
+
+
+def _id_text(value: Any) -> str:
+    """Ids as text; 8.0 (an integer id that went through a float column) becomes '8'."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return clean_text(str(value))
+
+
+def _counts(values: pd.Series, rows: pd.Series, file: str, field_name: str) -> list[int | None]:
+    """Counts column-wise: plain numbers on the fast path, `1.5万` and junk through text.parse_count."""
+    number = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    good = np.isfinite(number) & (number >= 0)
+    rounded = np.rint(np.where(good, number, 0)).astype(np.int64)
+    out: list[int | None] = [int(x) if g else None for x, g in zip(rounded.tolist(), good.tolist())]
+    raw = values.tolist()
+    row_numbers = rows.tolist()
+    for i in np.flatnonzero(~good).tolist():
+        try:
+            out[i] = parse_count(raw[i])
+        except ValueError:
+            raise DataError(f"{raw[i]!r} is not a count", file=file, row=row_numbers[i], field=field_name) from None
+    return out
+
+
+def _epoch_seconds(values: pd.Series, rows: pd.Series, file: str, field_name: str) -> list[int | None]:
+    """Unix times in s, ms, us or ns (told apart by size) -> whole seconds; empty -> None."""
+    number = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    raw = values.tolist()
+    bad = np.flatnonzero(np.isnan(number) & np.array([not _is_missing(v) for v in raw], dtype=bool))
+    if len(bad):
+        i = int(bad[0])
+        raise DataError(f"{raw[i]!r} is not a unix time", file=file, row=int(rows.iloc[i]), field=field_name)
+    scale = np.select([number >= 1e17, number >= 1e14, number >= 1e11], [1e9, 1e6, 1e3], 1.0)
+    seconds = np.floor(number / scale)
+    return [None if math.isnan(s) else int(s) for s in seconds.tolist()]
+
+
+def _datetimes(values: pd.Series, rows: pd.Series, file: str, field_name: str, *, fmt: str | None = None,
+               tz: str = "UTC") -> list[int | None]:
+    """Date-time text (naive ones read in `tz`; with an offset, converted) or unix times (s/ms) -> whole UTC
+    seconds; anything unreadable -> DataError naming the row."""
+    raw = values.tolist()
+    present = np.array([not _is_missing(v) for v in raw], dtype=bool)
+    numeric = pd.to_numeric(values, errors="coerce").notna().to_numpy() & present
+    out: list[int | None] = [None] * len(raw)
+    if numeric.any():
+        epochs = _epoch_seconds(values[numeric], rows[numeric], file, field_name)
+        for i, seconds in zip(np.flatnonzero(numeric).tolist(), epochs):
+            out[i] = seconds
+    texts = present & ~numeric
+    if texts.any():
+        subset = pd.Series([clean_text(v) for v, t in zip(raw, texts) if t], dtype=object)
+        # naive times are UTC by default: parse straight to UTC, converting those with an offset
+        parsed = pd.to_datetime(subset, format=fmt or "mixed", errors="coerce", utc=(tz == "UTC"))
+        failed = np.flatnonzero(parsed.isna().to_numpy())
+        if len(failed):
+            i = int(np.flatnonzero(texts)[failed[0]])
+            expect = f" (expected {fmt})" if fmt else ""
+            raise DataError(f"{raw[i]!r} is not a date-time{expect}", file=file, row=int(rows.iloc[i]),
+                            field=field_name)
+        for i, seconds in zip(np.flatnonzero(texts).tolist(), _to_utc_seconds(parsed, tz)):
+            out[i] = seconds
+    return out
+
+
+def _to_utc_seconds(parsed: pd.Series, tz: str) -> list[int | None]:
+    if getattr(parsed.dt, "tz", None) is None:
+        # a wall-clock hour that happens twice at the end of summer time is read as the first (summer) one
+        parsed = parsed.dt.tz_localize(tz, ambiguous=np.ones(len(parsed), dtype=bool), nonexistent="shift_forward")
+    seconds = (parsed.dt.tz_convert("UTC") - pd.Timestamp("1970-01-01", tz="UTC")) // pd.Timedelta(seconds=1)
+    return [None if pd.isna(s) else int(s) for s in seconds.tolist()]
+
+
+def _as_list(value: Any) -> list[str]:
+    """A list field: a real list, a JSON list, `[a,b]`, or `a|b` / `a,b` text."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [t for t in (clean_text(v) for v in value if not _is_missing(v)) if t]
+    if _is_missing(value):
+        return []
+    text = clean_text(str(value))
+    if text.startswith("["):
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError:
+            text = text[1:-1] if text.endswith("]") else text[1:]  # `[a,b]`: a list printed without quotes
+        else:
+            if isinstance(loaded, list):
+                return [t for t in (clean_text(v) for v in loaded if not _is_missing(v)) if t]
+    parts = text.split("|") if "|" in text else text.split(",")
+    return [t for t in (p.strip() for p in parts) if t]
+
+
+def _clean_tags(tags: Iterable[str], max_chars: int = MAX_TAG_CHARS, max_tags: int = MAX_TAGS) -> list[str]:
+    """Tags from a list field under the same rules as inline ones: no `#`/`[话题]`, <= 16 chars, <= 10."""
+    out: list[str] = []
+    for tag in tags:
+        tag = clean_text(tag).replace("[话题]", "").strip("#").strip()
+        if tag and len(tag) <= max_chars and tag not in out:
+            out.append(tag)
+    return out[:max_tags]
+
+
+def _merge_tags(first: list[str], second: Iterable[str]) -> list[str]:
+    """`first` then the tags of `second` not in it (compared case-insensitively), at most MAX_TAGS."""
+    seen = {t.lower() for t in first}
+    out = list(first)
+    for tag in second:
+        if tag.lower() not in seen:
+            seen.add(tag.lower())
+            out.append(tag)
+    return out[:MAX_TAGS]
+
+
+def _json_column(values: pd.Series) -> list[Any]:
+    """A column as JSON-ready Python values: numbers as int where whole, missing cells as None."""
+    values = _numeric_if_all(values)
+    if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+        return [None if _is_missing(v) else (v.tolist() if isinstance(v, np.ndarray) else v) for v in values.tolist()]
+    number = values.astype("float64").to_numpy()
+    finite = np.isfinite(number)
+    if np.all(np.floor(number[finite]) == number[finite]) and (np.abs(number[finite]) < 2**53).all():
+        return [int(x) if ok else None for x, ok in zip(number.tolist(), finite.tolist())]
+    return [x if ok else None for x, ok in zip(number.tolist(), finite.tolist())]
+
+
+def _numeric_if_all(values: pd.Series) -> pd.Series:
+    """A text column whose every filled cell is a number, as numbers (for `extra`)."""
+    if values.dtype != object and not pd.api.types.is_string_dtype(values):
+        return values
+    if values.map(lambda v: isinstance(v, (list, dict, np.ndarray))).any():
+        return values
+    text = values.astype("str").str.strip()
+    filled = text.notna() & (text != "")
+    if not filled.any():
+        return values
+    number = pd.to_numeric(text.where(filled, None), errors="coerce")
+    return number if number[filled].notna().all() else values
+
+
+def _extra_json(frame: pd.DataFrame, derived: dict[str, Sequence[Any]] | None = None) -> list[str]:
+    """One JSON object per row from the given columns (empty cells left out) plus derived fields."""
+    columns = {c: _json_column(frame[c]) for c in frame.columns}
+    columns.update(derived or {})
+    if not columns:
+        return ["{}"] * len(frame)
+    names = list(columns)
+    return [
+        json.dumps({n: v for n, v in zip(names, values) if v is not None and v != "" and v != []},
+                   ensure_ascii=False, default=str)
+        for values in zip(*(columns[n] for n in names))
+    ]
+
+
+def _check_note_ids(frame: pd.DataFrame, column: str, file: str, on_bad_rows: str, report: ReadReport) -> pd.DataFrame:
+    """Rows with no note id or a repeated one: DataError, or skipped and reported (first row kept)."""
+    ids = pd.Series(_optional_str(frame[column]), index=frame.index, dtype=object)
+    missing = ids.isna().to_numpy()
+    if missing.any():
+        rows = frame["_row"].to_numpy()[missing]
+        if on_bad_rows == "error":
+            raise DataError("note id is missing", file=file, row=int(rows[0]), field=column)
+        report.skip("note id is missing", file, rows.tolist())
+    dup = ids.duplicated(keep="first").to_numpy() & ~missing
+    if dup.any():
+        first_rows = frame["_row"].groupby(ids.to_numpy()).first()
+        positions = np.flatnonzero(dup)
+        if on_bad_rows == "error":
+            i = int(positions[0])
+            note_id = ids.iloc[i]
+            raise DataError(f"duplicate note id '{note_id}' (first seen in row {int(first_rows[note_id])})",
+                            file=file, row=int(frame["_row"].iloc[i]), field=column)
+        report.skip("duplicate note id (first row kept)", file, frame["_row"].to_numpy()[dup].tolist(),
+                    [f"id {ids.iloc[i]}" for i in positions[:_EXAMPLES_PER_REASON].tolist()])
+    keep = ~missing & ~dup
+    out = frame[keep].copy()
+    out["_note_id"] = ids[keep].to_numpy()
+    return out
+
+
+def _note_table(columns: dict[str, Sequence[Any]], source: str) -> pa.Table:
+    """Column lists -> validated Note table (via schema.notes_to_table)."""
+    unknown = set(columns) - set(NOTE_COLUMNS)
+    if unknown:
+        raise ValueError(f"not Note fields: {sorted(unknown)}")
+    names = list(columns)
+    rows = [dict(zip(names, values)) for values in zip(*(columns[n] for n in names))]
+    return notes_to_table(rows, source=source)
+
+
+def _local_images(candidates: Sequence[list[str]], roots: Sequence[Path]) -> list[list[str]]:
+    """Keep the image references that are files here (resolved against `roots`), as absolute paths."""
+    out = []
+    for refs in candidates:
+        found = []
+        for ref in refs:
+            if not ref or "://" in ref:
+                continue
+            for root in roots:
+                path = (root / ref) if not Path(ref).is_absolute() else Path(ref)
+                if path.is_file():
+                    found.append(str(path.resolve()))
+                    break
+        out.append(found)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ events
+def _event_table(frame: pd.DataFrame, *, known: set[str] | None, unknown_notes: str, report: ReadReport,
+                 extra_columns: Sequence[str] = ()) -> pa.Table:
+    """Frame with user_id, note_id, timestamp (UTC seconds), session_id, _file, _row -> Event table.
+
+    Columns in `extra_columns` follow the four EVENT_SCHEMA columns.
+    """
+    for column in ("user_id", "note_id"):
+        missing = frame[column].isna().to_numpy()
+        if missing.any():
+            i = int(np.flatnonzero(missing)[0])
+            raise DataError(f"{column.replace('_', ' ')} is missing", file=frame["_file"].iloc[i],
+                            row=int(frame["_row"].iloc[i]), field=column)
+    if known is not None and unknown_notes != "keep" and len(frame):
+        unknown = ~frame["note_id"].isin(known).to_numpy()
+        if unknown.any():
+            if unknown_notes == "error":
+                i = int(np.flatnonzero(unknown)[0])
+                raise DataError(f"event names note '{frame['note_id'].iloc[i]}' that is not in the note table",
+                                file=frame["_file"].iloc[i], row=int(frame["_row"].iloc[i]), field="note_id")
+            for file, group in frame[unknown].groupby("_file", sort=False):
+                report.skip("event names a note that is not in the note table", file, group["_row"].tolist(),
+                            [f"note {n}" for n in group["note_id"].head(_EXAMPLES_PER_REASON)])
+            frame = frame[~unknown]
+    timestamps = pa.array(frame["timestamp"].astype("Int64"), type=pa.int64()).cast(_TIMESTAMP)
+    arrays = [
+        pa.array(frame["user_id"].tolist(), type=pa.string()),
+        pa.array(frame["note_id"].tolist(), type=pa.string()),
+        timestamps,
+        pa.array(frame["session_id"].tolist(), type=pa.string()),
+    ]
+    table = pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
+    for name in extra_columns:
+        table = table.append_column(name, pa.array(frame[name], from_pandas=True))
+    return table
+
+
+def _pair_table(frame: pd.DataFrame, *, known: set[str], unknown_notes: str, report: ReadReport, file: str) -> pa.Table:
+    a, b = frame["note_a"], frame["note_b"]
+    self_pair = (a == b).to_numpy()
+    report.skip("pair of a note with itself", file, frame["_row"].to_numpy()[self_pair].tolist())
+    frame = frame[~self_pair]
+    if unknown_notes != "keep":
+        unknown = ~(frame["note_a"].isin(known) & frame["note_b"].isin(known)).to_numpy()
+        if unknown.any():
+            i = int(np.flatnonzero(unknown)[0])
+            bad_id = frame["note_a"].iloc[i] if frame["note_a"].iloc[i] not in known else frame["note_b"].iloc[i]
+            if unknown_notes == "error":
+                raise DataError(f"pair names note '{bad_id}' that is not in the note table", file=file,
+                                row=int(frame["_row"].iloc[i]))
+            report.skip("pair names a note that is not in the note table", file,
+                        frame["_row"].to_numpy()[unknown].tolist())
+            frame = frame[~unknown]
+    return pa.Table.from_arrays(
+        [pa.array(frame["note_a"].tolist(), pa.string()), pa.array(frame["note_b"].tolist(), pa.string()),
+         pa.array(np.full(len(frame), 1.0), pa.float64())],
+        schema=PAIR_SCHEMA,
+    )
+
+
+# ------------------------------------------------------------------------------------------- NoteLLM
+NOTELLM_COLUMNS = ("noteid", "title", "content", "imgid", "category")
+
+
+def read_notellm_csv(
+    notes_csv: str | Path,
+    pairs_csv: str | Path | None = None,
+    *,
+    image_dir: str | Path | None = None,
+    on_bad_rows: str = "error",
+    unknown_notes: str = "skip",
+) -> tuple[pa.Table, pa.Table | None]:
+    """NoteLLM's CSV (no header: noteid,title,content,imgid,category) and its pairs file (id1,id2).
+
+    category `Emotion@Other Emotions@` -> ['Emotion', 'Other Emotions']. `imgid` becomes an image path
+    when `image_dir` (default: `images/` beside the CSV) holds `<imgid>` or `<imgid>.jpg|png|...`.
+    Pairs get score 1.0.
+    """
+    _check_policy("on_bad_rows", on_bad_rows, BAD_ROW_POLICIES)
+    _check_policy("unknown_notes", unknown_notes, UNKNOWN_NOTE_POLICIES)
+    notes_csv = Path(notes_csv)
+    file = str(notes_csv)
+    report = ReadReport(source=f"notellm-csv {file}")
+    frame = _read_csv(notes_csv, names=NOTELLM_COLUMNS, on_bad_rows=on_bad_rows, report=report)
+    frame = _check_note_ids(frame, "noteid", file, on_bad_rows, report)
+    split = [split_hashtags(c) for c in frame["content"].tolist()]
+    imgids = _optional_str(frame["imgid"])
+    image_dir = Path(image_dir) if image_dir is not None else notes_csv.parent / "images"
+    images = _notellm_images(imgids, image_dir)
+    notes = _note_table({
+        "note_id": frame["_note_id"].tolist(),
+        "title": _texts(frame["title"]),
+        "content": [body for body, _ in split],
+        "hashtags": [tags for _, tags in split],
+        "category": [[p.strip() for p in clean_text(c).split("@") if p.strip()] for c in frame["category"].tolist()],
+        "image_paths": images,
+        "extra": [json.dumps({"imgid": i}, ensure_ascii=False) if i else "{}" for i in imgids],
+    }, file)
+    notes = _attach(notes, report)
+    if pairs_csv is None:
+        return notes, None
+    pair_file = str(pairs_csv)
+    pair_report = ReadReport(source=f"notellm-csv pairs {pair_file}")
+    pairs = _read_csv(pairs_csv, names=("note_a", "note_b"), on_bad_rows=on_bad_rows, report=pair_report)
+    for column in ("note_a", "note_b"):
+        ids = _optional_str(pairs[column])
+        missing = [r for r, v in zip(pairs["_row"].tolist(), ids) if v is None]
+        if missing:
+            if on_bad_rows == "error":
+                raise DataError("note id is missing", file=pair_file, row=missing[0], field=column)
+            pair_report.skip("note id is missing", pair_file, missing)
+        pairs[column] = ids
+    pairs = pairs.dropna(subset=["note_a", "note_b"])
+    known = set(notes.column("note_id").to_pylist())
+    table = _pair_table(pairs, known=known, unknown_notes=unknown_notes, report=pair_report, file=pair_file)
+    return notes, _attach(table, pair_report)
+
+
+def _notellm_images(imgids: list[str | None], image_dir: Path) -> list[list[str]]:
+    if not image_dir.is_dir():
+        return [[] for _ in imgids]
+    present = {p.name: p for p in image_dir.iterdir() if p.is_file()}  # one listing, not a stat per note
+    out = []
+    for imgid in imgids:
+        hit = None
+        if imgid:
+            for name in (imgid, *(imgid + s for s in _IMAGE_SUFFIXES)):
+                if name in present:
+                    hit = str(present[name].resolve())
+                    break
+        out.append([hit] if hit else [])
+    return out
+
+
+# --------------------------------------------------------------------------------------------- Qilin
+_QILIN_EVENT_TABLES = ("recommendation_train", "recommendation_test", "search_train", "search_test", "dqa")
+_QILIN_NOTE_FIELDS = {"note_title", "note_content", "note_idx", "image_path", "note_embedding", "taxonomy1_id",
+                      "taxonomy2_id", "taxonomy3_id", "accum_like_num", "accum_collect_num", "accum_comment_num",
+                      "share_num", "imp_num"}
+_QILIN_DICT = re.compile(r"\{[^{}]*\}")
+
+
+def _qilin_file(folder: Path, name: str) -> Path | list[Path] | None:
+    """Where Qilin's table `name` lives: CSV (toy) or Parquet shards (the Hugging Face release)."""
+    for base in (folder, folder / "toy_data", folder / "toy_data" / "csv", folder / "csv"):
+        for candidate in (base / f"{name}.csv", base / f"{name}_toy.csv", base / f"{name}.parquet"):
+            if candidate.is_file():
+                return candidate
+        shards = sorted((base / name).glob("**/*.parquet")) if (base / name).is_dir() else []
+        if shards:
+            return shards
+    return None
+
+
+def _qilin_frame(found: Path | list[Path], report: ReadReport) -> tuple[pd.DataFrame, str]:
+    if isinstance(found, list):
+        frames = []
+        for shard in found:
+            part = _read_parquet(shard)
+            part["_file"] = str(shard)
+            frames.append(part)
+        return pd.concat(frames, ignore_index=True), str(found[0].parent)
+    frame = _read_parquet(found) if found.suffix == ".parquet" else _read_csv(found, report=report)
+    frame["_file"] = str(found)
+    return frame, str(found)
+
+
+def _qilin_list(value: Any) -> list[str]:
+    """Qilin image paths: a real list (Parquet) or numpy's printed array `['a.jpg' 'b.jpg']` (CSV)."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [str(v) for v in value]
+    if _is_missing(value):
+        return []
+    return re.findall(r"'([^']*)'", str(value)) or re.findall(r'"([^"]*)"', str(value))
+
+
+def read_qilin(
+    folder: str | Path,
+    *,
+    unknown_notes: str = "skip",
+    clicks_only: bool = True,
+    on_bad_rows: str = "error",
+) -> tuple[pa.Table, pa.Table]:
+    """Qilin (Xiaohongshu, SIGIR 2025): the notes table and the clicks of its recommendation, search and
+    DQA sessions, from the toy CSVs or the Hugging Face Parquet release.
+
+    Notes: note_id = note_idx; category = taxonomy1..3 ids (hashed, coarse to fine, cut at the first
+    missing one); likes/collects/comments = accum_* (the note's lifetime totals, as RedNoob uses them),
+    shares = share_num and impressions = imp_num (the log window: Qilin has no lifetime share count);
+    the other counts, note_type (image/video) and the relative image paths go to `extra` (image_paths
+    only lists images present under `folder`). The note embedding is dropped.
+    Events: one row per impression with click = 1 (all impressions with clicks_only=False): user_id =
+    user_idx, session_id = session_idx, timestamp = request/search time, plus source (table name),
+    request_id (request_idx / search_idx), position, click, like, collect, comment, share, page_time and
+    seq (file order). `recent_clicked_note_idxs` (no times) and user_feat are not read.
+    """
+    _check_policy("unknown_notes", unknown_notes, UNKNOWN_NOTE_POLICIES)
+    _check_policy("on_bad_rows", on_bad_rows, BAD_ROW_POLICIES)
+    folder = Path(folder)
+    found = _qilin_file(folder, "notes")
+    if found is None:
+        raise DataError("no Qilin notes table (notes.csv, notes_toy.csv, notes.parquet or notes/*.parquet)",
+                        file=str(folder))
+    report = ReadReport(source=f"qilin {folder}")
+    frame, file = _qilin_frame(found, report)
+    missing = [c for c in ("note_idx", "note_title", "note_content") if c not in frame.columns]
+    if missing:
+        raise DataError(f"missing column(s) {missing} in the Qilin notes table", file=file)
+    frame = _check_note_ids(frame, "note_idx", file, on_bad_rows, report)
+    rows = frame["_row"]
+    split = [split_hashtags(c) for c in frame["note_content"].tolist()]
+    counts = {
+        target: _counts(frame[source], rows, file, source) if source in frame.columns else [None] * len(frame)
+        for target, source in (("likes", "accum_like_num"), ("collects", "accum_collect_num"),
+                               ("comments", "accum_comment_num"), ("shares", "share_num"), ("impressions", "imp_num"))
+    }
+    taxonomy = [c for c in ("taxonomy1_id", "taxonomy2_id", "taxonomy3_id") if c in frame.columns]
+    category = _category_levels(frame[taxonomy]) if taxonomy else [[] for _ in range(len(frame))]
+    image_refs = [_qilin_list(v) for v in frame["image_path"].tolist()] if "image_path" in frame.columns \
+        else [[] for _ in range(len(frame))]
+    note_type = pd.to_numeric(frame["note_type"], errors="coerce") if "note_type" in frame.columns else None
+    derived: dict[str, Sequence[Any]] = {"image_path": image_refs}
+    if note_type is not None:
+        derived["note_type"] = [{1: "image", 2: "video"}.get(int(t), int(t)) if t == t else None for t in note_type]
+    extra_columns = [c for c in frame.columns if c not in _QILIN_NOTE_FIELDS and not c.startswith("_")
+                     and c != "note_type"]
+    notes = _note_table({
+        "note_id": frame["_note_id"].tolist(),
+        "title": _texts(frame["note_title"]),
+        "content": [body for body, _ in split],
+        "hashtags": [tags for _, tags in split],
+        "category": category,
+        "image_paths": _local_images(image_refs, [folder, folder.parent]),
+        **counts,
+        "extra": _extra_json(frame[extra_columns], derived),
+    }, file)
+    report.notes.append("Qilin notes have no author or publish time; counts: accum_* lifetime totals")
+    events = _qilin_events(folder, set(notes.column("note_id").to_pylist()), unknown_notes, clicks_only)
+    return _attach(notes, report), events
+
+
+def _category_levels(frame: pd.DataFrame) -> list[list[str]]:
+    """Category path from level columns, cut at the first missing level (`-124`, UNKNOWN, nan, empty)."""
+    out = []
+    for values in zip(*(frame[c].tolist() for c in frame.columns)):
+        path = []
+        for value in values:
+            text = "" if _is_missing(value) else _id_text(value)
+            if text in ("", "-124", "UNKNOWN", "nan", "None"):
+                break
+            path.append(text)
+        out.append(path)
+    return out
+
+
+def _qilin_details(value: Any) -> list[dict[str, Any]]:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [dict(v) for v in value]
+    if _is_missing(value):
+        return []
+    # the CSV holds numpy's printout of an array of dicts; NaN is printed as a bare `nan`
+    return [ast.literal_eval(re.sub(r"\bnan\b", "None", item)) for item in _QILIN_DICT.findall(str(value))]
+
+
+_QILIN_EVENT_COLUMNS = ("source", "request_id", "position", "click", "like", "collect", "comment", "share",
+                        "page_time", "seq")
+
+
+def _qilin_events(folder: Path, known: set[str], unknown_notes: str, clicks_only: bool) -> pa.Table:
+    report = ReadReport(source=f"qilin events {folder}")
+    parts = []
+    for name in _QILIN_EVENT_TABLES:
+        found = _qilin_file(folder, name)
+        if found is None:
+            report.notes.append(f"no {name} table")
+            continue
+        frame, _ = _qilin_frame(found, report)
+        detail_column = next((c for c in frame.columns if c.endswith("result_details_with_idx")), None)
+        if detail_column is None or "user_idx" not in frame.columns:
+            report.notes.append(f"{name}: no impression details, not read")
+            continue
+        for file, group in frame.groupby("_file", sort=False):
+            parts.append(_qilin_impressions(group, name, file, detail_column, clicks_only))
+    parts = [p for p in parts if len(p)]
+    if parts:
+        frame = pd.concat(parts, ignore_index=True)
+        frame["seq"] = np.arange(len(frame), dtype=np.int64)
+    else:
+        frame = pd.DataFrame({c: pd.Series([], dtype=object)
+                              for c in ("user_id", "note_id", "timestamp", "session_id", "_file", "_row",
+                                        *_QILIN_EVENT_COLUMNS)})
+    table = _event_table(frame, known=known, unknown_notes=unknown_notes, report=report,
+                         extra_columns=_QILIN_EVENT_COLUMNS)
+    return _attach(table, report)
+
+
+def _qilin_impressions(frame: pd.DataFrame, name: str, file: str, detail_column: str, clicks_only: bool) -> pd.DataFrame:
+    """One row per impression of one Qilin session file (clicked ones only with clicks_only)."""
+    request_column = "request_idx" if "request_idx" in frame.columns else "search_idx"
+    records = []
+    for row, user, session, request, details in zip(
+            frame["_row"].tolist(), frame["user_idx"].tolist(),
+            frame["session_idx"].tolist() if "session_idx" in frame.columns else [None] * len(frame),
+            frame[request_column].tolist() if request_column in frame.columns else [None] * len(frame),
+            frame[detail_column].tolist()):
+        try:
+            items = _qilin_details(details)
+        except (ValueError, SyntaxError) as exc:
+            raise DataError(f"unreadable impression list: {exc}", file=file, row=row, field=detail_column) from None
+        for item in items:
+            item.update(_row=row, _user=user, _session=session, _request=request)
+            records.append(item)
+    out = pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=["_row", "note_idx"])
+    for column in ("click", "like", "collect", "comment", "share", "position", "page_time"):
+        number = pd.to_numeric(out[column], errors="coerce") if column in out.columns else \
+            pd.Series(np.nan, index=out.index)
+        out[column] = number if column == "page_time" else number.astype("Int64")
+    if clicks_only:
+        out = out[out["click"] == 1].reset_index(drop=True)
+    time = out["request_timestamp"] if "request_timestamp" in out.columns else pd.Series(np.nan, index=out.index)
+    if "search_timestamp" in out.columns:
+        time = time.fillna(out["search_timestamp"])
+    out["timestamp"] = _epoch_seconds(time, out["_row"], file, "request_timestamp / search_timestamp")
+    out["user_id"] = _optional_str(out["_user"]) if len(out) else []
+    out["session_id"] = _optional_str(out["_session"]) if len(out) else []
+    out["request_id"] = _optional_str(out["_request"]) if len(out) else []
+    out["note_id"] = _optional_str(out["note_idx"])
+    out["source"] = name
+    out["_file"] = file
+    return out
+
+
+# ---------------------------------------------------------------------------------------- MediaCrawler
+_MEDIACRAWLER_MAPPED = {"note_id", "title", "desc", "time", "user_id", "liked_count", "collected_count",
+                        "comment_count", "share_count", "image_list", "_row"}
+_MEDIACRAWLER_DROPPED = {"time_readable", "last_update_time_readable", "avatar"}
+
+
+def read_mediacrawler(path: str | Path, *, on_bad_rows: str = "error") -> pa.Table:
+    """A MediaCrawler Xiaohongshu export (CSV, JSON array or JSONL of notes).
+
+    hashtags: the inline `#…[话题]#` tags of `desc` (U+FEFF stripped), else `tag_list`; the full tag_list
+    stays in extra. Counts like `1.5万` = 15000. published_at = `time` (unix ms). image_paths: only
+    `image_list` entries that are local files; URLs go to extra.image_urls. extra also keeps type,
+    ip_location, note_url, source_keyword, nickname, last_update_time, crawl_date / last_modify_ts and
+    `crawled_at` (UTC ISO time of the crawl, from last_modify_ts, else crawl_date).
+    """
+    _check_policy("on_bad_rows", on_bad_rows, BAD_ROW_POLICIES)
+    path = Path(path)
+    file = str(path)
+    report = ReadReport(source=f"mediacrawler {file}")
+    frame = _read_table_file(path, on_bad_rows=on_bad_rows, report=report, required=("note_id",))
+    if "note_id" not in frame.columns:
+        raise DataError(f"missing column 'note_id'; the file has {list(frame.columns)}", file=file)
+    frame = _check_note_ids(frame, "note_id", file, on_bad_rows, report)
+    rows = frame["_row"]
+    n = len(frame)
+
+    def column(name: str) -> pd.Series:
+        return frame[name] if name in frame.columns else pd.Series([None] * n, index=frame.index, dtype=object)
+
+    split = [split_hashtags(d) for d in column("desc").tolist()]
+    tag_lists = [_as_list(v) for v in column("tag_list").tolist()]
+    hashtags = [tags or _clean_tags(listed) for (_, tags), listed in zip(split, tag_lists)]
+    image_refs = [_as_list(v) for v in column("image_list").tolist()]
+    base = path.parent
+    counts = {target: _counts(column(source), rows, file, source) for target, source in (
+        ("likes", "liked_count"), ("collects", "collected_count"), ("comments", "comment_count"),
+        ("shares", "share_count"))}
+    extra_frame = frame[[c for c in frame.columns if c not in _MEDIACRAWLER_MAPPED | _MEDIACRAWLER_DROPPED
+                         and not c.startswith("_")]]
+    derived = {"image_urls": [[r for r in refs if "://" in r] for refs in image_refs],
+               "crawled_at": _crawl_times(frame, rows, file)}
+    if "tag_list" in extra_frame.columns:
+        extra_frame = extra_frame.drop(columns="tag_list")
+        derived["tag_list"] = tag_lists
+    notes = _note_table({
+        "note_id": frame["_note_id"].tolist(),
+        "title": _texts(column("title")),
+        "content": [body for body, _ in split],
+        "hashtags": hashtags,
+        "image_paths": _local_images(image_refs, [base]),
+        "author_id": _optional_str(column("user_id")),
+        "published_at": _epoch_seconds(column("time"), rows, file, "time"),
+        **counts,
+        "extra": _extra_json(extra_frame, derived),
+    }, file)
+    return _attach(notes, report)
+
+
+def _crawl_times(frame: pd.DataFrame, rows: pd.Series, file: str) -> list[str | None]:
+    if "last_modify_ts" in frame.columns:
+        seconds = _epoch_seconds(frame["last_modify_ts"], rows, file, "last_modify_ts")
+    elif "crawl_date" in frame.columns:
+        seconds = _datetimes(frame["crawl_date"], rows, file, "crawl_date", tz="Asia/Shanghai")
+    else:
+        return [None] * len(frame)
+    return [None if s is None else pd.Timestamp(s, unit="s", tz="UTC").isoformat() for s in seconds]
+
+
+# ------------------------------------------------------------------------------------------ MovieLens
+def _ml_tag(tag: Any) -> str:
+    return re.sub(r"\s+", "_", clean_text(tag).lower())
+
+
+def movielens_tags(tags: pd.DataFrame, max_tags: int = 10) -> dict[str, list[str]]:
+    """movieId -> up to `max_tags` user tags (lower-cased, blanks to `_`), most frequent first.
+
+    Frequency = number of rows of tags.csv with that tag on that movie; ties are broken alphabetically
+    (by the normalised tag), so the result does not depend on the file's order.
+    """
+    if tags.empty:
+        return {}
+    frame = pd.DataFrame({"movie": tags["movieId"].map(_id_text), "tag": tags["tag"].map(_ml_tag)})
+    frame = frame[frame["tag"] != ""]
+    counts = frame.groupby(["movie", "tag"], sort=False).size().rename("n").reset_index()
+    counts = counts.sort_values(["movie", "n", "tag"], ascending=[True, False, True], kind="stable")
+    top = counts.groupby("movie", sort=False).head(max_tags)
+    return top.groupby("movie", sort=False)["tag"].agg(list).to_dict()
+
+
+def movielens_content(title: str, genres: Sequence[str], tags: Sequence[str]) -> str:
+    """ml-i2i-v1 note text: `Title: <title>. Genres: <g1, g2>. Tags: #t1 #t2` (no Tags part without tags;
+    `Genres: unknown` for a movie without genres)."""
+    text = f"Title: {title}. Genres: {', '.join(genres) if genres else 'unknown'}."
+    return f"{text} Tags: {' '.join('#' + t for t in tags)}" if tags else text
+
+
+def read_movielens(folder: str | Path, min_rating: float = 3.5, max_tags: int = 10, *,
+                   unknown_notes: str = "skip") -> tuple[pa.Table, pa.Table]:
+    """MovieLens (ml-latest-small layout) under protocol ml-i2i-v1 (shared/BENCHMARKS.md).
+
+    One note per movie of movies.csv: title = movie title, content = `movielens_content`, category =
+    [first genre] ("unknown" when none), hashtags = the movie's top user tags (`movielens_tags`),
+    extra = all genres (+ imdb/tmdb ids from links.csv when present).
+    Events: ratings >= `min_rating` as clicks, sorted per user (numeric user id) by (timestamp, seq),
+    with columns rating and seq = the row's position in ratings.csv (0-based), which reproduces the
+    protocol's "file order" tie-break. session_id is empty.
+    """
+    _check_policy("unknown_notes", unknown_notes, UNKNOWN_NOTE_POLICIES)
+    folder = Path(folder)
+    report = ReadReport(source=f"movielens {folder}")
+    movies_file = folder / "movies.csv"
+    movies = _read_csv(movies_file, required=("movieId", "title", "genres"))
+    movies = _check_note_ids(movies, "movieId", str(movies_file), "error", report)
+    tags_file = folder / "tags.csv"
+    tags = _read_csv(tags_file, required=("movieId", "tag")) if tags_file.exists() else pd.DataFrame()
+    if tags.empty:
+        report.notes.append("no tags.csv: notes have no hashtags")
+    top_tags = movielens_tags(tags, max_tags)
+    ids = movies["_note_id"].tolist()
+    titles = _texts(movies["title"])
+    genres = [[g.strip() for g in str(v).split("|") if g.strip() and g.strip() != "(no genres listed)"]
+              if not _is_missing(v) else [] for v in movies["genres"].tolist()]
+    hashtags = [top_tags.get(i, []) for i in ids]
+    extra = {"genres": genres}
+    links_file = folder / "links.csv"
+    if links_file.exists():
+        links = _read_csv(links_file, required=("movieId",))
+        by_movie = {_id_text(m): r for m, r in zip(links["movieId"], links.to_dict("records"))}
+        for key, column in (("imdb_id", "imdbId"), ("tmdb_id", "tmdbId")):
+            if column in links.columns:
+                extra[key] = [None if _is_missing(by_movie.get(i, {}).get(column)) else by_movie[i][column]
+                              for i in ids]
+    notes = _note_table({
+        "note_id": ids,
+        "title": titles,
+        "content": [movielens_content(t, g, h) for t, g, h in zip(titles, genres, hashtags)],
+        "hashtags": hashtags,
+        "category": [[g[0]] if g else ["unknown"] for g in genres],
+        "extra": _extra_json(pd.DataFrame(index=range(len(ids))), extra),
+    }, str(movies_file))
+    events = _movielens_events(folder / "ratings.csv", min_rating, set(ids), unknown_notes)
+    return _attach(notes, report), events
+
+
+def _movielens_events(ratings_file: Path, min_rating: float, known: set[str], unknown_notes: str) -> pa.Table:
+    report = ReadReport(source=f"movielens ratings {ratings_file} (clicks = rating >= {min_rating})")
+    file = str(ratings_file)
+    ratings = _read_csv(ratings_file, required=("userId", "movieId", "rating", "timestamp"))
+    rating = pd.to_numeric(ratings["rating"], errors="coerce")
+    if rating.isna().any():
+        i = int(np.flatnonzero(rating.isna().to_numpy())[0])
+        raise DataError(f"{ratings['rating'].iloc[i]!r} is not a rating", file=file,
+                        row=int(ratings["_row"].iloc[i]), field="rating")
+    for column in ("userId", "movieId"):
+        blank = np.array([_is_missing(v) for v in ratings[column].tolist()], dtype=bool)
+        if blank.any():
+            raise DataError("id is missing", file=file, row=int(ratings["_row"].iloc[int(np.flatnonzero(blank)[0])]),
+                            field=column)
+    frame = pd.DataFrame({
+        "user_id": ratings["userId"].str.strip(),
+        "note_id": ratings["movieId"].str.strip(),
+        "timestamp": _epoch_seconds(ratings["timestamp"], ratings["_row"], file, "timestamp"),
+        "session_id": None,
+        "rating": rating.to_numpy(dtype=np.float64),
+        "seq": (ratings["_row"] - 1).to_numpy(dtype=np.int64),
+        "_row": ratings["_row"].to_numpy(),
+        "_file": file,
+    })
+    frame = frame[frame["rating"] >= min_rating]
+    user_order = pd.to_numeric(frame["user_id"], errors="coerce")
+    frame = frame.assign(_user=user_order if user_order.notna().all() else frame["user_id"])
+    frame["timestamp"] = frame["timestamp"].astype("Int64")
+    frame = frame.sort_values(["_user", "timestamp", "seq"], kind="stable").reset_index(drop=True)
+    table = _event_table(frame, known=known, unknown_notes=unknown_notes, report=report,
+                         extra_columns=("rating", "seq"))
+    return _attach(table, report)
+
+
+# -------------------------------------------------------------------------------------------- KuaiRec
+_KUAIREC_FILE = "kuairec_caption_category.csv"
+
+
+def read_kuairec(folder: str | Path, *, on_bad_rows: str = "error") -> pa.Table:
+    """KuaiRec 2.0 captions (kuairec_caption_category.csv; item_categories.csv joined when present).
+
+    title = manual_cover_text; content = caption without its `#tag`s; hashtags = the caption's inline
+    tags in order, then topic_tag entries not among them; category = first/second/third level names
+    cut at the first missing one (`-124` / `UNKNOWN` = missing). Rows cut in two by an unquoted line
+    break in the caption (4 in the real file) are joined again.
+    """
+    _check_policy("on_bad_rows", on_bad_rows, BAD_ROW_POLICIES)
+    folder = Path(folder)
+    path = folder if folder.is_file() else folder / _KUAIREC_FILE
+    file = str(path)
+    report = ReadReport(source=f"kuairec {file}")
+    frame = _read_csv(path, required=("video_id", "caption"), on_bad_rows=on_bad_rows, report=report,
+                      join_split_lines=True)
+    frame = _check_note_ids(frame, "video_id", file, on_bad_rows, report)
+    n = len(frame)
+
+    def column(name: str) -> list[Any]:
+        return frame[name].tolist() if name in frame.columns else [None] * n
+
+    captions = column("caption")
+    topic_tags = [_clean_tags(_as_list(v), 10**6, 10**6) if v != "UNKNOWN" else [] for v in column("topic_tag")]
+    hashtags = [_merge_tags(parse_open_hashtags(c), _clean_tags(t)) for c, t in zip(captions, topic_tags)]
+    levels = [c for c in ("first_level_category_name", "second_level_category_name", "third_level_category_name")
+              if c in frame.columns]
+    ids = [c for c in ("first_level_category_id", "second_level_category_id", "third_level_category_id")
+           if c in frame.columns]
+    derived: dict[str, Sequence[Any]] = {"topic_tag": topic_tags, "category_ids": _category_levels(frame[ids])
+                                         if ids else [[] for _ in range(n)]}
+    feat_file = (folder if folder.is_dir() else folder.parent) / "item_categories.csv"
+    if feat_file.exists():
+        feats = _read_csv(feat_file, required=("video_id", "feat"))
+        by_id = dict(zip((_id_text(v) for v in feats["video_id"]), feats["feat"]))
+        derived["feat"] = [[int(x) if x.lstrip("-").isdigit() else x for x in _as_list(by_id.get(i))]
+                           if by_id.get(i) else None for i in frame["_note_id"].tolist()]
+    notes = _note_table({
+        "note_id": frame["_note_id"].tolist(),
+        "title": ["" if clean_text(t) == "UNKNOWN" else clean_text(t) for t in column("manual_cover_text")],
+        "content": [strip_open_hashtags(c) for c in captions],
+        "hashtags": hashtags,
+        "category": _category_levels(frame[levels]) if levels else [[] for _ in range(n)],
+        "extra": _extra_json(pd.DataFrame(index=range(n)), derived),
+    }, file)
+    return _attach(notes, report)
+
+
+# ---------------------------------------------------------------------------------------- Hacker News
+def read_hackernews(path: str | Path, *, tz: str = "America/New_York", on_bad_rows: str = "error") -> pa.Table:
+    """Hacker News posts (id,title,url,num_points,num_comments,author,created_at[,text]).
+
+    likes = num_points, comments = num_comments, author_id = author, content = text when the file has
+    it and the post has one, else the url. created_at `M/D/YYYY H:MM` is read in `tz` (the Kaggle
+    "Hacker News Posts" data is in US Eastern time) and stored in UTC.
+    """
+    _check_policy("on_bad_rows", on_bad_rows, BAD_ROW_POLICIES)
+    path = Path(path)
+    file = str(path)
+    report = ReadReport(source=f"hackernews {file}")
+    frame = _read_csv(path, required=("id", "title", "created_at"), on_bad_rows=on_bad_rows, report=report)
+    frame = _check_note_ids(frame, "id", file, on_bad_rows, report)
+    rows = frame["_row"]
+    n = len(frame)
+    urls = _texts(frame["url"]) if "url" in frame.columns else [""] * n
+    texts = _texts(frame["text"]) if "text" in frame.columns else [""] * n
+    domains = [urlsplit(u).netloc.lower().removeprefix("www.") if u else None for u in urls]
+    notes = _note_table({
+        "note_id": frame["_note_id"].tolist(),
+        "title": _texts(frame["title"]),
+        "content": [t or u for t, u in zip(texts, urls)],
+        "author_id": _optional_str(frame["author"]) if "author" in frame.columns else [None] * n,
+        "published_at": _datetimes(frame["created_at"], rows, file, "created_at", fmt="%m/%d/%Y %H:%M", tz=tz),
+        "likes": _counts(frame["num_points"], rows, file, "num_points") if "num_points" in frame.columns else [None] * n,
+        "comments": _counts(frame["num_comments"], rows, file, "num_comments")
+        if "num_comments" in frame.columns else [None] * n,
+        "extra": _extra_json(pd.DataFrame(index=range(n)), {"url": urls, "domain": domains}),
+    }, file)
+    return _attach(notes, report)
+
+
+# --------------------------------------------------------------------------------------------- Weibo
+_WEIBO_TIME = re.compile(r"(?:(\d{4})年)?(\d{1,2})月(\d{1,2})日\s*(\d{1,2}):(\d{2})")
+_WEIBO_UI = re.compile(r"\s*(?:\.\.\.|…)?展开全文\s*$")
+
+
+def _weibo_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
+    if isinstance(source, (str, Path)):
+        source = Path(source)
+        if source.is_dir():
+            files = list(source.glob("*.csv"))
+            if not files:
+                raise DataError("no .csv files in the folder", file=str(source))
+            # natural order: list_2 before list_10
+            return sorted(files, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
+        return [source]
+    return [Path(p) for p in source]
+
+
+def read_weibo(folder_or_files: str | Path | Sequence[str | Path], *, year: int = 2020, tz: str = "Asia/Shanghai",
+               keep_tag_text: bool = False, on_bad_rows: str = "error") -> pa.Table:
+    """Weibo posts crawled as weibo_cctv_2020 (pub_time, weibo_content, forward, comment, like, weibo_url,
+    weibo_topic) from a folder of CSVs, a list of files or one file.
+
+    Rows are deduplicated by url (without its query; files are read in natural name order, the first
+    row's text is kept and each count is the largest seen, since counts only grow between crawls): the
+    number merged is in the report. note_id = the post id of the url, author_id = the account id.
+    pub_time `5月12日 09:15` (no year: `year`) is China time, stored in UTC; `已编辑` becomes
+    extra.edited. title = weibo_topic without `#`; hashtags = the `#话题#` topics (`text.parse_weibo_hashtags`:
+    free text inside, <= 32 chars); content = the post without them (with keep_tag_text=True the topic
+    words stay, without `#`) and without the `...展开全文` link.
+    shares = forward, comments = comment, likes = like.
+    """
+    _check_policy("on_bad_rows", on_bad_rows, BAD_ROW_POLICIES)
+    files = _weibo_files(folder_or_files)
+    report = ReadReport(source=f"weibo {files[0].parent if len(files) > 1 else files[0]} ({len(files)} files)")
+    frames = []
+    for path in files:
+        frame = _read_csv(path, required=("pub_time", "weibo_content", "weibo_url"), on_bad_rows=on_bad_rows,
+                          report=report)
+        frame["_file"] = str(path)
+        for target, source in (("shares", "forward"), ("comments", "comment"), ("likes", "like")):
+            values = _counts(frame[source], frame["_row"], str(path), source) if source in frame.columns \
+                else [None] * len(frame)
+            frame[target] = pd.array(values, dtype="Int64")
+        frame["_published"] = _weibo_times(frame, str(path), year, tz)
+        frames.append(frame)
+    frame = pd.concat(frames, ignore_index=True)
+    frame["_key"] = [_canonical_url(u) for u in frame["weibo_url"].tolist()]
+    missing = frame["_key"].isna().to_numpy()
+    if missing.any():
+        i = int(np.flatnonzero(missing)[0])
+        if on_bad_rows == "error":
+            raise DataError("weibo_url (the note id) is missing", file=frame["_file"].iloc[i],
+                            row=int(frame["_row"].iloc[i]), field="weibo_url")
+        for file, group in frame[missing].groupby("_file", sort=False):
+            report.skip("weibo_url (the note id) is missing", file, group["_row"].tolist())
+        frame = frame[~missing]
+    largest = frame.groupby("_key", sort=False)[["shares", "comments", "likes"]].max()
+    first = frame.drop_duplicates("_key", keep="first").set_index("_key")
+    merged = len(frame) - len(first)
+    if merged:
+        report.merged["rows with a url seen before (files overlap)"] = merged
+        changed = int((first[["shares", "comments", "likes"]].fillna(-1) != largest.fillna(-1)).any(axis=1).sum())
+        report.notes.append(f"{merged} duplicate rows merged by url; {changed} posts took a larger count from a duplicate")
+    first[["shares", "comments", "likes"]] = largest
+    first = first.reset_index()
+    parts = [urlsplit(k).path.strip("/").split("/") for k in first["_key"]]
+    contents, truncated = [], []
+    for raw in first["weibo_content"].tolist():
+        text = clean_text(raw)
+        cut = _WEIBO_UI.search(text)
+        truncated.append(True if cut else None)
+        text = text[: cut.start()] if cut else text
+        contents.append(text)
+    body = [re.sub(r"#([^#\n]+)#", r"\1", t) if keep_tag_text else strip_weibo_hashtags(t) for t in contents]
+    body = [re.sub(r"【\s*】", "", b).strip() for b in body]
+    topics = _texts(first["weibo_topic"]) if "weibo_topic" in first.columns else [""] * len(first)
+    notes = _note_table({
+        "note_id": [p[-1] for p in parts],
+        "title": [t.replace("#", "").strip() for t in topics],
+        "content": body,
+        "hashtags": [parse_weibo_hashtags(t) for t in contents],
+        "author_id": [p[0] if len(p) > 1 else None for p in parts],
+        "published_at": [None if pd.isna(s) else int(s) for s in first["_published"].tolist()],
+        "likes": first["likes"].astype(object).where(first["likes"].notna(), None).tolist(),
+        "comments": first["comments"].astype(object).where(first["comments"].notna(), None).tolist(),
+        "shares": first["shares"].astype(object).where(first["shares"].notna(), None).tolist(),
+        "extra": _extra_json(pd.DataFrame(index=range(len(first))), {
+            "url": first["_key"].tolist(), "weibo_topic": topics,
+            "edited": [True if "已编辑" in str(t) else None for t in first["pub_time"].tolist()],
+            "truncated": truncated, "file": [Path(f).name for f in first["_file"]], "row": first["_row"].tolist()}),
+    }, report.source)
+    return _attach(notes, report)
+
+
+def _canonical_url(url: Any) -> str | None:
+    if _is_missing(url):
+        return None
+    parts = urlsplit(clean_text(url))
+    if not parts.netloc:
+        return clean_text(url)
+    return f"{parts.scheme or 'https'}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _weibo_times(frame: pd.DataFrame, file: str, year: int, tz: str) -> list[int | None]:
+    wall = []
+    for raw, row in zip(frame["pub_time"].tolist(), frame["_row"].tolist()):
+        if _is_missing(raw):
+            wall.append(None)
+            continue
+        m = _WEIBO_TIME.search(str(raw))
+        if m:
+            y, mo, d, h, mi = m.groups()
+            wall.append(f"{y or year}-{int(mo):02d}-{int(d):02d} {int(h):02d}:{mi}")
+            continue
+        try:
+            wall.append(pd.Timestamp(clean_text(raw)).strftime("%Y-%m-%d %H:%M"))
+        except (ValueError, TypeError):
+            raise DataError(f"{raw!r} is not a time like '5月12日 09:15'", file=file, row=row, field="pub_time") from None
+    parsed = pd.to_datetime(pd.Series(wall, dtype=object), format="%Y-%m-%d %H:%M", errors="coerce")
+    bad = np.flatnonzero(parsed.isna().to_numpy() & np.array([w is not None for w in wall], dtype=bool))
+    if len(bad):
+        i = int(bad[0])
+        raise DataError(f"{frame['pub_time'].iloc[i]!r} is not a valid date", file=file,
+                        row=int(frame["_row"].iloc[i]), field="pub_time")
+    return _to_utc_seconds(parsed, tz)
+
+
+# -------------------------------------------------------------------------------------------- generic
+def read_generic(path: str | Path, column_map: dict[str, str] | None = None, *, fmt: str | None = None,
+                 encoding: str = "utf-8", on_bad_rows: str = "error", keep_extra: bool = True) -> pa.Table:
+    """Any CSV / JSONL / Parquet table of notes, by extension (or `fmt`), with `column_map` from Note
+    fields to source columns (a Note field not mapped is taken from a column of the same name).
+
+    List fields accept real lists, JSON lists or `a|b` / `a,b` text. Where a row has no hashtags (or there
+    is no hashtags column) they are parsed from the content's inline `#…#` tags; inline tags are removed
+    from content either way. published_at accepts unix s/ms or date-time text (naive = UTC, an offset is
+    converted). Counts accept `1.5万`. Source
+    columns not mapped go into extra (keep_extra=False drops them).
+    """
+    _check_policy("on_bad_rows", on_bad_rows, BAD_ROW_POLICIES)
+    path = Path(path)
+    file = str(path)
+    fmt = fmt or _format_of(path)
+    if fmt not in ("csv", "jsonl", "json", "parquet"):
+        raise DataError(f"cannot tell the format of {path.name}: use .csv, .jsonl, .json or .parquet, "
+                        "or name the format", file=file)
+    report = ReadReport(source=f"{fmt} {file}")
+    column_map = dict(column_map or {})
+    unknown = sorted(set(column_map) - set(NOTE_COLUMNS))
+    if unknown:
+        raise DataError(f"--map names {unknown}, which are not Note fields; Note fields: {NOTE_COLUMNS}", file=file)
+    csv_options = {"on_bad_rows": on_bad_rows, "report": report} if fmt == "csv" else {}
+    frame = _read_table_file(path, fmt, encoding, **csv_options)
+    available = [c for c in frame.columns if not str(c).startswith("_")]
+    source_of = {f: column_map.get(f, f) for f in NOTE_COLUMNS if column_map.get(f, f) in frame.columns}
+    absent = {f: c for f, c in column_map.items() if c not in frame.columns}
+    if absent:
+        raise DataError(f"mapped column(s) not in the file: {absent}; the file has {available}", file=file)
+    if "note_id" not in source_of:
+        raise DataError(f"no note id column: map one with --map note_id=COLUMN; the file has {available}",
+                        file=file, field="note_id")
+    frame = _check_note_ids(frame, source_of["note_id"], file, on_bad_rows, report)
+    rows = frame["_row"]
+    n = len(frame)
+
+    def values(name: str) -> list[Any]:
+        return frame[source_of[name]].tolist() if name in source_of else [None] * n
+
+    split = [split_hashtags(c) for c in values("content")]
+    columns: dict[str, Sequence[Any]] = {
+        "note_id": frame["_note_id"].tolist(),
+        "title": _texts(frame[source_of["title"]]) if "title" in source_of else [""] * n,
+        "content": [body for body, _ in split],
+        # the hashtags column where a row has tags there, else the content's inline tags
+        "hashtags": [_clean_tags(_as_list(v)) or tags for v, (_, tags) in zip(values("hashtags"), split)],
+        "category": [_as_list(v) for v in values("category")],
+        "image_paths": [_as_list(v) for v in values("image_paths")],
+        "author_id": _optional_str(frame[source_of["author_id"]]) if "author_id" in source_of else [None] * n,
+        "published_at": _datetimes(frame[source_of["published_at"]], rows, file, source_of["published_at"])
+        if "published_at" in source_of else [None] * n,
+    }
+    for name in _COUNT_FIELDS:
+        columns[name] = _counts(frame[source_of[name]], rows, file, source_of[name]) if name in source_of else [None] * n
+    rest = [c for c in available if c not in source_of.values()] if keep_extra else []
+    extra = _extra_json(frame[rest])
+    if "extra" in source_of:  # a source that already has an extra JSON column: merge it in
+        extra = [_merge_extra(e, v, file, r) for e, v, r in zip(extra, values("extra"), rows.tolist())]
+    columns["extra"] = extra
+    return _attach(_note_table(columns, file), report)
+
+
+def _merge_extra(base: str, value: Any, file: str, row: int) -> str:
+    if _is_missing(value):
+        return base
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise DataError("extra is not a JSON object", file=file, row=row, field="extra") from None
+    if not isinstance(value, dict):
+        raise DataError("extra is not a JSON object", file=file, row=row, field="extra")
+    return json.dumps({**json.loads(base), **value}, ensure_ascii=False, default=str)
+
+
+# ------------------------------------------------------------------------------------------- dispatch
+class ReadResult(NamedTuple):
+    """What `read_source` returns: the notes, and the events / pairs where the format has them."""
+
+    notes: pa.Table
+    events: pa.Table | None = None
+    pairs: pa.Table | None = None
+
+
+FORMATS: dict[str, str] = {
+    "notellm-csv": "NoteLLM CSV without header (noteid,title,content,imgid,category); option pairs_csv=PATH",
+    "qilin": "Qilin folder (notes + recommendation/search/DQA sessions), toy CSV or Hugging Face Parquet",
+    "mediacrawler": "MediaCrawler Xiaohongshu export (xhs_note.csv / .json / .jsonl)",
+    "movielens": "MovieLens folder (movies, ratings, tags), protocol ml-i2i-v1",
+    "kuairec": "KuaiRec 2.0 captions folder (kuairec_caption_category.csv)",
+    "hackernews": "Hacker News posts CSV (id,title,url,num_points,num_comments,author,created_at)",
+    "weibo": "Weibo posts (weibo_cctv_2020 layout): a folder of CSVs or one CSV",
+    "csv": "any CSV with a header; --map FIELD=COLUMN",
+    "jsonl": "any JSON-lines file; --map FIELD=COLUMN",
+    "parquet": "any Parquet file; --map FIELD=COLUMN",
+}
+
+
+def _notellm_source(path: Path, **options: Any) -> ReadResult:
+    notes, pairs = read_notellm_csv(path, **options)
+    return ReadResult(notes, None, pairs)
+
+
+def _pair_source(reader: Callable[..., tuple[pa.Table, pa.Table]]) -> Callable[..., ReadResult]:
+    def read(path: Path, **options: Any) -> ReadResult:
+        notes, events = reader(path, **options)
+        return ReadResult(notes, events, None)
+
+    read.__wrapped__ = reader  # type: ignore[attr-defined]  # so option checking sees the real signature
+    return read
+
+
+def _notes_source(reader: Callable[..., pa.Table]) -> Callable[..., ReadResult]:
+    def read(path: Path, **options: Any) -> ReadResult:
+        return ReadResult(reader(path, **options))
+
+    read.__wrapped__ = reader  # type: ignore[attr-defined]
+    return read
+
+
+def _generic_source(fmt: str) -> Callable[..., ReadResult]:
+    def read(path: Path, **options: Any) -> ReadResult:
+        return ReadResult(read_generic(path, fmt=fmt, **options))
+
+    read.__wrapped__ = read_generic  # type: ignore[attr-defined]
+    return read
+
+
+_notellm_source.__wrapped__ = read_notellm_csv  # type: ignore[attr-defined]
+_READERS: dict[str, Callable[..., ReadResult]] = {
+    "notellm-csv": _notellm_source,
+    "qilin": _pair_source(read_qilin),
+    "mediacrawler": _notes_source(read_mediacrawler),
+    "movielens": _pair_source(read_movielens),
+    "kuairec": _notes_source(read_kuairec),
+    "hackernews": _notes_source(read_hackernews),
+    "weibo": _notes_source(read_weibo),
+    "csv": _generic_source("csv"),
+    "jsonl": _generic_source("jsonl"),
+    "parquet": _generic_source("parquet"),
+}
+
+
+def reader_options(fmt: str) -> list[str]:
+    """The keyword options a format's reader takes (beyond the path)."""
+    reader = inspect.unwrap(_reader(fmt))
+    params = list(inspect.signature(reader).parameters.values())[1:]
+    return [p.name for p in params if p.name != "fmt" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _reader(fmt: str) -> Callable[..., ReadResult]:
+    if fmt not in _READERS:
+        raise DataError(f"unknown format {fmt!r}; known formats: {', '.join(FORMATS)}", field="format")
+    return _READERS[fmt]
+
+
+def read_source(fmt: str, path: str | Path, **options: Any) -> ReadResult:
+    """Read `path` with the reader of format `fmt` (one of FORMATS); options go to that reader."""
+    reader = _reader(fmt)
+    allowed = reader_options(fmt)
+    wrong = sorted(set(options) - set(allowed))
+    if wrong:
+        raise DataError(f"format {fmt!r} takes no option(s) {wrong}; it takes {allowed}", field="options")
+    return reader(Path(path), **options)
+
+
+EVENT_FORMATS = frozenset({"qilin", "movielens"})
+PAIR_FORMATS = frozenset({"notellm-csv"})
+
+
+# -------------------------------------------------------------------------------------------- summary
+def _time_range(column: pa.ChunkedArray) -> str:
+    import pyarrow.compute as pc
+
+    known = column.drop_null() if column.null_count else column
+    if len(known) == 0:
+        return "none"
+    low, high = pc.min(known).as_py(), pc.max(known).as_py()
+    missing = f" ({column.null_count:,} without)" if column.null_count else ""
+    return f"{low:%Y-%m-%d %H:%M} .. {high:%Y-%m-%d %H:%M} UTC{missing}"
+
+
+def summarize(table: pa.Table, kind: str = "notes") -> dict[str, Any]:
+    """Facts about a table a reader returned, as printed by `notellm data import`: rows, skips with reasons,
+    merges, and per kind: hashtags per note and date range (notes), users and time range (events)."""
+    import pyarrow.compute as pc
+
+    lines: list[str] = []
+    out: dict[str, Any] = {"rows": table.num_rows, "lines": lines}
+    report = read_report(table) or {}
+    for reason, count in report.get("skipped", {}).items():
+        examples = "; ".join(report.get("examples", {}).get(reason, [])[:3])
+        lines.append(f"skipped {count:,}: {reason} (e.g. {examples})")
+    for reason, count in report.get("merged", {}).items():
+        lines.append(f"merged {count:,}: {reason}")
+    lines.extend(report.get("notes", []))
+    if kind == "notes" and table.num_rows:
+        tag_counts = pc.list_value_length(table.column("hashtags")).fill_null(0)
+        out["hashtags_per_note"] = pc.mean(tag_counts).as_py()
+        out["share_with_hashtags"] = pc.mean(pc.greater(tag_counts, 0).cast(pa.float64())).as_py()
+        categorised = pc.mean(pc.greater(pc.list_value_length(table.column("category")).fill_null(0), 0)
+                              .cast(pa.float64())).as_py()
+        lines.append(f"hashtags per note {out['hashtags_per_note']:.2f} "
+                     f"({out['share_with_hashtags']:.0%} of notes have one); category on {categorised:.0%}")
+        lines.append(f"published: {_time_range(table.column('published_at'))}")
+        filled = [name for name in _COUNT_FIELDS if table.column(name).null_count < table.num_rows]
+        lines.append(f"counts: {', '.join(filled) if filled else 'none'}")
+    elif kind == "events" and table.num_rows:
+        out["users"] = pc.count_distinct(table.column("user_id")).as_py()
+        out["notes"] = pc.count_distinct(table.column("note_id")).as_py()
+        lines.append(f"{out['users']:,} users, {out['notes']:,} notes; time: {_time_range(table.column('timestamp'))}")
+    elif kind == "pairs" and table.num_rows:
+        notes = pc.count_distinct(pa.concat_arrays([table.column("note_a").combine_chunks(),
+                                                    table.column("note_b").combine_chunks()])).as_py()
+        lines.append(f"{notes:,} distinct notes in pairs")
+    return out

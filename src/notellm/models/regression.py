@@ -1,0 +1,182 @@
+"""A causal-LM backbone with a scalar regression head on the last non-padding token (RedNoob's model).
+
+As Qwen3ForSequenceClassification, the score is a linear function of the last real token's final hidden
+state; optional numeric features are concatenated to that state before the head. Differences:
+- only the decoder runs (no vocabulary projection: for Gemma 3 270M the 262k-row LM head costs more than
+  all its layers);
+- the last real token is found from the attention mask, and position ids are computed from the mask, so
+  left and right padding give the same scores (HF's default positions shift left-padded sequences);
+- LoRA (peft) can be limited to the top N decoder layers: backward then stops there, which is most of the
+  saving on a CPU.
+
+A trained model is a folder: `adapter/` (peft LoRA of the decoder), `head.safetensors`, and
+`popularity_model.json` (backbone id and seed, LoRA settings, input format, target definition, feature
+names, normalisation statistics of target and features, training summary).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from notellm.errors import NotellmError
+from notellm.io import atomic_path, read_json, write_json
+
+META_FILE = "popularity_model.json"
+DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoraSpec:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+    top_layers: int = 0          # LoRA only on the last N decoder layers (0: all layers)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2, ... over the real tokens of each row, whatever side the padding is on (pads get 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last position whose mask is 1 in each row (left or right padding)."""
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (positions * attention_mask.long()).argmax(-1)
+
+
+def pool_last(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return hidden[rows, last_token_index(attention_mask)]
+
+
+def decoder_of(causal_lm: nn.Module) -> nn.Module:
+    """The transformer body of a causal LM (embeddings + layers + final norm, no LM head)."""
+    inner = getattr(causal_lm, "model", None)
+    if inner is not None and hasattr(inner, "layers"):
+        return inner
+    if hasattr(causal_lm, "get_decoder"):
+        return causal_lm.get_decoder()
+    raise NotellmError(f"cannot find the decoder of {type(causal_lm).__name__}")
+
+
+def _num_layers(decoder: nn.Module) -> int:
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise NotellmError(f"cannot find the decoder layers of {type(decoder).__name__}")
+    return len(layers)
+
+
+class NoteRegressor(nn.Module):
+    """decoder -> hidden state of the last real token (+ features) -> Linear -> one score per note."""
+
+    def __init__(self, decoder: nn.Module, hidden_size: int, n_features: int = 0):
+        super().__init__()
+        self.decoder = decoder
+        self.n_features = n_features
+        self.head = nn.Linear(hidden_size + n_features, 1)
+        nn.init.zeros_(self.head.weight)  # start as the mean predictor (targets are standardised)
+        nn.init.zeros_(self.head.bias)
+
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.decoder(input_ids=input_ids, attention_mask=attention_mask,
+                           position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+        return pool_last(out.last_hidden_state, attention_mask).float()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor | None = None,
+                return_pooled: bool = False):
+        pooled = self.pooled(input_ids, attention_mask)
+        x = pooled
+        if self.n_features:
+            if features is None or features.shape != (pooled.shape[0], self.n_features):
+                raise ValueError(f"the head expects {self.n_features} features per note")
+            x = torch.cat([pooled, features.to(pooled.dtype)], dim=-1)
+        with torch.autocast(device_type=x.device.type, enabled=False):  # the head stays in float32
+            score = self.head(x.float()).squeeze(-1)
+        return (score, pooled) if return_pooled else score
+
+
+def lora_target_regex(decoder: nn.Module, spec: LoraSpec) -> str:
+    """A peft target pattern: the named projections, in every layer or only in the top `top_layers`."""
+    n = _num_layers(decoder)
+    if not 0 <= spec.top_layers <= n:
+        raise NotellmError(f"lora top_layers must be in 0..{n} for this backbone, got {spec.top_layers}")
+    layers = range(n - spec.top_layers, n) if spec.top_layers else range(n)
+    names = "|".join(re.escape(m) for m in spec.target_modules)
+    return rf"(.*\.)?layers\.({'|'.join(str(i) for i in layers)})\.(.*\.)?({names})"
+
+
+def apply_lora(model: NoteRegressor, spec: LoraSpec) -> NoteRegressor:
+    """Wrap the decoder with LoRA adapters; freeze everything else but the head."""
+    from peft import LoraConfig, get_peft_model
+
+    for p in model.decoder.parameters():
+        p.requires_grad_(False)
+    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                        target_modules=lora_target_regex(model.decoder, spec))
+    model.decoder = get_peft_model(model.decoder, config)
+    for p in model.head.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def build_regressor(backbone: str, n_features: int = 0, lora: LoraSpec | None = None, seed: int = 0,
+                    dtype: str = "float32"):
+    """(NoteRegressor, tokenizer) from a backbone name (see models.backbone); LoRA applied when given."""
+    from notellm.models.backbone import load_backbone
+
+    causal_lm, tokenizer = load_backbone(backbone, dtype=dtype, seed=seed)
+    decoder = decoder_of(causal_lm)
+    hidden = causal_lm.config.get_text_config().hidden_size if hasattr(causal_lm.config, "get_text_config") \
+        else causal_lm.config.hidden_size
+    model = NoteRegressor(decoder, hidden, n_features)
+    if lora is not None:
+        apply_lora(model, lora)
+    return model, tokenizer
+
+
+def save_regressor(model: NoteRegressor, out_dir: str | Path, meta: dict[str, Any]) -> Path:
+    """Write adapter/, head.safetensors and the metadata JSON (written last: its presence means complete)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if hasattr(model.decoder, "peft_config"):
+        model.decoder.save_pretrained(str(out / "adapter"))
+    with atomic_path(out / "head.safetensors") as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}, str(tmp))
+    write_json(meta, out / META_FILE)
+    return out
+
+
+def load_regressor(model_dir: str | Path, merge: bool = True):
+    """(NoteRegressor in eval mode, tokenizer, metadata) for a folder written by save_regressor."""
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    meta_path = model_dir / META_FILE
+    if not meta_path.exists():
+        raise NotellmError(f"{model_dir} is not a trained popularity model (no {META_FILE})")
+    meta = read_json(meta_path)
+    model, tokenizer = build_regressor(meta["backbone"], len(meta["features"]["names"]), None, meta.get("backbone_seed", 0))
+    if (model_dir / "adapter").is_dir():
+        from peft import PeftModel
+
+        model.decoder = PeftModel.from_pretrained(model.decoder, str(model_dir / "adapter"))
+        if merge:  # one matrix per projection again: faster inference
+            model.decoder = model.decoder.merge_and_unload()
+    model.head.load_state_dict(load_file(str(model_dir / "head.safetensors")))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, tokenizer, meta
+
+
+def lora_spec_dict(spec: LoraSpec) -> dict[str, Any]:
+    return asdict(spec)

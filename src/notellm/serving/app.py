@@ -1,0 +1,334 @@
+"""The HTTP API and the creator's web page (FastAPI, served by uvicorn: `notellm serve`).
+
+    app = create_app(index=load_index("runs/index"), embedder=Embedder("runs/model"), notes=read_notes(...))
+    app = create_app_from_paths(model="runs/model", index="runs/index", notes="notes.parquet")
+
+Endpoints: `GET /health`, `GET /notes/{id}/similar?k=`, `POST /similar`, `POST /embed`, `POST /tags`,
+`POST /popularity`, the page at `/`, OpenAPI docs at `/docs`. Every component is optional: an endpoint
+whose component is missing answers 503 saying which `notellm serve` option provides it.
+
+Concurrency: model work (embedding, tags, popularity) runs on one thread - the lock around the model - fed
+by micro-batching queues, so concurrent requests within a few milliseconds share one forward pass. Index
+queries are batched the same way on their own thread: a flat scan of 100k vectors costs about the same for
+one query as for sixteen (it is memory-bound). Bodies over the size limit are refused with 413 before
+parsing; clients never name files.
+"""
+
+# no `from __future__ import annotations`: FastAPI must see the request models built inside create_app
+import asyncio
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from notellm.errors import DataError, NotellmError
+from notellm.serving.batching import MicroBatcher
+from notellm.serving.components import describe, load_tagger
+from notellm.serving.schemas import (EmbedResponse, PopularityResponse, ServingLimits, SimilarResponse,
+                                     TagsResponse, request_models)
+
+STATIC_DIR = Path(__file__).parent / "static"
+log = logging.getLogger("notellm.serving")
+
+MISSING = {
+    "embedder": "no embedding model is loaded: start the server with `notellm serve --model MODEL_DIR` "
+                "(a trained NoteLLM folder, or zero-shot:<backbone>)",
+    "index": "no index is loaded: start the server with `notellm serve --index INDEX_DIR` "
+             "(a folder written by `notellm index build`)",
+    "tagger": "no hashtag/category generator is loaded: start the server with `notellm serve --tagger model` "
+              "(the served NoteLLM generates; add --notes to constrain categories) or `--tagger knn --notes "
+              "notes.parquet` (tags of the nearest notes)",
+    "popularity": "no popularity model is loaded: start the server with `notellm serve --popularity-model DIR` "
+                  "(a folder written by `notellm popularity train`)",
+}
+
+
+@dataclass
+class SearchQuery:
+    """One index query: an indexed note (its stored vector) or a vector, k, and ids to leave out."""
+    k: int
+    note_id: str | None = None
+    vector: np.ndarray | None = None
+    exclude: frozenset[str] = field(default_factory=frozenset)
+
+
+class Service:
+    """The loaded components and the queues in front of them; one per app."""
+
+    def __init__(self, index=None, embedder=None, notes=None, tagger=None, popularity=None,
+                 limits: ServingLimits | None = None):
+        self.index, self.embedder, self.tagger, self.popularity = index, embedder, tagger, popularity
+        self.limits = limits or ServingLimits()
+        self._check_dims()
+        self.titles, self.categories = _note_lookup(notes if notes is not None else getattr(index, "notes", None))
+        self.notes_count = None if notes is None else notes.num_rows
+        # one thread runs every model call (the lock around the model); searches get their own thread
+        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="notellm-model")
+        self.search_thread = ThreadPoolExecutor(1, thread_name_prefix="notellm-search")
+        lim = self.limits
+        self.batchers: dict[str, MicroBatcher] = {
+            "search": MicroBatcher(self._search_batch, lim.search_batch, lim.search_wait_ms, self.search_thread,
+                                   "search"),
+            "embed": MicroBatcher(self._embed_batch, lim.model_batch, lim.model_wait_ms, self.model_thread, "embed"),
+            "tags": MicroBatcher(self._tags_batch, lim.model_batch, lim.model_wait_ms, self.model_thread, "tags"),
+            "popularity": MicroBatcher(self._popularity_batch, lim.model_batch, lim.model_wait_ms,
+                                       self.model_thread, "popularity"),
+        }
+
+    def _check_dims(self) -> None:
+        if self.index is None or self.embedder is None:
+            return
+        dim = getattr(self.embedder, "meta", {}).get("dim")
+        if dim is not None and dim != self.index.dim:
+            raise NotellmError(f"the model makes vectors of dimension {dim} but the index holds dimension "
+                               f"{self.index.dim} (built from {self.index.meta.get('model', '?')}): serve the "
+                               f"model that built the index")
+
+    def require(self, name: str) -> Any:
+        component = getattr(self, name)
+        if component is None:
+            raise HTTPException(503, MISSING[name])
+        return component
+
+    async def start(self) -> None:
+        for batcher in self.batchers.values():
+            batcher.start()
+
+    async def stop(self) -> None:
+        for batcher in self.batchers.values():
+            await batcher.stop()
+        self.model_thread.shutdown(wait=False, cancel_futures=True)
+        self.search_thread.shutdown(wait=False, cancel_futures=True)
+
+    # ---- the batch functions (run on the worker threads) ----
+    def _search_batch(self, queries: list[SearchQuery]) -> list[list[tuple[str, float]]]:
+        vectors = np.stack([q.vector if q.vector is not None else self.index.vector_of(q.note_id)
+                            for q in queries]).astype(np.float32, copy=False)
+        fetch = max(q.k + len(q.exclude) for q in queries)
+        ids, scores = self.index.search(vectors, fetch)
+        return [[(i, float(s)) for i, s in zip(row_ids, row_scores) if i not in q.exclude][: q.k]
+                for q, row_ids, row_scores in zip(queries, ids, scores)]
+
+    def _embed_batch(self, notes: list[dict[str, Any]]) -> list[np.ndarray]:
+        return list(np.asarray(self.embedder.encode(notes), dtype=np.float32))
+
+    def _tags_batch(self, notes: list[dict[str, Any]]) -> list[Any]:
+        return list(self.tagger.generate(notes))
+
+    def _popularity_batch(self, notes: list[dict[str, Any]]) -> list[float]:
+        return [float(s) for s in self.popularity.predict(notes)]
+
+    # ---- helpers for the endpoints ----
+    def similar_response(self, hits: Sequence[tuple[str, float]], k: int, note_id: str | None = None) -> JSONResponse:
+        """The SimilarResponse body built as plain JSON: the hot path skips pydantic's re-validation."""
+        results = [{"rank": r, "note_id": i, "score": round(s, 6), "title": self.titles.get(i),
+                    "category": self.categories.get(i)} for r, (i, s) in enumerate(hits, 1)]
+        return JSONResponse({"note_id": note_id, "title": self.titles.get(note_id) if note_id else None, "k": k,
+                             "results": results})
+
+    def health(self) -> dict[str, Any]:
+        index = self.index
+        return {
+            "status": "ok",
+            "model": (getattr(self.embedder, "meta", {}) or {}).get("model") if self.embedder is not None else None,
+            "index": None if index is None else {"count": len(index), "dim": index.dim, "kind": index.config.kind,
+                                                 "model": index.meta.get("model")},
+            "notes": self.notes_count if self.notes_count is not None else (len(self.titles) or None),
+            "components": {"embedder": self.embedder is not None, "index": index is not None,
+                           "titles": bool(self.titles), "tagger": describe(self.tagger),
+                           "popularity": describe(self.popularity)},
+            "limits": asdict(self.limits),
+            "batching": {name: {"batches": b.batches, "items": b.items, "largest_batch": b.largest_batch,
+                                "busy_seconds": round(b.busy_seconds, 3), "cpu_seconds": round(b.cpu_seconds, 3)}
+                         for name, b in self.batchers.items()},
+        }
+
+
+def _note_lookup(notes) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """note_id -> title and note_id -> category from a Note table (or the index's attached notes)."""
+    if notes is None or notes.num_rows == 0:
+        return {}, {}
+    ids = [str(i) for i in notes.column("note_id").to_pylist()]
+    titles = dict(zip(ids, notes.column("title").to_pylist())) if "title" in notes.column_names else {}
+    categories = dict(zip(ids, (c or [] for c in notes.column("category").to_pylist()))) \
+        if "category" in notes.column_names else {}
+    return titles, categories
+
+
+def note_dict(note, note_id: str) -> dict[str, Any]:
+    """A request's note as a Note row (every field present, nothing but text from the client)."""
+    from notellm.data.schema import empty_note
+
+    return {**empty_note(note_id), "title": note.title, "content": note.content, "hashtags": list(note.hashtags)}
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for a body over `max_bytes`, decided from Content-Length before the app reads
+    anything; a body without Content-Length (chunked) is read up to the limit and refused past it."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                return await _send_json(send, 400, {"detail": "Content-Length is not a number"})
+            if int(length) > self.max_bytes:
+                return await _send_json(send, 413, self._message(int(length)))
+            return await self.app(scope, receive, send)
+        if b"chunked" not in headers.get(b"transfer-encoding", b""):
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await _send_json(send, 413, self._message(size, at_least=True))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    def _message(self, size: int, at_least: bool = False) -> dict[str, str]:
+        return {"detail": f"request body is {'more than ' if at_least else ''}{size:,} bytes; the limit is "
+                          f"{self.max_bytes:,} bytes (send fewer or shorter notes)"}
+
+
+async def _send_json(send, status: int, payload: dict[str, Any]) -> None:
+    body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(index=None, embedder=None, notes=None, tagger=None, popularity=None,
+               limits: ServingLimits | None = None, title: str = "notellm") -> FastAPI:
+    """The app for already-loaded components (any of them may be None; see module doc)."""
+    service = Service(index, embedder, notes, tagger, popularity, limits)
+    lim = service.limits
+    models = request_models(lim)
+    SimilarRequest, EmbedRequest, NoteRequest = models["SimilarRequest"], models["EmbedRequest"], models["NoteRequest"]
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(title=title, lifespan=lifespan,
+                  description="Note embeddings, similar notes, hashtag/category suggestions and popularity "
+                              "prediction. The creator's page is at `/`.")
+    app.state.service = service
+    app.add_middleware(BodySizeLimit, max_bytes=lim.max_body_bytes)
+
+    @app.exception_handler(DataError)
+    async def data_error(_request: Request, exc: DataError):
+        return JSONResponse({"detail": str(exc), "field": exc.field}, status_code=422)
+
+    @app.exception_handler(NotellmError)
+    async def notellm_error(_request: Request, exc: NotellmError):
+        log.error("request failed: %s", exc)
+        return JSONResponse({"detail": str(exc)}, status_code=500)
+
+    @app.get("/health", summary="model, index size and which components are loaded")
+    async def health() -> dict[str, Any]:
+        return service.health()
+
+    @app.get("/notes/{note_id:path}/similar", response_model=SimilarResponse,
+             summary="the k indexed notes most similar to an indexed note (itself excluded)",
+             responses={404: {"description": "unknown note id"}})
+    async def similar_to_indexed(note_id: str = PathParam(..., description="an indexed note id"),
+                                 k: int = Query(10, ge=1, le=lim.max_k)) -> JSONResponse:
+        index = service.require("index")
+        if note_id not in index.row:
+            raise HTTPException(404, f"note id '{note_id}' is not in the index ({len(index):,} notes)")
+        hits = await service.batchers["search"].submit(SearchQuery(k=k, note_id=note_id,
+                                                                   exclude=frozenset((note_id,))))
+        return service.similar_response(hits, k, note_id)
+
+    @app.post("/similar", response_model=SimilarResponse,
+              summary="embed a new note and return the k most similar indexed notes")
+    async def similar_to_new(body: SimilarRequest) -> JSONResponse:  # type: ignore[valid-type]
+        index, _ = service.require("index"), service.require("embedder")
+        vector = await service.batchers["embed"].submit(note_dict(body.note, "request"))
+        hits = await service.batchers["search"].submit(SearchQuery(k=body.k, vector=vector))
+        return service.similar_response(hits, body.k)
+
+    @app.post("/embed", response_model=EmbedResponse, summary=f"embedding vectors of up to {lim.max_notes} notes")
+    async def embed(body: EmbedRequest) -> EmbedResponse:  # type: ignore[valid-type]
+        embedder = service.require("embedder")
+        notes_ = [note_dict(n, f"request-{i}") for i, n in enumerate(body.notes)]
+        vectors = await service.batchers["embed"].submit_many(notes_)
+        return EmbedResponse(model=embedder.meta.get("model"), dim=int(vectors[0].shape[0]),
+                             vectors=[v.tolist() for v in vectors])
+
+    @app.post("/tags", response_model=TagsResponse, summary="suggested hashtags and category for a note")
+    async def tags(body: NoteRequest) -> TagsResponse:  # type: ignore[valid-type]
+        tagger = service.require("tagger")
+        result = await service.batchers["tags"].submit(note_dict(body.note, "request"))
+        return TagsResponse(hashtags=list(result.tags), category=list(result.category), tagger=type(tagger).__name__)
+
+    @app.post("/popularity", response_model=PopularityResponse, summary="predicted popularity score of a note")
+    async def popularity(body: NoteRequest) -> PopularityResponse:  # type: ignore[valid-type]
+        model = service.require("popularity")
+        score = await service.batchers["popularity"].submit(note_dict(body.note, "request"))
+        info = describe(model) or {}
+        return PopularityResponse(score=score, target=info.get("target"), model=info.get("model"))
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def create_app_from_paths(model: str | None = None, index: str | None = None, notes: str | None = None,
+                          popularity_model: str | None = None, tagger: str = "none",
+                          limits: ServingLimits | None = None) -> FastAPI:
+    """Load the components from folders (server-side paths, given by whoever starts the server)."""
+    from notellm.data.schema import read_notes
+    from notellm.inference.index import load_index
+
+    idx = load_index(index) if index else None
+    note_table = read_notes(notes) if notes else None
+    embedder = None
+    if model:
+        from notellm.inference.embed import Embedder
+
+        embedder = Embedder(model)
+    popularity = None
+    if popularity_model:
+        from notellm.serving.components import PopularityPredictor
+
+        popularity = PopularityPredictor(popularity_model)
+    tag_source = note_table if note_table is not None else getattr(idx, "notes", None)
+    return create_app(index=idx, embedder=embedder, notes=note_table,
+                      tagger=load_tagger(tagger, embedder, tag_source), popularity=popularity, limits=limits)

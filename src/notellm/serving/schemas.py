@@ -1,0 +1,108 @@
+"""Request and response bodies of the HTTP API. Request models are built from the server's limits, so the
+limits appear in the OpenAPI docs and a violation is a 422 naming the field (e.g. body.notes.3.title)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+@dataclass
+class ServingLimits:
+    max_k: int = 100                    # neighbours per query
+    max_notes: int = 32                 # notes per /embed request
+    max_title_chars: int = 200
+    max_content_chars: int = 5000
+    max_hashtags: int = 20
+    max_hashtag_chars: int = 50
+    max_body_bytes: int = 1 << 20       # bigger bodies get 413 before anything parses them
+    model_batch: int = 32               # notes per forward pass
+    model_wait_ms: float = 5.0          # how long the first request of a batch waits for company
+    search_batch: int = 64              # queries per index search
+    search_wait_ms: float = 0.0         # 0: search at once; requests that arrive meanwhile form the next batch
+
+
+class NoteBase(BaseModel):
+    """A note written by a client. Only text: paths and other fields are refused (extra fields are 422)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("hashtags", mode="after", check_fields=False)
+    @classmethod
+    def clean_tags(cls, tags: list[str]) -> list[str]:
+        cleaned = []
+        for i, tag in enumerate(tags):
+            text = tag.replace("[话题]", "").strip().strip("#").strip()
+            if not text:
+                raise ValueError(f"hashtag {i} ({tag!r}) is empty once '#' and '[话题]' are removed")
+            cleaned.append(text)
+        return cleaned
+
+    @model_validator(mode="after")
+    def has_text(self):
+        if not self.title.strip() and not self.content.strip():  # type: ignore[attr-defined]
+            raise ValueError("a note needs a title or content (both are empty)")
+        return self
+
+
+def request_models(limits: ServingLimits) -> dict[str, type[BaseModel]]:
+    """The request bodies, with this server's limits as field constraints."""
+    Tag = Annotated[str, Field(min_length=1, max_length=limits.max_hashtag_chars)]
+
+    class NoteIn(NoteBase):
+        title: str = Field("", max_length=limits.max_title_chars, examples=["周末去哪儿｜杭州小众咖啡馆"])
+        content: str = Field("", max_length=limits.max_content_chars,
+                             examples=["藏在巷子里的一家咖啡馆，手冲很好喝，环境安静适合看书。"])
+        hashtags: list[Tag] = Field(default_factory=list, max_length=limits.max_hashtags,
+                                    examples=[["咖啡", "杭州探店"]])
+
+    class SimilarRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        note: NoteIn
+        k: int = Field(10, ge=1, le=limits.max_k)
+
+    class EmbedRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        notes: list[NoteIn] = Field(min_length=1, max_length=limits.max_notes)
+
+    class NoteRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        note: NoteIn
+
+    return {"NoteIn": NoteIn, "SimilarRequest": SimilarRequest, "EmbedRequest": EmbedRequest,
+            "NoteRequest": NoteRequest}
+
+
+class SimilarNote(BaseModel):
+    rank: int
+    note_id: str
+    score: float = Field(description="cosine similarity")
+    title: str | None = None
+    category: list[str] | None = None
+
+
+class SimilarResponse(BaseModel):
+    note_id: str | None = Field(None, description="the query note (None for a new note)")
+    title: str | None = None
+    k: int
+    results: list[SimilarNote]
+
+
+class EmbedResponse(BaseModel):
+    model: str | None
+    dim: int
+    vectors: list[list[float]]
+
+
+class TagsResponse(BaseModel):
+    hashtags: list[str]
+    category: list[str] = Field(description="coarse to fine")
+    tagger: str
+
+
+class PopularityResponse(BaseModel):
+    score: float
+    target: dict[str, Any] | None = Field(None, description="what the score measures (from the model)")
+    model: str | None = None
