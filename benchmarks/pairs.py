@@ -92,20 +92,25 @@ def _top_pairs(scores, min_score: float, max_score: float, top_k: int):
 
 def pandas_pairs(path: str, window: int = 20, min_score: float = 0.01, max_score: float = 30.0, top_k: int = 10,
                  decimals: int = 9) -> pa.Table:
-    """Window mode per (user, session), written the way pandas is usually written: groupby-shift, concat,
-    groupby-sum, sort, head. The same semantics as the SQL."""
+    """Window mode per (user, session), written the way pandas is usually written: note ids as a categorical
+    (sorted categories, so ties break in note id order as in the SQL), groupby-shift, concat, groupby-sum,
+    sort, head. The same semantics as the SQL."""
     import pandas as pd
 
     df = _read_sorted(path)
-    sequences = df.groupby(["user_id", "session_id"], sort=False)["note_id"]
-    weight = 1.0 / sequences.transform("size")
+    df["note_id"] = pd.Categorical(df["note_id"], categories=sorted(df["note_id"].unique()))
+    sequences = df.groupby(["user_id", "session_id"], sort=False, observed=True)["note_id"]
+    weight = 1.0 / sequences.transform("size").astype("float64")
     parts = []
     for k in range(1, window + 1):
         later = sequences.shift(-k)  # the click k places after, in the same session
         keep = later.notna() & (later != df["note_id"])
         parts.append(pd.DataFrame({"note_a": df["note_id"][keep], "note_b": later[keep], "w": weight[keep]}))
     contributions = pd.concat(parts, ignore_index=True)
-    scores = contributions.groupby(["note_a", "note_b"])["w"].sum().round(decimals).rename("score").reset_index()
+    del parts
+    scores = (contributions.groupby(["note_a", "note_b"], observed=True, sort=False)["w"].sum()
+              .round(decimals).rename("score").reset_index())
+    del contributions
     top = _top_pairs(scores, min_score, max_score, top_k)
     return pa.table({"note_a": pa.array(top["note_a"].astype(str), pa.string()),
                      "note_b": pa.array(top["note_b"].astype(str), pa.string()),
@@ -160,8 +165,13 @@ def _run_engine(engine: str, events: str, out: str) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child", engine, events, out],
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"{engine} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        why = (f"killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0
+               else f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:] or ''}")
+        print(f"{engine} FAILED: {why}\n{proc.stderr[-2000:]}", flush=True)
+        return {"failed": why}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"{engine}: {result['seconds']:.1f} s, peak RSS {result['peak_rss_mib']:,.0f} MiB", flush=True)
+    return result
 
 
 def _compare(a: pa.Table, b: pa.Table) -> str:
@@ -202,19 +212,23 @@ def main() -> int:
         for engine in args.engines:
             out = Path(tmp) / f"{engine}.parquet"
             results[engine] = _run_engine(engine, events_path, str(out))
-            if engine != "duckdb" and "duckdb" in results:
+            if engine != "duckdb" and "seconds" in results[engine] and "seconds" in results.get("duckdb", {}):
                 verdicts[engine] = _compare(pq.read_table(Path(tmp) / "duckdb.parquet"), pq.read_table(out))
 
     print("\n| engine | seconds | events/s | peak RSS (MiB) | pairs | same pairs as DuckDB |")
     print("|---|---|---|---|---|---|")
     for engine, r in results.items():
+        if "failed" in r:
+            print(f"| {engine} | failed: {r['failed']} | | | | |")
+            continue
         print(f"| {engine} | {r['seconds']:.1f} | {args.events / r['seconds']:,.0f} | {r['peak_rss_mib']:,.0f} "
               f"| {r['pairs']:,} | {verdicts.get(engine, '-')} |")
-    if "duckdb" in results:
-        for engine in results:
-            if engine != "duckdb":
-                print(f"DuckDB is {results[engine]['seconds'] / results['duckdb']['seconds']:.1f}x {engine}")
-    return 0 if all(v == "equal" for v in verdicts.values()) else 1
+    duck = results.get("duckdb", {})
+    for engine, r in results.items():
+        if engine != "duckdb" and "seconds" in r and "seconds" in duck:
+            print(f"DuckDB is {r['seconds'] / duck['seconds']:.1f}x faster than {engine}")
+    failed = [e for e, r in results.items() if "failed" in r]
+    return 1 if failed or any(v != "equal" for v in verdicts.values()) else 0
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ Two runs in the same invocation: the server as shipped (index queries micro-batc
 while a search runs share the next one) and the baseline with batching off (`search_batch=1`: one query per
 index scan, one at a time), so the table shows what batching buys on this machine.
 
-    python benchmarks/serve_load.py                          # 100k x 128, 20 s per run, 32 clients
-    python benchmarks/serve_load.py --duration 10 --concurrency 16 --no-baseline
+    python benchmarks/serve_load.py                          # 100k x 128, 20 s per run, 8 clients
+    python benchmarks/serve_load.py --rate 200               # offered 200 req/s: latency at that rate
+    python benchmarks/serve_load.py --duration 10 --concurrency 32 --no-baseline
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class CpuMeter:
 
 
 async def load(base: str, n: int, k: int, duration: float, concurrency: int, warmup: float, seed: int,
-               cpu: CpuMeter):
+               cpu: CpuMeter, rate: float = 0.0):
     """(latencies in seconds of requests finished after warm-up, error messages, measured seconds)."""
     import httpx
 
@@ -115,9 +116,15 @@ async def load(base: str, n: int, k: int, duration: float, concurrency: int, war
     start = time.monotonic()
     measure_from, stop_at = start + warmup, start + warmup + duration
 
+    interval = concurrency / rate if rate > 0 else 0.0  # each client's share of the offered rate
+
     async def client_loop(worker: int, client: httpx.AsyncClient) -> None:
         rng = np.random.default_rng(seed + worker)
+        next_at = start + worker * interval / concurrency  # clients staggered over one interval
         while True:
+            if interval:
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                next_at += interval
             now = time.monotonic()
             if now >= stop_at:
                 return
@@ -168,7 +175,7 @@ def run_one(args, search_batch: int) -> dict:
         asyncio.run(wait_ready(base, timeout=300))
         cpu = CpuMeter(server.pid, args.warmup)
         latencies, errors, seconds = asyncio.run(
-            load(base, args.n, args.k, args.duration, args.concurrency, args.warmup, args.seed, cpu))
+            load(base, args.n, args.k, args.duration, args.concurrency, args.warmup, args.seed, cpu, args.rate))
         health = asyncio.run(wait_ready(base, timeout=10))
     finally:
         server.terminate()
@@ -185,6 +192,14 @@ def run_one(args, search_batch: int) -> dict:
             "search_cpu_ms": 1e3 * stats["cpu_seconds"] / max(1, stats["items"])}
 
 
+def uvicorn_implementation() -> str:
+    """What uvicorn picks by default: uvloop and httptools when installed, else asyncio and h11."""
+    from importlib.util import find_spec
+
+    return (f"loop {'uvloop' if find_spec('uvloop') else 'asyncio'}, "
+            f"http {'httptools' if find_spec('httptools') else 'h11'}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100_000, help="indexed notes")
@@ -193,16 +208,21 @@ def main() -> int:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
-    parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
+    parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients (keep-alive connections)")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="offered requests/s over all clients (0: each client sends its next request as soon "
+                             "as the last one is answered)")
     parser.add_argument("--search-batch", type=int, default=64, help="most queries per index search")
-    parser.add_argument("--threads", type=int, default=1, help="FAISS threads in the server (0: FAISS default)")
+    parser.add_argument("--threads", type=int, default=0, help="FAISS threads in the server (0: FAISS default, as `notellm serve`)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the run with batching off")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    offered = f"offered {args.rate:.0f} req/s" if args.rate > 0 else "closed loop"
     print(f"index: {args.n:,} random unit vectors x {args.dim} ({args.kind}); GET /notes/{{id}}/similar?k={args.k}; "
-          f"{args.concurrency} clients, {args.duration:.0f} s measured after {args.warmup:.0f} s warm-up; "
-          f"uvicorn 1 worker on {HOST}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
+          f"{args.concurrency} clients ({offered}), {args.duration:.0f} s measured after {args.warmup:.0f} s warm-up; "
+          f"uvicorn 1 worker on {HOST} ({uvicorn_implementation()}); {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
     runs = [run_one(args, args.search_batch)]
     if not args.no_baseline:
         runs.append(run_one(args, 1))

@@ -12,7 +12,7 @@ from notellm.data.schema import empty_note, notes_to_table, write_notes
 from notellm.data.synthetic_mm import COLOURS, draw_image
 from notellm.errors import DataError
 from notellm.models.multimodal import (ImageTokens, LateFusion, MultimodalSettings, NoteLLM2,
-                                       build_multimodal_prompt)
+                                       add_multimodal_tokens, build_multimodal_prompt)
 from notellm.models.notellm import NoteLLMConfig
 from notellm.models.prompts import PromptConfig, build_prompt
 
@@ -20,17 +20,19 @@ TOKENS_PER_IMAGE = 16  # tiny-clip: 32 x 32 pixels, 8 x 8 patches, CLS dropped
 
 
 @pytest.fixture(scope="module")
-def backbone():
-    from notellm.models.backbone import load_backbone
-
-    return load_backbone("tiny-qwen3", seed=0)
+def backbone(tiny_backbone):
+    """A private copy of the session's tiny-qwen3 with the three special tokens added once. The models below
+    share it (they only run forward passes), each with its own tower, connector and fusion."""
+    lm, tokenizer = copy.deepcopy(tiny_backbone[0]), copy.deepcopy(tiny_backbone[1])
+    add_multimodal_tokens(lm, tokenizer)
+    return lm.eval(), tokenizer
 
 
 def make_model(backbone, seed=0, **settings) -> NoteLLM2:
     lm, tokenizer = backbone
     torch.manual_seed(seed)
     config = NoteLLMConfig(backbone="tiny-qwen3", dim=16, max_length=128)
-    return NoteLLM2(copy.deepcopy(lm), copy.deepcopy(tokenizer), config, MultimodalSettings(**settings)).eval()
+    return NoteLLM2(lm, tokenizer, config, MultimodalSettings(**settings)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -203,18 +205,39 @@ def test_unreadable_image_fails_clearly_when_asked(backbone, images):
 
 # ---- save / load / embed ---------------------------------------------------------------------------------
 def test_saved_model_reloads_through_the_embedding_loader(model, images, tmp_path):
-    from notellm.inference.embed import embed_table, load_model_for_embedding, read_embeddings
+    from notellm.inference.embed import embed_table, read_embeddings
 
     notes = [note("a", [images["red"], images["blue"]]), note("b"), note("c", [images["green"]])]
     before = model.embed_notes(notes)
     model.save(tmp_path / "m")
     card = json.loads((tmp_path / "m" / "notellm.json").read_text())
     assert card["multimodal"]["mode"] == "micl+late" and card["multimodal"]["tokens_per_image"] == 16
-    loaded = load_model_for_embedding(str(tmp_path / "m"), bf16=False)
-    assert isinstance(loaded, NoteLLM2)
-    torch.testing.assert_close(loaded.embed_notes(notes), before, rtol=1e-4, atol=1e-5)
+    # `notellm embed`'s path (load_model_for_embedding dispatches on the card): a text NoteLLM would ignore
+    # the images and give other vectors
     write_notes(notes_to_table([dict(n) for n in notes]), tmp_path / "notes.parquet")
     ids, vectors, meta = read_embeddings(embed_table(str(tmp_path / "notes.parquet"), str(tmp_path / "m"),
                                                      str(tmp_path / "e"), bf16=False))
     assert ids == ["a", "b", "c"] and meta["dim"] == 16
     np.testing.assert_allclose(vectors, before.numpy(), atol=1e-5)
+
+
+def test_a_full_clip_checkpoint_folder_gives_its_vision_tower_and_processor(tmp_path, images):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionModel
+
+    from notellm.models.multimodal import build_vision_tower, make_preprocess
+
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                  patch_size=16)
+    torch.manual_seed(0)
+    full = CLIPModel(CLIPConfig(vision_config=vision, text_config=dict(hidden_size=32, intermediate_size=64,
+                                                                       num_hidden_layers=1, num_attention_heads=2)))
+    full.save_pretrained(tmp_path / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path / "clip")
+    tower, processor, family = build_vision_tower(str(tmp_path / "clip"))
+    assert isinstance(tower, CLIPVisionModel) and family == "clip" and processor is not None
+    for name in ("embeddings.patch_embedding.weight", "encoder.layers.0.mlp.fc1.weight", "post_layernorm.weight"):
+        torch.testing.assert_close(tower.get_parameter(name), full.vision_model.get_parameter(name))
+    from PIL import Image
+
+    pixels = make_preprocess(tower, processor, family)([Image.open(images["red"])] * 2)
+    assert pixels.shape == (2, 3, 32, 32) and torch.equal(pixels[0], pixels[1])  # deterministic, no augmentation

@@ -40,12 +40,20 @@ class RidgePopularity:
         return {"target": {"name": "toy score"}, "model": "ridge"}
 
 
+_BUILT: dict = {}  # one world per session, also for tests/test_browser.py (which imports this fixture)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A saved tiny NoteLLM (dim 16), its embeddings of the 32 toy notes, a flat index with titles."""
+    if "world" not in _BUILT:
+        _BUILT["world"] = build_world(tmp_path_factory.mktemp("serving"))
+    return _BUILT["world"]
+
+
+def build_world(root):
     from notellm.models.notellm import NoteLLMConfig, build_notellm
 
-    root = tmp_path_factory.mktemp("serving")
     build_notellm(NoteLLMConfig(backbone="tiny-qwen3", dim=16)).save(root / "model")
     embedder = Embedder(str(root / "model"), bf16=False)
     rows = toy_notes()
@@ -306,7 +314,8 @@ def test_the_page_and_its_assets_are_served(client):
     assert '<script src="/static/app.js">' in page.text and 'id="draft-template"' in page.text
     assert "analyse" in client.get("/static/app.js").text
     assert client.get("/static/style.css").headers["content-type"].startswith("text/css")
-    assert client.get("/static/../app.py").status_code == 404
+    for escape in ("/static/%2e%2e/app.py", "/static/..%2fapp.py"):  # no file outside static/ is served
+        assert client.get(escape).status_code == 404
 
 
 def test_create_app_from_paths_loads_the_folders(world, tmp_path):
@@ -321,6 +330,26 @@ def test_create_app_from_paths_loads_the_folders(world, tmp_path):
         assert top["note_id"] == world["rows"][4]["note_id"]
     with pytest.raises(NotellmError, match="--tagger knn needs --notes"):
         create_app_from_paths(index=str(tmp_path / "index"), tagger="knn")
+
+
+def test_a_trained_popularity_model_folder_is_served(world, tmp_path):
+    from notellm.config import load_config
+    from notellm.data.schema import empty_note
+    from notellm.training.popularity import PopularityConfig, load_model, predict_table, prepare_data, train
+
+    rows = [dict(r, likes=10 * i, collects=i, comments=i % 3) for i, r in enumerate(toy_notes())]
+    cfg = load_config(PopularityConfig, None, [
+        "model.backbone=tiny-qwen3", "split.kind=random", "train.batch_size=16", "model.max_length=24",
+        "model.lora.top_layers=1", "train.bf16=false", f"output_dir={tmp_path}"])
+    model_dir = train(cfg, data=prepare_data(cfg, notes_to_table(rows), "toy"))
+    note = {"title": "火锅分享", "content": "今天吃到一家超好吃的火锅", "hashtags": ["美食"]}
+    expected = predict_table(load_model(model_dir), notes_to_table([{**empty_note("x"), **note}]))[0]
+    with TestClient(create_app_from_paths(popularity_model=str(model_dir))) as c:
+        body = c.post("/popularity", json={"note": note}).json()
+        health = c.get("/health").json()["components"]["popularity"]
+    assert body["score"] == pytest.approx(float(expected), abs=1e-5)
+    assert body["target"]["name"] == "wlaes" and body["model"] == str(model_dir)
+    assert health["class"] == "PopularityPredictor" and health["backbone"] == "tiny-qwen3"
 
 
 def test_serve_command_is_registered():

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from notellm.cli.common import console, progress
+from notellm.cli.common import console
 
 app = typer.Typer()
 
@@ -29,7 +29,15 @@ def recall(
 
     if (embeddings is None) == (baseline is None):
         raise NotellmError("give exactly one of --embeddings and --baseline")
-    k_list = [int(k) for k in ks.split(",")] if ks else None
+    try:
+        k_list = [int(k) for k in ks.split(",")] if ks else None
+    except ValueError:
+        raise NotellmError(f"--ks must be comma-separated integers, got '{ks}'") from None
+    if baseline is not None:
+        from notellm.evaluation.baselines import BASELINES
+
+        if baseline not in BASELINES:
+            raise NotellmError(f"unknown baseline '{baseline}'; choose from {', '.join(BASELINES)}")
     candidates = _pool(pool, notes)
     if embeddings is not None:
         from notellm.inference.embed import read_embeddings
@@ -40,11 +48,9 @@ def recall(
     else:
         from notellm.evaluation.baselines import make_baseline
 
-        with progress() as bar:
-            task = bar.add_task(f"{baseline}", total=None)
-            report = evaluate_recall(notes, pairs,
-                                     lambda rows: make_baseline(baseline, rows, on_batch=lambda n: bar.advance(task, n)),
-                                     ks=k_list, buckets=buckets, pool=candidates)
+        with console.status(f"scoring with {baseline}"):
+            report = evaluate_recall(notes, pairs, lambda rows: make_baseline(baseline, rows), ks=k_list,
+                                     buckets=buckets, pool=candidates)
     console.print(report.table())
     for what, why in report.skipped.items():
         console.print(f"[yellow]{what} not reported:[/] {why}")

@@ -93,13 +93,13 @@ class ImageReader:
             return p
         return self.image_root / p
 
-    def read(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[list[Any]]:
-        """For each (note_id, paths): the readable images as PIL images, in path order."""
+    def read(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[tuple[list[str], list[Any]]]:
+        """For each (note_id, paths): (the readable paths, their PIL images), in path order."""
         decoded: dict[str, Any] = {}
         failed: dict[str, str] = {}
         out = []
         for note_id, paths in requests:
-            images = []
+            readable, images = [], []
             for path in paths:
                 if path not in decoded and path not in failed:
                     try:
@@ -109,8 +109,9 @@ class ImageReader:
                 if path in failed:
                     self._problem(str(note_id), path, failed[path])
                 else:
+                    readable.append(path)
                     images.append(decoded[path])
-            out.append(images)
+            out.append((readable, images))
         return out
 
     def _open(self, path: str):

@@ -171,16 +171,26 @@ def _with(ctes: list[tuple[str, str]], body: str) -> str:
     return f"WITH {inner}\n{body}"
 
 
-def _select_sql(config: PairMiningConfig) -> str:
+def _ranking_ctes(config: PairMiningConfig, dialect: str) -> list[tuple[str, str]]:
+    """CTEs after `scored`: the pairs in [l, u], and on DuckDB the candidates for the top t."""
+    ctes = [("in_range", _block("in_range", score_filter=_score_filter(config)))]
+    if dialect == "duckdb" and config.top_k is not None:
+        ctes.append(("top_candidates", _block("top_candidates_duckdb", top_k=config.top_k)))
+    return ctes
+
+
+def _select_sql(config: PairMiningConfig, dialect: str) -> str:
     top = f"rnk <= {config.top_k}" if config.top_k is not None else "TRUE"
-    return _block("select", score_filter=_score_filter(config), top_filter=top)
+    ranked = "top_candidates" if dialect == "duckdb" and config.top_k is not None else "in_range"
+    return _block("select", ranked=ranked, top_filter=top)
 
 
 def pair_sql(config: PairMiningConfig, dialect: str = "duckdb", sessions: str | None = None) -> str:
     """The whole mining query over a relation `clicks` (see sql/pairs.sql), for DuckDB or Spark SQL.
 
-    The two texts differ only in the list functions (DuckDB list/unnest, Spark collect_list/explode).
-    `sessions` overrides config.sessions; `auto` (which depends on the data) is read as `column`."""
+    The texts differ only in the list functions (DuckDB list/unnest, Spark collect_list/explode) and in one
+    DuckDB-only CTE that narrows the ranking to candidates (same result, faster). `sessions` overrides
+    config.sessions; `auto` (which depends on the data) is read as `column`."""
     if dialect not in _DIALECTS:
         raise ConfigError(f"dialect must be one of {_DIALECTS}, got '{dialect}'")
     config.validate()
@@ -188,9 +198,11 @@ def pair_sql(config: PairMiningConfig, dialect: str = "duckdb", sessions: str | 
     sessions = "column" if sessions == "auto" else sessions
     ctes = _ctes(config, sessions, dialect)
     ctes.append(("scored", _block("scored", decimals=config.round_decimals)))
-    return _with(ctes, _select_sql(config)) + "\nORDER BY note_a, score DESC, note_b"
+    ctes += _ranking_ctes(config, dialect)
+    return _with(ctes, _select_sql(config, dialect)) + "\nORDER BY note_a, score DESC, note_b"
 
 
+# ---- DuckDB -------------------------------------------------------------------------------------------------
 def _parquet_files(path: Path) -> list[str]:
     if path.is_dir():
         files = sorted(str(p) for p in path.rglob("*.parquet"))
@@ -328,24 +340,16 @@ def _drop_unknown_notes(con, notes: NoteSource, config: PairMiningConfig, source
     return "events_known"
 
 
-def _encode_clicks(con, relation: str, sessions: str) -> None:
-    """Table `clicks` with integer ids: note codes follow the note ids' string order (so ties still break by
-    note id); integer keys make DuckDB's sorts, joins and the big aggregate several times faster."""
-    con.execute("CREATE TEMP TABLE note_codes AS SELECT note_id, "
-                f"CAST(ROW_NUMBER() OVER (ORDER BY note_id) AS BIGINT) AS code FROM (SELECT DISTINCT note_id FROM {relation})")
-    con.execute("CREATE TEMP TABLE user_codes AS SELECT user_id, CAST(ROW_NUMBER() OVER () AS BIGINT) AS code "
-                f"FROM (SELECT DISTINCT user_id FROM {relation})")
-    session, session_join = "CAST(NULL AS BIGINT)", ""
-    if sessions == "column":
-        con.execute("CREATE TEMP TABLE session_codes AS SELECT session_id, "
-                    f"CAST(ROW_NUMBER() OVER () AS BIGINT) AS code FROM (SELECT DISTINCT session_id FROM {relation})")
-        session, session_join = "s.code", "JOIN session_codes s ON s.session_id = e.session_id"
+def _encode_clicks(con, relation: str) -> None:
+    """View `clicks` with integer note codes that follow the note ids' string order (so ties still break by
+    note id): integer keys make DuckDB's big aggregate and the ranking sort much faster than strings. User and
+    session ids stay strings (partitioning on them costs no more than on integers)."""
+    con.execute("CREATE TEMP TABLE note_codes AS SELECT note_id, CAST(ROW_NUMBER() OVER (ORDER BY note_id) AS BIGINT)"
+                f" AS code FROM (SELECT DISTINCT note_id FROM {relation}) notes")
     con.execute("CREATE TEMP TABLE file_numbers AS " + _block("file_numbers", relation=relation))
-    con.execute(f"""CREATE TEMP TABLE clicks AS
-        SELECT u.code AS user_id, n.code AS note_id, e.t, {session} AS session_id, e.seq,
-               f.file_number * {_FILE_SHIFT} + e.src_row AS ord
-        FROM {relation} e JOIN user_codes u ON u.user_id = e.user_id JOIN note_codes n ON n.note_id = e.note_id
-        JOIN file_numbers f ON f.src_file = e.src_file {session_join}""")
+    con.execute(f"""CREATE TEMP VIEW clicks AS
+        SELECT e.user_id, n.code AS note_id, e.t, e.session_id, e.seq, f.file_number * {_FILE_SHIFT} + e.src_row AS ord
+        FROM {relation} e JOIN note_codes n ON n.note_id = e.note_id JOIN file_numbers f ON f.src_file = e.src_file""")
 
 
 def mine_pairs_report(events: EventSource, config: PairMiningConfig | None = None,
@@ -367,7 +371,7 @@ def mine_pairs_report(events: EventSource, config: PairMiningConfig | None = Non
             facts, report.sessions = _check_events(lambda q: con.execute(q).fetchall(), relation, config, source,
                                                    "timestamp" in columns)
             report.events, report.users, report.notes = facts["events"], facts["users"], facts["notes"]
-            _encode_clicks(con, relation, report.sessions)
+            _encode_clicks(con, relation)
             stage("mining pairs")
             con.execute("CREATE TEMP TABLE scored AS "
                         + _with(_ctes(config, report.sessions, "duckdb"), _block("scored", decimals=config.round_decimals)))
@@ -375,10 +379,11 @@ def mine_pairs_report(events: EventSource, config: PairMiningConfig | None = Non
             report.pairs_in_range = con.execute(
                 f"SELECT COUNT(*) FROM scored WHERE {_score_filter(config)}").fetchall()[0][0]
             stage("ranking")
-            table = con.sql(f"""WITH kept AS ({_select_sql(config)})
+            ranking = _ranking_ctes(config, "duckdb") + [("kept", _select_sql(config, "duckdb"))]
+            table = con.sql(_with(ranking, """
                 SELECT a.note_id AS note_a, b.note_id AS note_b, kept.score
                 FROM kept JOIN note_codes a ON a.code = kept.note_a JOIN note_codes b ON b.code = kept.note_b
-                ORDER BY kept.note_a, kept.score DESC, kept.note_b""").to_arrow_table()
+                ORDER BY kept.note_a, kept.score DESC, kept.note_b""")).to_arrow_table()
         finally:
             con.close()
     table = _as_pair_table(table)
@@ -434,18 +439,27 @@ _SPARK_TYPES = {"timestamp": "TIMESTAMP", "timestamp_ntz": "TIMESTAMP", "bigint"
 
 def spark_pairs_dataframe(spark, events_path: str | Path, config: PairMiningConfig,
                           report: PairMiningReport | None = None):
-    """The mined pairs as a Spark DataFrame (lazy): for a cluster, write it with `.write.parquet(...)`."""
+    """The mined pairs as a Spark DataFrame (lazy): for a cluster, write it with `.write.parquet(...)`.
+
+    Reads the Parquet events, checks them like the DuckDB path (DataError naming file, row, field), builds the
+    view `clicks` (ids stay strings) and returns `spark.sql(pair_sql(config, "spark"))`."""
     config.validate()
-    df = spark.read.parquet(str(events_path))
-    df.createOrReplaceTempView("raw_events")
+    raw = spark.read.parquet(str(events_path))
     columns = {f.name: _SPARK_TYPES.get(f.dataType.simpleString(), f.dataType.simpleString().upper())
-               for f in df.schema.fields}
-    spark.sql("CREATE OR REPLACE TEMP VIEW clicks AS " + _clicks_select(
-        columns, "spark", "_metadata.file_path", "_metadata.row_index", "raw_events"))
+               for f in raw.schema.fields}
+    # file order: Spark exposes each row's file and position as hidden metadata columns
+    raw.selectExpr("*", "_metadata.file_path AS __src_file", "_metadata.row_index AS __src_row") \
+        .createOrReplaceTempView("raw_events")
+    spark.sql("CREATE OR REPLACE TEMP VIEW events_text AS "
+              + _clicks_select(columns, "spark", "__src_file", "__src_row", "raw_events"))
     report = report or PairMiningReport(engine="spark")
-    facts, report.sessions = _check_events(lambda q: [tuple(r) for r in spark.sql(q).collect()], config,
-                                           str(events_path), "timestamp" in columns)
+    facts, report.sessions = _check_events(lambda q: [tuple(r) for r in spark.sql(q).collect()], "events_text",
+                                           config, str(events_path), "timestamp" in columns)
     report.events, report.users, report.notes = facts["events"], facts["users"], facts["notes"]
+    spark.sql("CREATE OR REPLACE TEMP VIEW file_numbers AS " + _block("file_numbers", relation="events_text"))
+    spark.sql(f"""CREATE OR REPLACE TEMP VIEW clicks AS
+        SELECT e.user_id, e.note_id, e.t, e.session_id, e.seq, f.file_number * {_FILE_SHIFT} + e.src_row AS ord
+        FROM events_text e JOIN file_numbers f ON f.src_file = e.src_file""")
     return spark.sql(pair_sql(config, "spark", sessions=report.sessions))
 
 

@@ -247,7 +247,7 @@ def hand_features(table: pa.Table, timezone: str = "Asia/Shanghai", source: str 
         "n_exclaims": [w.count("!") + w.count("！") for w in whole],
         "n_questions": [w.count("?") + w.count("？") for w in whole],
         "hour": local.dt.hour.astype(float).to_numpy(),
-        "weekday": local.dt.weekday.astype(float).to_numpy(),
+        "weekday": local.dt.day_of_week.astype(float).to_numpy(),
         "is_video": [1.0 if e.get("type") == "video" else 0.0 for e in extras],
     })
 

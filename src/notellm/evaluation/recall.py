@@ -71,8 +71,10 @@ class VectorScorer:
         return np.fromiter((self.row[i] for i in ids), dtype=np.int64, count=len(ids))
 
     def score(self, query_ids: Sequence[str], pool_ids: Sequence[str]) -> np.ndarray:
-        # the pool is the same for every block of queries: gather and transpose it once
-        if pool_ids is not self._pool_ref and tuple(pool_ids) != self._pool_key:
+        # the pool is the same for every block of queries: gather and transpose it once (a tuple cannot change,
+        # so the same tuple object skips the comparison)
+        same_tuple = isinstance(pool_ids, tuple) and pool_ids is self._pool_ref
+        if not same_tuple and tuple(pool_ids) != self._pool_key:
             pool_t = self.vectors[self.rows(pool_ids)].T
             self._pool_t = pool_t.tocsr() if hasattr(pool_t, "tocsr") else np.ascontiguousarray(pool_t)
             self._pool_key = tuple(pool_ids)
@@ -136,7 +138,7 @@ def partner_ranks(query_ids: Sequence[str], partner_ids: Sequence[str], pool_ids
     same = [q for q, p in zip(query_ids, partner_ids) if q == p]
     if same:
         raise DataError(f"{len(same)} quer(ies) are their own partner, e.g. {same[:3]}", field="note_id")
-    pool = list(dict.fromkeys(str(p) for p in pool_ids))  # duplicates would count twice against the partner
+    pool = tuple(dict.fromkeys(str(p) for p in pool_ids))  # duplicates would count twice against the partner
     column = {note_id: j for j, note_id in enumerate(pool)}
     missing = [p for p in partner_ids if p not in column]
     if missing:
@@ -230,19 +232,21 @@ class RecallReport:
         return write_json(self.to_dict(), path)
 
     def table(self):
-        """A rich Table: one row for all queries, one per bucket."""
+        """A rich Table: one row for all queries, one per bucket (R@K ± its standard error); rules below."""
         from rich.table import Table
 
+        groups = {"all": self.overall, **self.buckets}
         table = Table(title=f"I2I Recall@K ({self.scorer}; pool {self.pool_size:,}, {self.n_queries:,} queries "
-                            f"from {self.n_pairs:,} test pairs)")
-        table.add_column("queries")
+                            f"from {self.n_pairs:,} test pairs)",
+                      caption="\n".join(f"{name}: {r.rule}" for name, r in groups.items() if name != "all"),
+                      caption_justify="left")
+        table.add_column("queries", no_wrap=True)
         table.add_column("n", justify="right")
         for k in self.ks:
-            table.add_column(f"R@{k}", justify="right")
-        table.add_column("rule")
-        for name, result in {"all": self.overall, **self.buckets}.items():
+            table.add_column(f"R@{k}", justify="right", no_wrap=True)
+        for name, result in groups.items():
             table.add_row(name, f"{result.n_queries:,}",
-                          *(f"{result.recall[k]:.3f} ±{result.stderr[k]:.3f}" for k in self.ks), result.rule)
+                          *(f"{result.recall[k]:.3f}±{result.stderr[k]:.3f}" for k in self.ks))
         return table
 
 

@@ -168,13 +168,18 @@ def build_vision_tower(spec: str, seed: int = 0):
         torch.manual_seed(seed)
         return model_cls(config_cls(**{**TINY_VISION, **(json.loads(overrides) if overrides else {})})), None, family
     from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
 
+    verbosity = hf_logging.get_verbosity()
     try:
         family = _family(AutoConfig.from_pretrained(spec).model_type)
+        hf_logging.set_verbosity_error()  # a full CLIP/SigLIP checkpoint: its text weights are expected leftovers
         tower = classes[family][1].from_pretrained(spec, dtype=torch.float32)
     except OSError as exc:
         raise NotellmError(f"cannot load vision tower '{spec}': not a local folder and not in the Hugging Face "
                            f"cache (this machine may have no hub access). Underlying error: {exc}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
     return tower, _image_processor(spec), family
 
 
@@ -431,16 +436,15 @@ class NoteLLM2(NoteLLM):
                   for r in rows]
         if self.reader is None or not any(paths for _, paths in wanted):
             return rows, labels, [[] for _ in rows]
-        images = self.reader.read(wanted)
-        for i, (row, (_, paths), got) in enumerate(zip(rows, wanted, images)):
-            if len(got) == len(paths):
+        results = self.reader.read(wanted)
+        for i, (row, (_, paths), (readable, _)) in enumerate(zip(rows, wanted, results)):
+            if len(readable) == len(paths):
                 continue
-            ok = [p for p in paths if (row.prompt.extras["note_id"], p) not in self.reader.problems]
             x = row.prompt.extras
             prompt = build_multimodal_prompt(x["note"], x["task"], self.config.prompt, self.settings,
-                                             x["removed_tag_index"], image_paths=ok)
+                                             x["removed_tag_index"], image_paths=readable)
             rows[i], labels[i] = self._tokenize_one(prompt, row.with_answers)
-        return rows, labels, images
+        return rows, labels, [images for _, images in results]
 
     # ---- forward ---------------------------------------------------------------------------------------
     def vision_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -449,7 +453,8 @@ class NoteLLM2(NoteLLM):
         with torch.no_grad() if frozen else nullcontext():  # only a frozen tower skips the graph
             out = self.tower(pixel_values=pixel_values.to(self.tower.dtype),
                              output_hidden_states=self.settings.feature_layer != -1)
-        feats = out.last_hidden_state if self.settings.feature_layer == -1 else out.hidden_states[self.settings.feature_layer]
+        layer = self.settings.feature_layer
+        feats = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
         if self.family == "clip":
             feats = feats[:, 1:]  # drop CLS: one token per patch, as LLaVA
         pooled = out.pooler_output if getattr(out, "pooler_output", None) is not None else out.last_hidden_state.mean(1)
@@ -470,7 +475,8 @@ class NoteLLM2(NoteLLM):
             return embeds, None, has_image
         feats, pooled = self.vision_features(batch.pixel_values)
         tokens = self.connector(feats.to(self._dtype(self.connector)))
-        embeds = embeds.masked_scatter(placeholders.unsqueeze(-1), tokens.reshape(-1, tokens.shape[-1]).to(embeds.dtype))
+        flat = tokens.reshape(-1, tokens.shape[-1]).to(embeds.dtype)  # row by row, image by image: placeholder order
+        embeds = embeds.masked_scatter(placeholders.unsqueeze(-1), flat)
         has_image[batch.image_rows] = True
         h_vis = None
         if self.fusion is not None:
@@ -489,7 +495,8 @@ class NoteLLM2(NoteLLM):
     def hidden_states(self, input_ids, attention_mask: torch.Tensor) -> torch.Tensor:
         batch = input_ids if isinstance(input_ids, ImageTokens) else ImageTokens(input_ids)
         embeds, _, _ = self.input_embeddings(batch.to(self.device))
-        return self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask.to(self.device)).last_hidden_state
+        decoder = self.lm.get_decoder()
+        return decoder(inputs_embeds=embeds, attention_mask=attention_mask.to(self.device)).last_hidden_state
 
     def _pool_image(self, hidden: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The image vector's hidden state (before [IMG_EMB]; at it for pooling emb/last; the mean up to it for

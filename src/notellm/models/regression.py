@@ -2,6 +2,8 @@
 
 As Qwen3ForSequenceClassification, the score is a linear function of the last real token's final hidden
 state; optional numeric features are concatenated to that state before the head. Differences:
+- the pooled state goes through a parameter-free LayerNorm before the head (unit scale whatever the
+  backbone; the training code can then start the head from a ridge fit on frozen states);
 - only the decoder runs (no vocabulary projection: for Gemma 3 270M the 262k-row LM head costs more than
   all its layers);
 - the last real token is found from the attention mask, and position ids are computed from the mask, so
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from notellm.errors import NotellmError
@@ -89,16 +92,25 @@ class NoteRegressor(nn.Module):
                            position_ids=position_ids_from_mask(attention_mask), use_cache=False)
         return pool_last(out.last_hidden_state, attention_mask).float()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor | None = None,
-                return_pooled: bool = False):
-        pooled = self.pooled(input_ids, attention_mask)
-        x = pooled
+    def head_input(self, pooled: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """LayerNorm (no parameters) of the pooled state, then the standardised features: every input of
+        the head is on a unit scale, so one head learning rate suits any backbone (Gemma's final states
+        are ~6x larger than unit)."""
+        x = F.layer_norm(pooled.float(), (pooled.shape[-1],))
         if self.n_features:
             if features is None or features.shape != (pooled.shape[0], self.n_features):
                 raise ValueError(f"the head expects {self.n_features} features per note")
-            x = torch.cat([pooled, features.to(pooled.dtype)], dim=-1)
-        with torch.autocast(device_type=x.device.type, enabled=False):  # the head stays in float32
-            score = self.head(x.float()).squeeze(-1)
+            x = torch.cat([x, features.float()], dim=-1)
+        return x
+
+    def score(self, pooled: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        with torch.autocast(device_type=pooled.device.type, enabled=False):  # the head stays in float32
+            return self.head(self.head_input(pooled, features)).squeeze(-1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor | None = None,
+                return_pooled: bool = False):
+        pooled = self.pooled(input_ids, attention_mask)
+        score = self.score(pooled, features)
         return (score, pooled) if return_pooled else score
 
 

@@ -95,7 +95,13 @@ class MicroBatcher(Generic[Item, Result]):
                     pass
             batch = [(item, fut) for item, fut in batch if not fut.cancelled()]  # clients that went away
             if batch:
-                await self._call(loop, batch)
+                try:
+                    await self._call(loop, batch)
+                except asyncio.CancelledError:  # stopped mid-batch: answer its requests instead of hanging them
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(RuntimeError("the server is shutting down"))
+                    raise
 
     def _timed(self, items: list[Item]) -> Sequence[Result]:
         wall, cpu = time.perf_counter(), time.thread_time()

@@ -91,7 +91,8 @@ class MultimodalLoss(NoteLLMLoss):
         l_m = self.contrastive(emb_a, emb_b)
         if img_a is not None and self.image_weight > 0:
             l_v = self.image_contrastive(img_a, img_b, image_pairs)
-            l_cl = (self.multimodal_weight * l_m + self.image_weight * l_v) / (self.multimodal_weight + self.image_weight)
+            w_m, w_v = self.multimodal_weight, self.image_weight
+            l_cl = (w_m * l_m + w_v * l_v) / (w_m + w_v)
         else:
             l_v, l_cl = torch.zeros((), device=l_m.device), l_m
         if answer_logits is None or self.gen_weight == 0:

@@ -16,8 +16,10 @@ everything without the LLM (adding a cross-fitted TF-IDF ridge score). Note age 
 features join the GBDT inputs where `eval.use_age` / `eval.use_history` allow.
 
 Stack: the LLM is cross-fitted (`eval.stack_folds` models, each trained on the other folds of the
-training rows): each training note gets a score from a model that never saw it, which the GBDT learns to
-weigh; a test note gets the mean of the fold models' scores (also reported alone as the LLM row).
+training rows, or of a random `eval.stack_max_notes` of them): each of those training notes gets a score
+from a model that never saw it; a test note gets the mean of the fold models' scores (also reported alone
+as the LLM row). Two level-2 models use it: LightGBM on all GBDT features + the LLM score ("stack"), and a
+ridge over the out-of-fold LightGBM and LLM scores ("blend").
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class TrainConfig:
     epochs: float = 1.0
     batch_size: int = 8
     lr: float = 3e-4                   # LoRA weights
-    head_lr: float = 1e-3              # the regression head
+    head_lr: float = 1e-4              # the regression head (its inputs are unit-scale)
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     loss: str = "huber"                # mse | huber (on standardised targets)
@@ -97,6 +99,7 @@ class TrainConfig:
     device: str = "auto"               # auto (cuda if available) | cpu | cuda
     threads: int = 0                   # torch threads (0: leave torch's default)
     time_budget_min: float = 0.0       # stop training after this many minutes (0: no limit); recorded
+    head_init: str = "ridge"           # ridge: start the head from a ridge fit on the frozen states (LP-FT) | zeros
     eval_batch_size: int = 16
     seed: int = 0
     log_every: int = 10
@@ -121,6 +124,8 @@ class EvalConfig:
     lgbm_objective: str = "regression"  # regression (L2) | huber | l1
     inner_folds: int = 5               # cross-fitting of the TF-IDF ridge score fed to the GBDT
     stack_folds: int = 2               # LLM models cross-fitted for the stack (>= 2)
+    stack_max_notes: int = 0           # cross-fit on at most this many training notes (0: all); the rest get no
+                                       # LLM score and the stacks are fitted on the notes that have one
     stack_embedding_dims: int = 0      # PCA dims of the LLM's pooled states added to the stack (0: score only)
 
 
@@ -139,6 +144,8 @@ class PopularityConfig:
             raise ConfigError(f"data.source must be one of {list(SOURCES)}, not {self.data.source!r}")
         if self.train.loss not in LOSSES:
             raise ConfigError(f"train.loss must be one of {list(LOSSES)}, not {self.train.loss!r}")
+        if self.train.head_init not in ("ridge", "zeros"):
+            raise ConfigError(f"train.head_init must be ridge or zeros, not {self.train.head_init!r}")
         if self.train.padding_side not in ("left", "right"):
             raise ConfigError(f"train.padding_side must be left or right, not {self.train.padding_side!r}")
         if self.train.batch_size < 1 or self.train.epochs <= 0:
@@ -339,6 +346,50 @@ def _setup_torch(tcfg: TrainConfig) -> None:
         torch.set_num_threads(tcfg.threads)
 
 
+def pooled_states(model, ids: Sequence[Sequence[int]], pad_id: int, *, batch_size: int = 16, device: str = "cpu",
+                  bf16: bool = False, padding_side: str = "right", log: Log = _quiet) -> np.ndarray:
+    """Last-real-token states (float32, N x hidden) without gradients, in batches of similar length."""
+    import torch
+
+    order = np.argsort([-len(x) for x in ids], kind="stable")
+    out: np.ndarray | None = None
+    with torch.no_grad():
+        for b, start in enumerate(range(0, len(order), batch_size)):
+            idx = order[start:start + batch_size]
+            input_ids, mask = collate([ids[i] for i in idx], pad_id, padding_side)
+            with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+                pooled = model.pooled(input_ids.to(device), mask.to(device))
+            if out is None:
+                out = np.empty((len(ids), pooled.shape[-1]), dtype=np.float32)
+            out[idx] = pooled.float().cpu().numpy()
+            if b % 20 == 0:
+                log(f"encoded {min(start + batch_size, len(ids))}/{len(ids)}")
+    return out
+
+
+def head_scores(model, pooled: np.ndarray, features: np.ndarray | None) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        feats = None if features is None else torch.tensor(features, dtype=torch.float32)
+        return model.score(torch.tensor(pooled), feats).cpu().numpy().astype(float)
+
+
+def ridge_head_init(model, pooled: np.ndarray, features: np.ndarray | None, y_std: np.ndarray) -> float:
+    """Set the head to a ridge fit (alpha by GCV) on the frozen backbone's head inputs; return alpha."""
+    import torch
+    from sklearn.linear_model import RidgeCV
+
+    with torch.no_grad():
+        feats = None if features is None else torch.tensor(features, dtype=torch.float32)
+        x = model.head_input(torch.tensor(pooled), feats).numpy()
+    ridge = RidgeCV(alphas=np.logspace(-1, 4, 11)).fit(x, y_std)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.tensor(ridge.coef_, dtype=torch.float32)[None, :])
+        model.head.bias.fill_(float(ridge.intercept_))
+    return float(ridge.alpha_)
+
+
 # --------------------------------------------------------------------------------------------- training
 @dataclass
 class FitResult:
@@ -380,6 +431,16 @@ def fit_regressor(cfg: PopularityConfig, texts: Sequence[str], y: np.ndarray, fe
     y_std = torch.tensor(y_norm.transform(np.asarray(y)[:, None])[:, 0], dtype=torch.float32)
     f_norm = Standardizer.fit(features) if features is not None else None
     f_std = torch.tensor(f_norm.transform(features), dtype=torch.float32) if f_norm is not None else None
+    probe: dict[str, Any] = {}
+    if tcfg.head_init == "ridge":  # linear probe first, then fine-tune (LP-FT): LoRA starts from a useful head
+        t0 = time.time()
+        model.eval()
+        states = pooled_states(model, ids, tokenizer.pad_token_id, batch_size=tcfg.eval_batch_size, device=device,
+                               bf16=bf16, padding_side=tcfg.padding_side)
+        alpha = ridge_head_init(model, states, None if f_std is None else f_std.numpy(), y_std.numpy())
+        probe = dict(alpha=alpha, seconds=round(time.time() - t0, 1))
+        model.train()
+        log(f"head initialised by ridge (alpha {alpha:g}) on frozen states in {probe['seconds']}s")
     batches = epoch_batches([len(x) for x in ids], tcfg.batch_size, tcfg.epochs, tcfg.seed, tcfg.bucket_batches)
     lora_params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
     opt = torch.optim.AdamW([
@@ -416,7 +477,8 @@ def fit_regressor(cfg: PopularityConfig, texts: Sequence[str], y: np.ndarray, fe
             log(f"time budget of {tcfg.time_budget_min} min reached after {step}/{len(batches)} steps")
             break
     model.eval()
-    info = dict(notes=len(ids), steps_planned=len(batches), steps=len(losses), stopped_early=stopped_early,
+    info = dict(notes=len(ids), head_init=tcfg.head_init, probe=probe, steps_planned=len(batches), steps=len(losses),
+                stopped_early=stopped_early,
                 seconds=round(time.time() - start, 1), bf16=bf16, device=device, truncated_notes=truncated,
                 tokens=tokens, padding_share=round(1 - tokens / max(padded, 1), 4), losses=losses)
     return FitResult(model, tokenizer, y_norm, f_norm, info)
@@ -427,32 +489,15 @@ def predict_scores(model, tokenizer, texts: Sequence[str], features: np.ndarray 
                    bf16: str | bool = "auto", device: str = "auto", padding_side: str = "right",
                    return_pooled: bool = False, log: Log = _quiet):
     """Scores on the target's scale for `texts` (sorted by length into batches, returned in input order)."""
-    import torch
-
     device = resolve_device(device)
-    use_bf16 = resolve_bf16(bf16, device)
     model.to(device).eval()
     ids, _ = encode_texts(tokenizer, texts, max_length, suffix)
-    f_std = torch.tensor(feature_norm.transform(features), dtype=torch.float32) if feature_norm is not None else None
-    order = np.argsort([-len(x) for x in ids], kind="stable")
-    scores = np.empty(len(ids))
-    pooled_out = None
-    with torch.no_grad():
-        for b, start in enumerate(range(0, len(order), batch_size)):
-            idx = order[start:start + batch_size]
-            input_ids, mask = collate([ids[i] for i in idx], tokenizer.pad_token_id, padding_side)
-            feats = f_std[idx].to(device) if f_std is not None else None
-            with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=use_bf16):
-                score, pooled = model(input_ids.to(device), mask.to(device), feats, return_pooled=True)
-            scores[idx] = score.float().cpu().numpy()
-            if return_pooled:
-                if pooled_out is None:
-                    pooled_out = np.empty((len(ids), pooled.shape[-1]), dtype=np.float32)
-                pooled_out[idx] = pooled.float().cpu().numpy()
-            if b % 10 == 0:
-                log(f"predicted {min(start + batch_size, len(ids))}/{len(ids)}")
+    pooled = pooled_states(model, ids, tokenizer.pad_token_id, batch_size=batch_size, device=device,
+                           bf16=resolve_bf16(bf16, device), padding_side=padding_side, log=log)
+    model.to("cpu")
+    scores = head_scores(model, pooled, None if feature_norm is None else feature_norm.transform(features))
     scores = scores * target_norm.std[0] + target_norm.mean[0]
-    return (scores, pooled_out) if return_pooled else scores
+    return (scores, pooled) if return_pooled else scores
 
 
 def predict_fit(fit: FitResult, cfg: PopularityConfig, texts: Sequence[str], features: np.ndarray | None,
@@ -612,29 +657,30 @@ class TextFeatures:
 
 def text_features(cfg: EvalConfig, train_texts: Sequence[str], test_texts: Sequence[str], y_train: np.ndarray,
                   folds: np.ndarray) -> TextFeatures:
-    """TF-IDF of character n-grams (fitted on training text only), its SVD, and ridge scores."""
+    """TF-IDF of character n-grams fitted on training text only (no labels involved), its SVD, and ridge
+    scores. The ridge alpha is the one with the lowest cross-fitted error over `folds`; those cross-fitted
+    scores are the training rows' ridge feature (each from a ridge that never saw the row's target)."""
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import RidgeCV
+    from sklearn.linear_model import Ridge
 
-    def vectorizer():
-        return TfidfVectorizer(analyzer="char", ngram_range=(cfg.tfidf_ngram_min, cfg.tfidf_ngram_max), min_df=2,
-                               max_features=cfg.tfidf_max_features, sublinear_tf=True)
-
-    vec = vectorizer()
+    vec = TfidfVectorizer(analyzer="char", ngram_range=(cfg.tfidf_ngram_min, cfg.tfidf_ngram_max), min_df=2,
+                          max_features=cfg.tfidf_max_features, sublinear_tf=True)
     x_train = vec.fit_transform(train_texts)
     x_test = vec.transform(test_texts)
     dims = max(1, min(cfg.svd_components, x_train.shape[1] - 1, x_train.shape[0] - 1))
     svd = TruncatedSVD(dims, random_state=0).fit(x_train)
-    ridge = RidgeCV(alphas=cfg.ridge_alphas).fit(x_train, y_train)
-    oof = np.empty(len(y_train))
-    for k in np.unique(folds):
-        fit_rows, hold = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
-        inner = vectorizer()
-        x_fit = inner.fit_transform([train_texts[i] for i in fit_rows])
-        model = RidgeCV(alphas=cfg.ridge_alphas).fit(x_fit, y_train[fit_rows])
-        oof[hold] = model.predict(inner.transform([train_texts[i] for i in hold]))
-    return TextFeatures(svd.transform(x_train), svd.transform(x_test), ridge.predict(x_test), oof)
+    best_alpha, best_err, best_oof = None, math.inf, None
+    for alpha in cfg.ridge_alphas:
+        oof = np.empty(len(y_train))
+        for k in np.unique(folds):
+            fit_rows, hold = folds != k, folds == k
+            oof[hold] = Ridge(alpha=alpha).fit(x_train[fit_rows], y_train[fit_rows]).predict(x_train[hold])
+        err = float(np.mean((oof - y_train) ** 2))
+        if err < best_err:
+            best_alpha, best_err, best_oof = alpha, err, oof
+    ridge = Ridge(alpha=best_alpha).fit(x_train, y_train)
+    return TextFeatures(svd.transform(x_train), svd.transform(x_test), ridge.predict(x_test), best_oof)
 
 
 @dataclass
@@ -649,35 +695,44 @@ class LLMScores:
 
 
 def cross_fit_llm(cfg: PopularityConfig, data: PreparedData, folds: int | None = None, log: Log = _quiet) -> LLMScores:
-    """`folds` >= 2: each fold model trains on the other folds (authors kept together in an author split)
-    and scores its held-out fold and the test rows. `folds` = 1: one model on all training rows."""
+    """`folds` >= 2: the training notes (or a random `eval.stack_max_notes` of them) are cut into folds
+    (authors kept together in an author split); fold model k trains on the other folds and scores fold k
+    and the test notes. `oof` is NaN for training notes outside the subset. `folds` = 1: one model on all
+    (or the subset of) training notes, no `oof`."""
     folds = folds or cfg.eval.stack_folds
     feats = head_features(cfg, data.table, data.y, data.source)
     tr, te = data.train_idx, data.test_idx
-    pick = lambda rows: ([data.texts[i] for i in rows], None if feats is None else feats[rows])  # noqa: E731
+    subset = np.arange(len(tr))
+    if 0 < cfg.eval.stack_max_notes < len(tr):
+        subset = np.sort(np.random.default_rng(cfg.eval.seed).permutation(len(tr))[: cfg.eval.stack_max_notes])
+
+    def pick(rows):
+        return [data.texts[i] for i in rows], None if feats is None else feats[rows]
+
     want_pooled = cfg.eval.stack_embedding_dims > 0
     if folds == 1:
-        fit = fit_regressor(cfg, pick(tr)[0], data.y[tr], pick(tr)[1], log)
-        out = predict_fit(fit, cfg, *pick(te), return_pooled=want_pooled)
+        fit = fit_regressor(cfg, pick(tr[subset])[0], data.y[tr[subset]], pick(tr[subset])[1], log)
+        out = predict_fit(fit, cfg, *pick(te), return_pooled=want_pooled, log=log)
         score, pooled = out if want_pooled else (out, None)
         return LLMScores(score, None, pooled, None, [{k: v for k, v in fit.info.items() if k != "losses"}])
-    fold_of = group_folds([data.authors[i] for i in tr] if cfg.split.kind == "author" else None, len(tr), folds,
-                          cfg.train.seed)
+    fold_of = np.full(len(tr), -1)
+    fold_of[subset] = group_folds([data.authors[i] for i in tr[subset]] if cfg.split.kind == "author" else None,
+                                  len(subset), folds, cfg.train.seed)
     oof = np.full(len(tr), np.nan)
     oof_pooled = None
     test_scores, test_pooled, infos = [], [], []
     for k in range(folds):
-        fit_rows, hold_rows = tr[fold_of != k], tr[fold_of == k]
+        fit_rows, hold_rows = tr[(fold_of >= 0) & (fold_of != k)], tr[fold_of == k]
         log(f"fold {k + 1}/{folds}: training on {len(fit_rows)} notes, scoring {len(hold_rows)} + {len(te)} test")
         fit = fit_regressor(cfg, pick(fit_rows)[0], data.y[fit_rows], pick(fit_rows)[1], log)
         rows = np.concatenate([hold_rows, te])
-        out = predict_fit(fit, cfg, *pick(rows), return_pooled=want_pooled)
+        out = predict_fit(fit, cfg, *pick(rows), return_pooled=want_pooled, log=log)
         score, pooled = out if want_pooled else (out, None)
         oof[fold_of == k] = score[: len(hold_rows)]
         test_scores.append(score[len(hold_rows):])
         if want_pooled:
             if oof_pooled is None:
-                oof_pooled = np.zeros((len(tr), pooled.shape[1]), dtype=np.float32)
+                oof_pooled = np.full((len(tr), pooled.shape[1]), np.nan, dtype=np.float32)
             oof_pooled[fold_of == k] = pooled[: len(hold_rows)]
             test_pooled.append(pooled[len(hold_rows):])
         infos.append({k_: v for k_, v in fit.info.items() if k_ != "losses"})
@@ -730,16 +785,36 @@ def baseline_predictions(cfg: PopularityConfig, data: PreparedData, llm: LLMScor
     if llm is not None:
         preds["LoRA LLM"] = llm.test
         if llm.oof is not None:
-            x_tr["llm_score"], x_te["llm_score"] = llm.oof, llm.test
-            if llm.oof_pooled is not None and ecfg.stack_embedding_dims:
-                from sklearn.decomposition import PCA
-
-                pca = PCA(ecfg.stack_embedding_dims, random_state=0).fit(llm.oof_pooled)
-                cols = [f"llm_pc{i}" for i in range(ecfg.stack_embedding_dims)]
-                x_tr = pd.concat([x_tr, pd.DataFrame(pca.transform(llm.oof_pooled), columns=cols)], axis=1)
-                x_te = pd.concat([x_te, pd.DataFrame(pca.transform(llm.test_pooled), columns=cols)], axis=1)
-            preds["stack: LightGBM all + LLM"] = _lgbm(ecfg, x_tr, y_tr, x_te, ecfg.seed)
+            preds.update(stack_predictions(ecfg, x_tr, x_te, y_tr, llm, folds))
     return preds
+
+
+def stack_predictions(ecfg: EvalConfig, x_tr: pd.DataFrame, x_te: pd.DataFrame, y_tr: np.ndarray, llm: LLMScores,
+                      folds: np.ndarray) -> dict[str, np.ndarray]:
+    """Two ways to add the cross-fitted LLM score to the GBDT, both fitted only on training notes that have
+    an out-of-fold LLM score:
+    - stack: LightGBM on all GBDT features + the LLM score (+ PCA of its pooled states if configured);
+    - blend: a ridge over the out-of-fold scores of LightGBM (all, no LLM) and of the LLM."""
+    from sklearn.linear_model import RidgeCV
+
+    has = np.isfinite(llm.oof)
+    s_tr, s_te = x_tr[has].reset_index(drop=True), x_te.copy()
+    s_tr["llm_score"], s_te["llm_score"] = llm.oof[has], llm.test
+    if llm.oof_pooled is not None and ecfg.stack_embedding_dims:
+        from sklearn.decomposition import PCA
+
+        pca = PCA(ecfg.stack_embedding_dims, random_state=0).fit(llm.oof_pooled[has])
+        cols = [f"llm_pc{i}" for i in range(ecfg.stack_embedding_dims)]
+        s_tr = pd.concat([s_tr, pd.DataFrame(pca.transform(llm.oof_pooled[has]), columns=cols)], axis=1)
+        s_te = pd.concat([s_te, pd.DataFrame(pca.transform(llm.test_pooled), columns=cols)], axis=1)
+    out = {"stack: LightGBM all + LLM": _lgbm(ecfg, s_tr, y_tr[has], s_te, ecfg.seed)}
+    gbdt_oof = np.empty(len(y_tr))
+    for k in np.unique(folds):
+        gbdt_oof[folds == k] = _lgbm(ecfg, x_tr[folds != k], y_tr[folds != k], x_tr[folds == k], ecfg.seed)
+    gbdt_test = _lgbm(ecfg, x_tr, y_tr, x_te, ecfg.seed)
+    blend = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(np.c_[gbdt_oof[has], llm.oof[has]], y_tr[has])
+    out["blend: ridge(LightGBM all, LLM)"] = blend.predict(np.c_[gbdt_test, llm.test])
+    return out
 
 
 # ------------------------------------------------------------------------------------------- evaluation

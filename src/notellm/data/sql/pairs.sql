@@ -87,14 +87,26 @@ SELECT note_a, note_b, ROUND(SUM(w), {decimals}) AS score
 FROM raw_pairs
 GROUP BY note_a, note_b
 
+-- name: in_range
+-- Keep l <= s <= u.
+SELECT note_a, note_b, score FROM scored WHERE {score_filter}
+
+-- name: top_candidates_duckdb
+-- DuckDB only, for speed (the ranking is the same without it): the rows that can be in the top t of their
+-- A, i.e. score >= the t-th best score of A (ties included), so the ranking sorts ~t rows per A, not all.
+SELECT r.note_a, r.note_b, r.score
+FROM in_range r
+JOIN (SELECT note_a, list_last(max(score, {top_k})) AS kth FROM in_range GROUP BY note_a) k
+  ON k.note_a = r.note_a
+WHERE r.score >= k.kth
+
 -- name: select
--- Keep l <= s <= u, then the top t B per A: higher score first, ties by note_b (ascending).
+-- The top t B per A: higher score first, ties by note_b (ascending).
 SELECT note_a, note_b, score
 FROM (
   SELECT note_a, note_b, score,
          ROW_NUMBER() OVER (PARTITION BY note_a ORDER BY score DESC, note_b) AS rnk
-  FROM scored
-  WHERE {score_filter}
+  FROM {ranked}
 ) ranked
 WHERE {top_filter}
 

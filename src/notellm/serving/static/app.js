@@ -82,11 +82,12 @@ function failure(draft, name, err) {
 function renderPopularity(draft, result) {
   draft.lastScore = result.score;
   const target = result.target || {};
-  const what = target.name || target.description || (target.weights ? "WLAES" : "");
-  const note = what ? `${what}: higher means more likes, collects and comments` : "higher means more engagement";
-  setSection(draft, "popularity", "ok", el("div", {class: "score-line"},
+  const name = target.name ? String(target.name).toUpperCase() : "score";
+  const line = el("div", {class: "score-line"},
     el("span", {class: "score", "data-testid": "score", text: result.score.toFixed(2)}),
-    el("span", {class: "score-note", text: note})));
+    el("span", {class: "score-note", text: `${name}: higher means more likes, collects and comments`}));
+  setSection(draft, "popularity", "ok", el("div", {}, line,
+    target.formula ? el("p", {class: "formula", text: `${name} = ${target.formula}`}) : null));
 }
 
 function renderTags(draft, result) {

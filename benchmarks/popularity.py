@@ -1,0 +1,163 @@
+"""Popularity prediction (protocol xhs-pop-v1): LoRA LLM regression and a stack against honest baselines.
+
+Datasets (../shared/datasets):
+- xhs: xhs_mediacrawler_hanseylee, target WLAES = 1.0 ln(likes+1) + 0.5 ln(collects+1) + 0.2 ln(comments+1);
+  author split (primary) and time split (secondary), each with and without note age in the GBDT features;
+- weibo: weibo_cctv_2020 (one author), target 1.0 ln(likes+1) + 0.5 ln(shares+1) + 0.2 ln(comments+1)
+  (Weibo has no collects); random and time split; no crawl time, so no note age.
+
+Per split: the LLM (configs/popularity_<dataset>.yaml: Gemma 3 270M + LoRA + head) is cross-fitted with
+`eval.stack_folds` fold models (each trained on the other folds of the training rows, under the config's
+time budget); the LLM row is the mean of the fold models' test scores; the stack is LightGBM on
+hand + TF-IDF SVD + cross-fitted TF-IDF ridge score + author history (+ age) + the out-of-fold LLM score;
+the blend is a ridge over the out-of-fold scores of that LightGBM (without the LLM) and of the LLM.
+Every row is scored on the same test notes with 95% bootstrap intervals; `mae - mean` is the paired MAE
+difference against the mean predictor, and the lines under each table compare the stack and the LLM with
+LightGBM hand+TF-IDF (paired) in the same run.
+
+    OMP_WAIT_POLICY=PASSIVE nice .venv/bin/python benchmarks/popularity.py --datasets xhs --splits author
+    OMP_WAIT_POLICY=PASSIVE nice .venv/bin/python benchmarks/popularity.py --datasets weibo --splits random,time
+
+LLM scores are cached in --out/<dataset>/<split>/llm.npz keyed by the config (use --retrain to refit).
+Exits 0 with a message when ../shared is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("NOTELLM_SHARED", ROOT.parent / "shared"))
+DATASETS = {
+    "xhs": dict(config=ROOT / "configs" / "popularity_xhs.yaml",
+                path=SHARED / "datasets" / "xhs_mediacrawler_hanseylee" / "xhs_note.csv",
+                splits=["author", "time"], ages=[True, False]),
+    "weibo": dict(config=ROOT / "configs" / "popularity_weibo.yaml", path=SHARED / "datasets" / "weibo_cctv_2020",
+                  splits=["random", "time"], ages=[False]),
+}
+COLUMNS = ["model", "mae", "rmse", "r2", "spearman", "mae - mean", "best-note hit"]
+REFERENCE = "LightGBM hand+TF-IDF"
+
+
+def llm_scores(cfg, data, out: Path, retrain: bool, log):
+    """Cross-fitted LLM scores, cached under `out` for this exact config and split."""
+    import numpy as np
+
+    from notellm.training.popularity import LLMScores, cross_fit_llm
+
+    key_src = json.dumps({"model": asdict(cfg.model), "train": asdict(cfg.train), "split": asdict(cfg.split),
+                          "target": asdict(cfg.target), "folds": cfg.eval.stack_folds,
+                          "max_notes": cfg.eval.stack_max_notes, "eval_seed": cfg.eval.seed,
+                          "pooled": cfg.eval.stack_embedding_dims > 0, "data": cfg.data.path}, sort_keys=True)
+    key = hashlib.sha1(key_src.encode()).hexdigest()[:12]
+    cache = out / f"llm-{key}.npz"
+    if cache.exists() and not retrain:
+        z = np.load(cache, allow_pickle=False)
+        info = json.loads(str(z["info"]))
+        log(f"LLM scores from cache {cache}")
+        return LLMScores(z["test"], z["oof"], z["test_pooled"] if "test_pooled" in z else None,
+                         z["oof_pooled"] if "oof_pooled" in z else None, info), cache
+    t = time.time()
+    llm = cross_fit_llm(cfg, data, log=log)
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = dict(test=llm.test, oof=llm.oof, info=json.dumps(llm.info))
+    if llm.test_pooled is not None:
+        arrays.update(test_pooled=llm.test_pooled, oof_pooled=llm.oof_pooled)
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(cache)
+    log(f"LLM cross-fit done in {time.time() - t:.0f}s")
+    return llm, cache
+
+
+def compare_line(y, preds, name: str, reference: str, cfg) -> str:
+    from notellm.evaluation.regression import bootstrap_metrics
+
+    if name not in preds or reference not in preds:
+        return ""
+    ints = bootstrap_metrics(y, {reference: preds[reference], name: preds[name]}, baseline=reference,
+                             n_boot=cfg.eval.bootstrap, seed=cfg.eval.seed)
+    d = ints[name]["mae_diff"]
+    sp = ints[name]["spearman"].value - ints[reference]["spearman"].value
+    verdict = "better" if d.high < 0 else "worse" if d.low > 0 else "no clear difference"
+    return (f"- {name} vs {reference}: MAE {d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}] ({verdict}), "
+            f"Spearman {sp:+.3f}")
+
+
+def run_split(name: str, spec: dict, split: str, args, log) -> list[dict]:
+    from notellm.config import load_config
+    from notellm.evaluation.regression import markdown_table
+    from notellm.io import write_json
+    from notellm.training.popularity import PopularityConfig, baseline_predictions, prepare_data, score_report
+
+    overrides = [f"data.path={spec['path']}", f"split.kind={split}"] + list(args.override)
+    cfg = load_config(PopularityConfig, spec["config"], overrides)
+    out = Path(args.out) / name / split
+    data = prepare_data(cfg)
+    log(f"{name}/{split}: {int((~data.test).sum())} train, {int(data.test.sum())} test notes")
+    llm, cache = (None, None) if args.no_llm else llm_scores(cfg, data, out, args.retrain, log)
+    results = []
+    for use_age in spec["ages"]:
+        t = time.time()
+        preds = baseline_predictions(cfg, data, llm, use_age=use_age, use_history=cfg.eval.use_history, log=log)
+        cfg.eval.use_age = use_age
+        report = score_report(cfg, data, preds)
+        report.update(dataset=name, use_age=use_age, use_history=cfg.eval.use_history, seconds_baselines=round(time.time() - t, 1),
+                      llm_cache=str(cache) if cache else None, llm_training=llm.info if llm else None,
+                      config=asdict(cfg))
+        y = data.y[data.test_idx]
+        stacks = ("stack: LightGBM all + LLM", "blend: ridge(LightGBM all, LLM)")
+        lines = [compare_line(y, preds, n, REFERENCE, cfg) for n in ("LoRA LLM", *stacks)]
+        lines += [compare_line(y, preds, n, "LightGBM all, no LLM", cfg) for n in stacks]
+        title = (f"### {name}, {split} split, {'with' if use_age else 'without'} note age — "
+                 f"{report['train_notes']} train / {report['test_notes']} test notes, target {report['target']}")
+        print(f"\n{title}\n\n{markdown_table(report['rows'], COLUMNS)}\n" + "\n".join(l for l in lines if l), flush=True)
+        if llm is not None:
+            secs = [round(i["seconds"]) for i in llm.info]
+            steps = [f"{i['steps']}/{i['steps_planned']}" for i in llm.info]
+            print(f"- LLM: {len(llm.info)} fold models, training seconds {secs}, steps {steps}, "
+                  f"bf16={llm.info[0]['bf16']}", flush=True)
+        write_json(report, out / f"report-age{int(use_age)}.json")
+        results.append(report)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default="xhs,weibo")
+    parser.add_argument("--splits", default="", help="comma list; default: the dataset's splits")
+    parser.add_argument("--out", default=str(ROOT / "runs" / "bench_popularity"))
+    parser.add_argument("--override", action="append", default=[], help="config key=value (repeatable)")
+    parser.add_argument("--retrain", action="store_true", help="ignore cached LLM scores")
+    parser.add_argument("--no-llm", action="store_true", help="baselines only")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args()
+    if not (SHARED / "datasets").is_dir():
+        print(f"{SHARED / 'datasets'} is not present: nothing to benchmark")
+        return 0
+    log = (lambda m: print(f"  {m}", file=sys.stderr, flush=True)) if args.verbose else (lambda m: None)
+    for name in [d for d in args.datasets.split(",") if d]:
+        if name not in DATASETS:
+            parser.error(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
+        spec = DATASETS[name]
+        if not Path(spec["path"]).exists():
+            print(f"{spec['path']} is not present: skipping {name}")
+            continue
+        splits = [s for s in args.splits.split(",") if s] or spec["splits"]
+        for split in splits:
+            run_split(name, spec, split, args, log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""Popularity data and metrics: targets, splits, leak-free author history, hand-computed metrics."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from notellm.config import load_config
+from notellm.data.popularity import (
+    HistoryConfig,
+    SplitConfig,
+    TargetConfig,
+    author_fold,
+    author_history_features,
+    describe_target,
+    feature_frame,
+    hand_features,
+    note_texts,
+    split_mask,
+    target_values,
+)
+from notellm.data.schema import empty_note, notes_to_table
+from notellm.errors import ConfigError, DataError
+from notellm.evaluation.regression import best_note_ranking, bootstrap_metrics, regression_metrics
+from notellm.training.popularity import PopularityConfig, collate, epoch_batches, length_bucketed_batches
+
+T0 = datetime(2024, 5, 1, 0, 0, tzinfo=timezone.utc)
+
+
+def note(note_id, author="alice", hours=0, likes=12, collects=1, comments=2, title="t", content="c", **extra):
+    row = empty_note(note_id)
+    row.update(author_id=author, published_at=T0 + timedelta(hours=hours), likes=likes, collects=collects,
+               comments=comments, title=title, content=content, **extra)
+    return row
+
+
+# ------------------------------------------------------------------------------------------------ targets
+def test_wlaes_readme_and_code_weights_by_hand():
+    table = notes_to_table([note("a"), note("b", likes=0, collects=0, comments=0)])
+    # ln(13) + 0.5 ln(2) + 0.2 ln(3) = 2.564949 + 0.346574 + 0.219722
+    assert target_values(table, TargetConfig().resolved()) == pytest.approx([3.1312454, 0.0])
+    # RedNoob's code: 2.0 on comments -> ln(13) + 0.5 ln(2) + 2.0 ln(3)
+    code = TargetConfig(name="wlaes_rednoob_code").resolved()
+    assert code == {"likes": 1.0, "collects": 0.5, "comments": 2.0}
+    assert target_values(table, code)[0] == pytest.approx(5.1087475)
+    assert describe_target(TargetConfig().resolved()) == "1*ln(likes+1) + 0.5*ln(collects+1) + 0.2*ln(comments+1)"
+
+
+def test_target_weights_from_config_overrides(tmp_path):
+    cfg = load_config(PopularityConfig, None, ["target.weights.likes=1", "target.weights.shares=0.25"])
+    assert cfg.target.resolved() == {"likes": 1.0, "shares": 0.25}
+    with pytest.raises(ConfigError, match="unknown count column"):
+        TargetConfig(weights={"views": 1.0}).resolved()
+    with pytest.raises(ConfigError, match="not a preset"):
+        TargetConfig(name="nope").resolved()
+
+
+def test_missing_count_is_an_error_naming_row_and_field():
+    table = notes_to_table([note("a"), note("b", collects=None)])
+    with pytest.raises(DataError) as err:
+        target_values(table, TargetConfig().resolved(), source="x.csv")
+    assert (err.value.row, err.value.field, err.value.file) == (2, "collects", "x.csv")
+    assert np.isnan(target_values(table, TargetConfig().resolved(), missing="nan")[1])
+
+
+# ------------------------------------------------------------------------------------------------- splits
+def test_author_split_is_stable_and_author_disjoint():
+    # sha1 mod 5 of these ids, computed once by hand: alice 0, bob 0, carol 1
+    assert [author_fold(a, 5) for a in ("alice", "bob", "carol")] == [0, 0, 1]
+    rows = [note(f"n{i}", author=f"user{i % 37}", hours=i) for i in range(200)]
+    table = notes_to_table(rows)
+    test = split_mask(table, SplitConfig(kind="author"))
+    authors = np.array(table.column("author_id").to_pylist())
+    assert not set(authors[test]) & set(authors[~test])
+    assert 0 < test.sum() < 200
+
+
+def test_time_split_takes_the_latest_notes():
+    rows = [note(f"n{i}", hours=(i * 7) % 10) for i in range(10)]  # hours 0,7,4,1,8,5,2,9,6,3
+    test = split_mask(notes_to_table(rows), SplitConfig(kind="time", test_fraction=0.2))
+    assert sorted(np.flatnonzero(test)) == [4, 7]  # hours 8 and 9
+    random = split_mask(notes_to_table(rows), SplitConfig(kind="random", test_fraction=0.3, seed=1))
+    assert random.sum() == 3
+
+
+def test_split_needs_the_column_it_splits_on():
+    rows = [note("a"), note("b", author=None)]
+    with pytest.raises(DataError) as err:
+        split_mask(notes_to_table(rows), SplitConfig(kind="author"))
+    assert (err.value.row, err.value.field) == (2, "author_id")
+
+
+# ----------------------------------------------------------------------------------------- author history
+def test_author_history_by_hand_and_ties_are_not_history():
+    authors = ["a", "a", "a", "a", "b"]
+    hours = np.array([0, 10, 10, 20, 5]) * 3600.0
+    y = np.array([1.0, 3.0, 5.0, 2.0, 9.0])
+    f = author_history_features(authors, hours, y, HistoryConfig(windows=[2]))
+    assert f["author_prev_count"].tolist() == [0, 1, 1, 3, 0]
+    assert np.isnan(f["author_prev_mean"][0]) and np.isnan(f["author_prev_mean"][4])
+    assert f["author_prev_mean"][1] == f["author_prev_mean"][2] == 1.0    # the other t=10 note is not earlier
+    assert f["author_prev_mean"][3] == pytest.approx(3.0)                  # (1 + 3 + 5) / 3
+    assert f["author_prev_mean_last2"][3] == pytest.approx(4.0)            # (3 + 5) / 2
+    assert f["author_prev_max"][3] == 5.0
+    assert f["author_days_since_prev"][3] == pytest.approx(10 / 24)
+
+
+def test_author_history_never_uses_a_note_published_at_or_after_the_note():
+    rng = np.random.default_rng(0)
+    n = 60
+    authors = [f"u{i % 4}" for i in range(n)]
+    seconds = rng.integers(0, 30, n).astype(float) * 86400  # many ties on purpose
+    y = rng.normal(5, 2, n)
+    base = author_history_features(authors, seconds, y)
+    for j in range(n):  # perturb one note's target: only strictly later notes of the same author may move
+        y2 = y.copy()
+        y2[j] += 100.0
+        moved = author_history_features(authors, seconds, y2)
+        changed = ~np.isclose(base.to_numpy(), moved.to_numpy(), equal_nan=True).all(axis=1)
+        allowed = (np.array(authors) == authors[j]) & (seconds > seconds[j])
+        assert not (changed & ~allowed).any(), f"perturbing note {j} changed features of notes not after it"
+        if allowed.any():
+            assert changed[allowed].all()  # and the later notes do see it (the test can fail)
+
+
+def test_unknown_targets_are_not_history():
+    f = author_history_features(["a", "a", "a"], np.array([0.0, 1.0, 2.0]), np.array([4.0, np.nan, 1.0]))
+    assert f["author_prev_count"].tolist() == [0, 1, 1]
+    assert f["author_prev_last"][2] == 4.0
+
+
+def test_hand_features_by_hand():
+    row = note("a", title="好物!", content="第一行[哭惹R]😀\n第二行 @小红 看 https://x.cn/a ？12", hashtags=["x", "y"],
+               extra='{"type": "video"}')
+    f = hand_features(notes_to_table([row]), timezone="Asia/Shanghai").iloc[0]
+    assert f["title_chars"] == 3 and f["content_lines"] == 2 and f["n_hashtags"] == 2
+    assert f["n_platform_emoji"] == 1 and f["n_unicode_emoji"] == 1 and f["n_mentions"] == 1 and f["n_urls"] == 1
+    assert f["n_exclaims"] == 1 and f["n_questions"] == 1 and f["n_digits"] == 2
+    assert f["hour"] == 8 and f["weekday"] == 2 and f["is_video"] == 1  # 2024-05-01 00:00 UTC = Wed 08:00 Shanghai
+
+
+def test_note_age_from_crawl_time_or_as_of():
+    rows = [note("a", extra='{"crawled_at": "2024-05-11T00:00:00+00:00"}'), note("b", hours=24, extra="{}")]
+    table = notes_to_table(rows)
+    with pytest.raises(DataError) as err:
+        feature_frame(table, ["note_age_days"])
+    assert (err.value.row, err.value.field) == (2, "extra.crawled_at")
+    ages = feature_frame(table, ["note_age_days", "log_note_age_days"], as_of="2024-05-11")
+    assert ages["note_age_days"].tolist() == [10.0, 9.0]
+    assert ages["log_note_age_days"][0] == pytest.approx(math.log(11))
+
+
+def test_note_texts_reject_a_note_without_text():
+    rows = [note("a", title="标题", content="正文", hashtags=["话题"]), note("b", title="", content="  ")]
+    table = notes_to_table(rows)
+    assert note_texts(table.slice(0, 1))[0] == "帖子标题：标题\n\n帖子话题：#话题\n\n帖子内容：正文"
+    with pytest.raises(DataError) as err:
+        note_texts(table, source="n.parquet")
+    assert (err.value.row, err.value.field, err.value.file) == (2, "content", "n.parquet")
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def test_regression_metrics_by_hand():
+    m = regression_metrics([1, 2, 3, 4], [1.5, 2, 2, 5])
+    # errors .5, 0, -1, 1: MAE 2.5/4; RMSE sqrt(2.25/4); SST 5 -> R2 1 - 2.25/5;
+    # ranks 1,2,3,4 vs 1,2.5,2.5,4 -> Pearson 4.5 / sqrt(5 * 4.5)
+    assert m["mae"] == pytest.approx(0.625)
+    assert m["rmse"] == pytest.approx(0.75)
+    assert m["r2"] == pytest.approx(0.55)
+    assert m["spearman"] == pytest.approx(0.9486833)
+    assert math.isnan(regression_metrics([1, 2, 3], [2, 2, 2])["spearman"])  # a constant has no ranking
+
+
+def test_bootstrap_intervals_and_paired_difference():
+    y = np.random.default_rng(1).normal(0, 1, 200)
+    preds = {"mean": np.full(200, y.mean()), "shifted": y + 1.0, "exact": y.copy()}
+    ints = bootstrap_metrics(y, preds, baseline="mean", n_boot=300, seed=0)
+    assert (ints["shifted"]["mae"].low, ints["shifted"]["mae"].high) == pytest.approx((1.0, 1.0))
+    assert ints["exact"]["mae"].value == 0.0 and ints["exact"]["mae_diff"].high < 0
+    assert ints["mean"]["mae_diff"].value == ints["mean"]["mae_diff"].low == 0.0
+    assert ints["exact"]["r2"].low == pytest.approx(1.0)
+    lo, hi = ints["mean"]["mae"].low, ints["mean"]["mae"].high
+    assert lo < ints["mean"]["mae"].value < hi
+
+
+def test_best_note_ranking_by_hand():
+    y = [1, 3, 2, 5, 4, 7]
+    p = [0, 1, 5, 2, 1, 0]
+    groups = ["a", "a", "a", "b", "b", "c"]  # a: top-predicted has y=2 (miss); b: hit; c: one note, not counted
+    r = best_note_ranking(y, p, groups)
+    assert r["authors"] == 2 and r["hit_rate"] == 0.5
+    assert r["chance"] == pytest.approx((1 / 3 + 1 / 2) / 2)
+
+
+# ------------------------------------------------------------------------------------------ batching
+def test_dynamic_padding_buckets_by_length():
+    rng = np.random.default_rng(0)
+    lengths = rng.permutation(np.arange(1, 65))
+    batches = length_bucketed_batches(lengths, 4, np.random.default_rng(1), bucket_batches=16)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(64))
+    assert max(lengths[b].max() - lengths[b].min() for b in batches) == 3  # one sorted window: neighbours
+    assert len(epoch_batches(lengths, 4, 1.5, 0, 16)) == 24
+    ids, mask = collate([[5, 6, 7], [8]], pad_id=0, side="left")
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ids, mask = collate([[5, 6, 7], [8]], pad_id=0, side="right")
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    xhs = load_config(PopularityConfig, root / "popularity_xhs.yaml")
+    weibo = load_config(PopularityConfig, root / "popularity_weibo.yaml")
+    xhs.check(), weibo.check()
+    assert xhs.target.resolved() == {"likes": 1.0, "collects": 0.5, "comments": 0.2}
+    assert weibo.target.resolved() == {"likes": 1.0, "shares": 0.5, "comments": 0.2}
+    assert (xhs.split.kind, weibo.split.kind) == ("author", "random")
+
+
+# ------------------------------------------------------------------------------------------ real data
+def test_real_xhs_targets_and_author_split():
+    from conftest import shared_dataset
+
+    from notellm.data.readers import read_mediacrawler
+    from notellm.training.popularity import prepare_data
+
+    path = shared_dataset("xhs_mediacrawler_hanseylee") / "xhs_note.csv"
+    cfg = PopularityConfig()
+    cfg.data.path = str(path)
+    data = prepare_data(cfg, read_mediacrawler(path), str(path))
+    row = data.note_ids.index("6660b5d70000000015013939")  # likes 1299, collects 1175, comments 126
+    assert data.y[row] == pytest.approx(math.log(1300) + 0.5 * math.log(1176) + 0.2 * math.log(127))
+    authors = np.array(data.authors)
+    assert not set(authors[data.test]) & set(authors[~data.test])
+    assert data.age is not None and (data.age["note_age_days"] >= 0).all()
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+def _synthetic_notes(n=80):
+    """Notes whose target rises with the number of '爆款' in the title; 16 authors; crawl time in extra."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        k = int(rng.integers(0, 4))
+        likes = int(np.exp(1 + 1.5 * k + rng.normal(0, 0.3)))
+        rows.append(note(f"n{i}", author=f"u{i % 16}", hours=i, likes=likes, collects=likes // 3, comments=k,
+                         title="爆款" * k + f"笔记{i}", content="日常分享" * int(rng.integers(1, 4)),
+                         extra='{"crawled_at": "2024-06-01T00:00:00+00:00"}'))
+    return notes_to_table(rows)
+
+
+def test_evaluate_runs_every_baseline_on_the_same_test_notes():
+    from notellm.training.popularity import baseline_predictions, prepare_data, score_report
+
+    cfg = load_config(PopularityConfig, None, ["eval.svd_components=8", "eval.bootstrap=200", "eval.lgbm_rounds=60",
+                                               "eval.lgbm_min_child_samples=5", "eval.inner_folds=3"])
+    data = prepare_data(cfg, _synthetic_notes())
+    preds = baseline_predictions(cfg, data)
+    assert set(preds) == {"mean", "median", "TF-IDF char ridge", "LightGBM hand", "LightGBM hand+TF-IDF",
+                          "LightGBM all, no LLM"}
+    report = score_report(cfg, data, preds)
+    y_test, y_train = data.y[data.test], data.y[~data.test]
+    mean_mae = report["metrics"]["mean"]["mae"]["value"]
+    assert mean_mae == pytest.approx(np.abs(y_test - y_train.mean()).mean())
+    assert report["metrics"]["mean"]["mae_diff"]["value"] == 0.0
+    # the title carries the signal: the text model must beat the mean predictor
+    assert report["metrics"]["TF-IDF char ridge"]["mae"]["value"] < 0.7 * mean_mae
+    assert report["metrics"]["TF-IDF char ridge"]["mae_diff"]["high"] < 0
+    assert {r["model"] for r in report["rows"]} == set(preds)
+
+
+def test_stacks_use_only_out_of_fold_llm_scores_and_tolerate_a_subset():
+    from notellm.training.popularity import LLMScores, baseline_predictions, prepare_data
+
+    cfg = load_config(PopularityConfig, None, ["eval.svd_components=8", "eval.lgbm_rounds=60",
+                                               "eval.lgbm_min_child_samples=5", "eval.inner_folds=3"])
+    data = prepare_data(cfg, _synthetic_notes())
+    rng = np.random.default_rng(0)
+    y_tr, y_te = data.y[data.train_idx], data.y[data.test_idx]
+    oof = y_tr + rng.normal(0, 0.05, len(y_tr))
+    oof[::3] = np.nan  # notes outside the cross-fitted subset have no LLM score
+    llm = LLMScores(test=y_te + rng.normal(0, 0.05, len(y_te)), oof=oof)
+    preds = baseline_predictions(cfg, data, llm)
+    mae = {k: np.abs(v - y_te).mean() for k, v in preds.items()}
+    assert preds["LoRA LLM"] is llm.test
+    # an almost exact LLM score must dominate both level-2 models
+    assert mae["blend: ridge(LightGBM all, LLM)"] < 0.5 * mae["LightGBM all, no LLM"]
+    assert mae["stack: LightGBM all + LLM"] < mae["LightGBM all, no LLM"]
