@@ -15,6 +15,7 @@ Exits 0 with a message when ../shared is absent (the Hacker News part needs it).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -34,7 +35,7 @@ MODEL_ROWS = {"sft": "SFT (LoRA)", "align-dpo": "SFT + DPO", "align-dpop": "SFT 
 
 def run_dataset(name: str, args: argparse.Namespace) -> dict:
     from notellm.config import load_config, save_config
-    from notellm.training.coldstart import ColdStartConfig, evaluate, train_alignment, train_sft
+    from notellm.training.coldstart import META_FILE, ColdStartConfig, evaluate, train_alignment, train_sft
 
     overrides = [f"output_dir={args.out}/{name}", f"threads={args.threads}"]
     for key, value in (("data.main_users", args.main_users), ("data.preference_users", args.preference_users),
@@ -46,19 +47,23 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     cfg = load_config(ColdStartConfig, CONFIGS[name], overrides + list(args.override))
     save_config(cfg, Path(cfg.output_dir) / "config.yaml")
     log = (lambda m: print(f"  [{name}] {m}", file=sys.stderr, flush=True)) if args.verbose else (lambda m: None)
+    out = Path(cfg.output_dir)
+    done = lambda stage: args.resume and (out / stage / META_FILE).exists()  # noqa: E731
     times = {}
     t = time.time()
-    train_sft(cfg, log=log)
-    times["sft"] = time.time() - t
+    if not done("sft"):
+        train_sft(cfg, log=log)
+        times["sft"] = time.time() - t
     for loss in args.losses:
         cfg.align.loss = loss
         t = time.time()
-        train_alignment(cfg, log=log)  # the first call also samples the preference pairs (cached after)
-        times[f"align-{loss}"] = time.time() - t
+        if not done(f"align-{loss}"):
+            train_alignment(cfg, log=log)  # the first call also samples the preference pairs (cached after)
+            times[f"align-{loss}"] = time.time() - t
+        gc.collect()
     t = time.time()
     metrics = evaluate(cfg, ["sft"] + [f"align-{loss}" for loss in args.losses], log=log)
     times["eval"] = time.time() - t
-    out = Path(cfg.output_dir)
     sizes = json.loads((out / "users.json").read_text())
     pref = json.loads((out / "preference.json").read_text())
     return dict(metrics=metrics, times=times, sizes=sizes, preference=pref, shots=cfg.data.instructions.shots)
@@ -80,7 +85,7 @@ def print_table(name: str, res: dict) -> None:
             cells += [f"{m['mae']:.3f}", f"{m['src']:.3f}", f"{m['non_number_rate']:.1%}"]
         cells += [f"{per['all']['mae']:.3f}", f"{per['all']['src']:.3f}"]
         print(f"| {MODEL_ROWS.get(key, key)} | " + " | ".join(cells) + " |")
-    print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in res["times"].items())
+    print("stage seconds (this invocation): " + ", ".join(f"{k} {v:.0f}" for k, v in res["times"].items())
           + f", total {sum(res['times'].values()):.0f}")
 
 
@@ -95,6 +100,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_coldstart"))
     ap.add_argument("--override", action="append", default=[], help="extra config override key=value (repeatable)")
+    ap.add_argument("--resume", action="store_true", help="keep finished stages (sft/, align-<loss>/) of --out")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
     args.losses = [x.strip() for x in args.losses.split(",") if x.strip()]

@@ -32,6 +32,7 @@ def prepare_data(out: Path) -> dict[str, Path]:
     from notellm.data.pairs import PairMiningConfig, mine_pairs
     from notellm.data.readers import read_movielens
     from notellm.data.schema import write_notes
+    from notellm.data.split import split_items_ml_i2i
     from notellm.io import write_parquet
 
     data = out / "data"
@@ -48,30 +49,13 @@ def prepare_data(out: Path) -> dict[str, Path]:
     write_parquet(events, paths["events"])
     pairs = mine_pairs(events, PairMiningConfig(mode="window", window=20, min_score=0.01, max_score=None, top_k=10),
                        out_path=str(paths["pairs"]))
-    _split_items(events, pairs, paths)
+    split_items_ml_i2i(events, pairs, test_fraction=0.2, seed=0).write(data)
     return paths
-
-
-def _split_items(events, pairs, paths: dict[str, Path]) -> None:
-    """ml-i2i-v1: sorted ids of all clicked items, permuted by default_rng(0); the first 20% are new (test)."""
-    import numpy as np
-    import pyarrow.compute as pc
-
-    from notellm.io import write_parquet
-
-    items = sorted(set(events["note_id"].to_pylist()), key=int)
-    order = np.random.default_rng(0).permutation(len(items))
-    test = {items[i] for i in order[: round(0.2 * len(items))]}
-    (paths["test_pairs"].parent / "test_items.txt").write_text("\n".join(sorted(test, key=int)) + "\n")
-    a_test = pc.is_in(pairs["note_a"], value_set=pa.array(sorted(test)))
-    b_test = pc.is_in(pairs["note_b"], value_set=pa.array(sorted(test)))
-    write_parquet(pairs.filter(pc.and_(a_test, b_test)), paths["test_pairs"])
-    write_parquet(pairs.filter(pc.and_(pc.invert(a_test), pc.invert(b_test))), paths["train_pairs"])
 
 
 def test_items(paths: dict[str, Path]) -> list[str]:
     """The pool of ml-i2i-v1 is every new (test) item that is not a query."""
-    return (paths["test_pairs"].parent / "test_items.txt").read_text().split()
+    return (paths["test_pairs"].parent / "test_notes.txt").read_text().split()
 
 
 def baseline_report(name: str, paths: dict[str, Path]):

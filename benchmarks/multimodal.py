@@ -95,7 +95,26 @@ def evaluate(model_dir: Path, data: dict, ks: list[int]):
     rows = {r["note_id"]: r for r in read_notes(data["notes"]).to_pylist()}
     embedder = Embedder(str(model_dir), bf16=False, batch_size=32)  # load_model_for_embedding's dispatch
     vectors = embedder.encode([rows[i] for i in ids])
-    return evaluate_recall(None, pairs, (ids, vectors), ks=ks, buckets=False, name=str(model_dir))
+    report = evaluate_recall(None, pairs, (ids, vectors), ks=ks, buckets=False, name=str(model_dir))
+    return report, top1_errors(report, rows, dict(zip(ids, vectors)))
+
+
+def top1_errors(report, rows: dict, vectors: dict) -> dict[str, int]:
+    """Which cluster attributes the top-ranked pool note gets wrong, over all queries (from the note's `extra`):
+    tells whether a model misses the topic (text), the colour or the shape (image)."""
+    import json
+
+    import numpy as np
+
+    queries = [q["query"] for q in report.per_query]
+    pool = [q["partner"] for q in report.per_query]  # the protocol's pool here: test notes minus queries
+    top = (np.stack([vectors[q] for q in queries]) @ np.stack([vectors[p] for p in pool]).T).argmax(1)
+    counts = {"topic": 0, "colour": 0, "shape": 0}
+    for query, j in zip(queries, top):
+        a, b = json.loads(rows[query]["extra"]), json.loads(rows[pool[j]]["extra"])
+        for key in counts:
+            counts[key] += a[key] != b[key]
+    return counts
 
 
 def main() -> int:
@@ -117,8 +136,8 @@ def main() -> int:
     results = {}
     for name in variants:
         trained = train_variant(name, data, args, out)
-        report = evaluate(trained["model_dir"], data, ks)
-        results[name] = (trained, report)
+        report, errors = evaluate(trained["model_dir"], data, ks)
+        results[name] = (dict(trained, errors=errors), report)
     print_table(results, ks, args, time.time() - started)
     if not keep:
         shutil.rmtree(out, ignore_errors=True)
@@ -132,9 +151,10 @@ def print_table(results: dict, ks: list[int], args, total_seconds: float) -> Non
           f"({'frozen' if args.frozen_tower else 'trained'}), connector {args.connector}; {args.steps} steps x "
           f"{args.batch_pairs} pairs, lr {args.lr}, seed {args.seed}; {platform.machine()}, "
           f"{args.threads} threads; total {total_seconds:.0f} s")
-    header = "| variant | " + " | ".join(f"R@{k}" for k in ks) + " | R@1 vs text-only | train s | last loss |"
+    header = ("| variant | " + " | ".join(f"R@{k}" for k in ks) + f" | R@{ks[0]} vs text-only | "
+              "top-1 wrong topic / colour / shape | train s | last loss |")
     print(header)
-    print("|" + "---|" * (len(ks) + 4))
+    print("|" + "---|" * (len(ks) + 5))
     base = results.get("text")
     for name, (trained, report) in results.items():
         r = report.overall
@@ -142,9 +162,12 @@ def print_table(results: dict, ks: list[int], args, total_seconds: float) -> Non
         ratio = "n/a"
         if base is not None and base[1].overall.recall[ks[0]] > 0:
             ratio = f"{r.recall[ks[0]] / base[1].overall.recall[ks[0]]:.2f}x"
-        print(f"| {LABELS[name]} | {cells} | {ratio} | {trained['seconds']:.0f} | {trained['loss']:.3f} |")
+        wrong = " / ".join(str(trained["errors"][k]) for k in ("topic", "colour", "shape"))
+        print(f"| {LABELS[name]} | {cells} | {ratio} | {wrong} | {trained['seconds']:.0f} | {trained['loss']:.3f} |")
     skipped = sum(t["images_skipped"] for t, _ in results.values())
-    print(f"\n± = binomial standard error. Images skipped as unreadable: {skipped}. Recall protocol: "
+    print(f"\n± = binomial standard error. top-1 wrong: over the {first.n_queries} queries, how often the best-"
+          f"ranked pool note differs from the query in topic (text), colour or shape (image). "
+          f"Images skipped as unreadable: {skipped}. Recall protocol: "
           f"notellm.evaluation.recall.evaluate_recall (greedy pair de-duplication, pool = test notes minus queries, "
           f"ties count against).")
 

@@ -11,6 +11,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   # torch first: 2.13.0 resolves to the CPU build shipped on this machine's wheel mirror (never a CUDA build).
   .venv/bin/python -m pip install --quiet "torch==2.13.0"
-  .venv/bin/python -m pip install --quiet -e ".[dev,baselines,align]"
+  .venv/bin/python -m pip install --quiet -e ".[dev,baselines,align,spark]"
   touch "$stamp"
 fi

@@ -206,16 +206,16 @@ def test_score_predictions_counts_non_numbers():
 
 def test_pipeline_sft_align_eval_on_tiny_model(tmp_path):
     notes_path = tmp_path / "notes.parquet"
-    write_notes(make_notes({f"user{i}": 5 + i % 2 for i in range(6)}), notes_path)
+    write_notes(make_notes({f"user{i}": 5 + i % 2 for i in range(5)}), notes_path)
     cfg = cs.ColdStartConfig(output_dir=str(tmp_path / "run"))
-    cfg.data = cs.DataSourceConfig(source="notes", path=str(notes_path), main_users=4, preference_users=2)
+    cfg.data = cs.DataSourceConfig(source="notes", path=str(notes_path), main_users=3, preference_users=2)
     cfg.model = cs.ModelConfig(backbone="tiny-qwen3", max_length=256)
     cfg.sft = cs.SFTConfig(epochs=1, batch_size=4)
     sft_dir = cs.train_sft(cfg)
     info = cs.read_json(sft_dir / cs.META_FILE)
-    assert info["examples"] == 12 and info["data"]["preference_users"] == 2
+    assert info["examples"] == 9 and info["data"]["preference_users"] == 2
     _, test, pref = cs.read_instruction_set(cfg.output_dir)
-    assert len(test) == 12 and len(pref) == 6
+    assert len(test) == 9 and len(pref) == 6
     # The random tiny model writes no numbers, so build the pairs by hand: truth vs. a wrong score.
     model, tok, mcfg = cs.load_trained(sft_dir)
     ids = lambda text: tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]  # noqa: E731
@@ -229,7 +229,7 @@ def test_pipeline_sft_align_eval_on_tiny_model(tmp_path):
     import pyarrow as pa
 
     cs.write_parquet(pa.Table.from_pylist(rows), tmp_path / "run" / "preference.parquet")
-    cfg.align = cs.AlignConfig(loss="idpop", epochs=4, batch_size=3, lr=5e-3, beta=0.5)
+    cfg.align = cs.AlignConfig(loss="idpop", epochs=2, batch_size=3, lr=5e-3, beta=0.5)
     align_dir = cs.train_alignment(cfg)
     history = cs.read_json(align_dir / cs.META_FILE)["history"]
     assert history[0]["chosen_shift"] == pytest.approx(0.0, abs=1e-4)  # policy starts at the reference
@@ -239,7 +239,7 @@ def test_pipeline_sft_align_eval_on_tiny_model(tmp_path):
     assert set(metrics) == {"sft", "align-idpop", "history-mean", "history-last", "lightgbm"}
     assert metrics["history-mean"]["1-shot"]["non_number"] == 0
     table = pq.read_table(tmp_path / "run" / "eval" / "predictions.parquet")
-    assert table.num_rows == 12 and "raw:align-idpop" in table.column_names
+    assert table.num_rows == 9 and "raw:align-idpop" in table.column_names
 
 
 @pytest.mark.slow

@@ -131,3 +131,21 @@ def test_constrained_answer_maps_back_to_its_path_even_with_a_comma_in_a_name(ti
     assert generator._parse_category("美食，甜品，饮品。") == ["美食", "甜品，饮品"]
     assert generator._parse_category("美食，甜品。") == ["美食", "甜品"]
     assert generator._parse_category("旅行，国内。") == ["旅行", "国内"]   # not in the set: split (free decoding)
+
+
+def test_lm_head_gets_a_contiguous_input(tiny_notellm):
+    # torch 2.13 CPU: bf16 linear on a strided input with frozen weights is ~400x slower (see generate.py)
+    import torch
+
+    NoteGenerator(tiny_notellm, GenerationSettings(constrain_category=False))
+    NoteGenerator(tiny_notellm, GenerationSettings(constrain_category=False))   # registered once only
+    head = tiny_notellm.lm.get_output_embeddings()
+    assert len(head._forward_pre_hooks) == 1
+    seen = []
+    handle = head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].is_contiguous()))
+    try:
+        with torch.inference_mode():
+            head(torch.randn(2, 5, head.in_features)[:, -1:, :])
+    finally:
+        handle.remove()
+    assert seen == [True]

@@ -230,6 +230,27 @@ def test_same_result_with_one_or_two_threads():
     assert one.replace_schema_metadata(None).equals(two.replace_schema_metadata(None))
 
 
+def test_out_of_core_under_a_tight_memory_limit(tmp_path):
+    """40 MB is far below what this run holds at its peak (~250k events -> ~1.6M pair contributions): DuckDB
+    must spill to the temp folder, and the result must not change."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    rng = np.random.default_rng(0)
+    n = 250_000
+    popularity = 1 / np.arange(1, 20_001) ** 1.1
+    note = rng.choice(20_000, size=n, p=popularity / popularity.sum())
+    table = pa.table({"user_id": pc.cast(pa.array(rng.integers(0, 5_000, n)), pa.string()),
+                      "note_id": pc.cast(pa.array(note), pa.string()),
+                      "timestamp": pa.array(rng.integers(0, 10**6, n), pa.int64()),
+                      "session_id": pc.cast(pa.array(rng.integers(0, 4, n)), pa.string())})
+    tight = mine_pairs(table, PairMiningConfig(memory_limit="40MB", threads=1, temp_directory=str(tmp_path)))
+    roomy = mine_pairs(table, PairMiningConfig(memory_limit="4GB"))
+    assert tight.num_rows > 50_000
+    assert tight.replace_schema_metadata(None).equals(roomy.replace_schema_metadata(None))
+    assert list(tmp_path.iterdir()) == []  # the spill folder is cleaned up
+
+
 # ---- inputs, outputs, reports ------------------------------------------------------------------------------------
 def test_parquet_file_folder_and_atomic_output(tmp_path):
     table = events(WINDOW_EVENTS)
@@ -341,3 +362,23 @@ def test_movielens_ml_i2i_v1_facts():
     test_items = set(split.test_notes)
     assert not test_items & (set(split.train_pairs.column("note_a").to_pylist())
                              | set(split.train_pairs.column("note_b").to_pylist()))
+
+
+def test_cli_pairs_writes_the_table_and_prints_a_summary(tmp_path):
+    from typer.testing import CliRunner
+
+    from notellm.cli import app
+
+    path = tmp_path / "events.parquet"
+    pq.write_table(events(WINDOW_EVENTS), path)
+    out = tmp_path / "pairs.parquet"
+    runner = CliRunner()
+    result = runner.invoke(app, ["pairs", str(path), "--out", str(out), "--config",
+                                 str(ROOT / "configs" / "pairs_default.yaml"), "window=2", "min_score=0.5"])
+    assert result.exit_code == 0, result.output
+    assert scores(pq.read_table(out)) == pytest.approx({("A", "C"): 0.7, ("B", "A"): 0.7})
+    assert "pairs kept" in result.output and "events" in result.output
+    shown = runner.invoke(app, ["pairs", str(path), "--out", str(out), "--engine", "spark", "--sql"])
+    assert shown.exit_code == 0 and "collect_list(note_id)" in shown.output
+    bad = runner.invoke(app, ["pairs", str(path), "--out", str(out), "windw=3"])
+    assert bad.exit_code != 0

@@ -14,6 +14,10 @@ app = typer.Typer()
 _STAGES = ("reading events", "mining pairs", "ranking", "writing")
 
 
+def _bound(value: float | None, unbounded: str) -> str:
+    return unbounded if value is None else f"{value:g}"
+
+
 @app.command("pairs")
 def pairs(
     events: Path = typer.Argument(..., help="event table (Parquet file or folder): user_id, note_id, timestamp, "
@@ -61,8 +65,9 @@ def pairs(
             ("events", report["events"]), ("users", report["users"]), ("notes in events", report["notes"]),
             ("events of unknown notes (dropped)", report["unknown_events"]),
             ("candidate pairs (s > 0)", report["candidate_pairs"]),
-            (f"pairs with {cfg.min_score} <= s <= {cfg.max_score}", report["pairs_in_range"]),
-            (f"pairs kept (top {cfg.top_k} per A)", report["pairs_kept"]),
+            (f"pairs with {_bound(cfg.min_score, '-inf')} <= s <= {_bound(cfg.max_score, 'inf')}",
+             report["pairs_in_range"]),
+            (f"pairs kept (top {cfg.top_k or 'all'} per A)", report["pairs_kept"]),
             ("notes with pairs", report["notes_with_pairs"]), ("seconds", report["seconds"])]
     for name, value in rows:
         if value == -1:  # not counted by this engine

@@ -1,7 +1,8 @@
 """Co-occurring note pairs from user behaviour: NoteLLM's s(A->B) = sum over users i of 1/N_i.
 
 The mining is one SQL query (`sql/pairs.sql`) run by DuckDB here (embedded, out-of-core: memory limit and a
-spill folder) and unchanged by Spark SQL on a cluster (`mine_pairs_spark`, `pair_sql(config, "spark")`).
+spill folder) and by Spark SQL on a cluster (`mine_pairs_spark`, `pair_sql(config, "spark")`): the two texts
+differ only in the names of two list functions and in a DuckDB-only shortcut before the final ranking.
 
 Semantics (see docs/pairs.md for the reasons):
 
@@ -34,12 +35,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Union
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from notellm.data.schema import PAIR_SCHEMA
 from notellm.errors import ConfigError, DataError
 from notellm.io import write_parquet
-from notellm.data.schema import PAIR_SCHEMA
 
 EventSource = Union[str, Path, pa.Table]
 NoteSource = Union[str, Path, pa.Table, Iterable[str]]
@@ -172,11 +175,11 @@ def _with(ctes: list[tuple[str, str]], body: str) -> str:
 
 
 def _ranking_ctes(config: PairMiningConfig, dialect: str) -> list[tuple[str, str]]:
-    """CTEs after `scored`: the pairs in [l, u], and on DuckDB the candidates for the top t."""
-    ctes = [("in_range", _block("in_range", score_filter=_score_filter(config)))]
+    """CTEs after `scored`: the pairs in [l, u], or on DuckDB (with top_k) the candidates for the top t."""
     if dialect == "duckdb" and config.top_k is not None:
-        ctes.append(("top_candidates", _block("top_candidates_duckdb", top_k=config.top_k)))
-    return ctes
+        return [("top_candidates", _block("top_candidates_duckdb", top_k=config.top_k,
+                                          score_filter=_score_filter(config)))]
+    return [("in_range", _block("in_range", score_filter=_score_filter(config)))]
 
 
 def _select_sql(config: PairMiningConfig, dialect: str) -> str:
@@ -254,7 +257,7 @@ def _duckdb_connect(config: PairMiningConfig, temp_dir: str):
 def _register_events(con, events: EventSource) -> tuple[str, dict[str, str]]:
     """Create view `events_text` (the `clicks` columns, ids as strings); returns (source name, column types)."""
     if isinstance(events, pa.Table):
-        table = events.append_column("__src_row", pa.array(range(len(events)), pa.int64()))
+        table = events.append_column("__src_row", pa.array(np.arange(len(events), dtype=np.int64)))
         con.register("raw_events", table)
         columns = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE raw_events)").fetchall())
         columns.pop("__src_row")
@@ -352,45 +355,54 @@ def _encode_clicks(con, relation: str) -> None:
         FROM {relation} e JOIN note_codes n ON n.note_id = e.note_id JOIN file_numbers f ON f.src_file = e.src_file""")
 
 
+def _mine_on_connection(con, events: EventSource, config: PairMiningConfig, notes: NoteSource | None,
+                        report: PairMiningReport, stage: Callable[[str], None]) -> pa.Table:
+    """Read, check and encode the events, then run the query in two steps (so the report can count the
+    candidate pairs): `scored` into a temporary table, then the ranking, decoded back to note ids."""
+    stage("reading events")
+    source, columns = _register_events(con, events)
+    relation = "events_text" if notes is None else _drop_unknown_notes(con, notes, config, source, report)
+    facts, report.sessions = _check_events(lambda q: con.execute(q).fetchall(), relation, config, source,
+                                           "timestamp" in columns)
+    report.events, report.users, report.notes = facts["events"], facts["users"], facts["notes"]
+    _encode_clicks(con, relation)
+    stage("mining pairs")
+    scored = _block("scored", decimals=config.round_decimals)
+    con.execute("CREATE TEMP TABLE scored AS " + _with(_ctes(config, report.sessions, "duckdb"), scored))
+    report.candidate_pairs = con.execute("SELECT COUNT(*) FROM scored").fetchall()[0][0]
+    report.pairs_in_range = con.execute(f"SELECT COUNT(*) FROM scored WHERE {_score_filter(config)}").fetchall()[0][0]
+    stage("ranking")
+    ranking = _ranking_ctes(config, "duckdb") + [("kept", _select_sql(config, "duckdb"))]
+    return con.sql(_with(ranking, """
+        SELECT a.note_id AS note_a, b.note_id AS note_b, kept.score
+        FROM kept JOIN note_codes a ON a.code = kept.note_a JOIN note_codes b ON b.code = kept.note_b
+        ORDER BY kept.note_a, kept.score DESC, kept.note_b""")).to_arrow_table()
+
+
+def _finish(table: pa.Table, report: PairMiningReport, started: float) -> pa.Table:
+    table = _as_pair_table(table)
+    report.pairs_kept = table.num_rows
+    report.notes_with_pairs = len(pc.unique(table.column("note_a"))) if table.num_rows else 0
+    report.seconds = round(time.perf_counter() - started, 3)
+    return table.replace_schema_metadata({REPORT_KEY: report.to_json()})
+
+
 def mine_pairs_report(events: EventSource, config: PairMiningConfig | None = None,
                       out_path: str | Path | None = None, notes: NoteSource | None = None,
                       on_stage: Callable[[str], None] | None = None) -> tuple[pa.Table, PairMiningReport]:
-    """Mine pairs with DuckDB; returns (pairs with PAIR_SCHEMA, report). See the module docstring."""
+    """Mine pairs with DuckDB; returns (pairs with PAIR_SCHEMA, report). See the module docstring.
+    `on_stage` is called with the name of each stage as it starts (for progress bars)."""
     config = (config or PairMiningConfig()).validate()
-    stage = on_stage or (lambda _msg: None)
+    stage = on_stage or (lambda _name: None)
     started = time.perf_counter()
     report = PairMiningReport(engine="duckdb", config=asdict(config))
     with tempfile.TemporaryDirectory(prefix="notellm-pairs-", dir=config.temp_directory) as temp_dir:
         con = _duckdb_connect(config, temp_dir)
         try:
-            stage("reading events")
-            source, columns = _register_events(con, events)
-            relation = "events_text"
-            if notes is not None:
-                relation = _drop_unknown_notes(con, notes, config, source, report)
-            facts, report.sessions = _check_events(lambda q: con.execute(q).fetchall(), relation, config, source,
-                                                   "timestamp" in columns)
-            report.events, report.users, report.notes = facts["events"], facts["users"], facts["notes"]
-            _encode_clicks(con, relation)
-            stage("mining pairs")
-            con.execute("CREATE TEMP TABLE scored AS "
-                        + _with(_ctes(config, report.sessions, "duckdb"), _block("scored", decimals=config.round_decimals)))
-            report.candidate_pairs = con.execute("SELECT COUNT(*) FROM scored").fetchall()[0][0]
-            report.pairs_in_range = con.execute(
-                f"SELECT COUNT(*) FROM scored WHERE {_score_filter(config)}").fetchall()[0][0]
-            stage("ranking")
-            ranking = _ranking_ctes(config, "duckdb") + [("kept", _select_sql(config, "duckdb"))]
-            table = con.sql(_with(ranking, """
-                SELECT a.note_id AS note_a, b.note_id AS note_b, kept.score
-                FROM kept JOIN note_codes a ON a.code = kept.note_a JOIN note_codes b ON b.code = kept.note_b
-                ORDER BY kept.note_a, kept.score DESC, kept.note_b""")).to_arrow_table()
+            table = _mine_on_connection(con, events, config, notes, report, stage)
         finally:
             con.close()
-    table = _as_pair_table(table)
-    report.pairs_kept = table.num_rows
-    report.notes_with_pairs = len(table.column("note_a").unique()) if table.num_rows else 0
-    report.seconds = round(time.perf_counter() - started, 3)
-    table = table.replace_schema_metadata({REPORT_KEY: report.to_json()})
+    table = _finish(table, report, started)
     if out_path is not None:
         stage("writing")
         write_parquet(table, out_path)
@@ -421,16 +433,25 @@ def _as_pair_table(table: pa.Table) -> pa.Table:
 
 
 # ---- Spark --------------------------------------------------------------------------------------------------
-def local_spark(threads: int = 2, memory: str = "2g"):
-    """A local SparkSession (UTC, small shuffles, no UI) for tests and single machines."""
+def local_spark(threads: int = 2, memory: str = "2g", quick_jit: bool = False):
+    """A local SparkSession (UTC, few shuffle partitions, no UI, quiet) for tests and single machines.
+
+    `quick_jit`: the JVM compiles with its fast tier only, which roughly halves the time of small jobs
+    (tests) and costs throughput on big ones."""
     from pyspark.sql import SparkSession
 
-    return (SparkSession.builder.master(f"local[{threads}]").appName("notellm-pairs")
-            .config("spark.sql.session.timeZone", "UTC")
-            .config("spark.sql.shuffle.partitions", str(max(2, threads * 2)))
-            .config("spark.ui.enabled", "false")
-            .config("spark.driver.memory", memory)
-            .getOrCreate())
+    builder = SparkSession.builder
+    if quick_jit:
+        builder = builder.config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+    session = (builder.master(f"local[{threads}]").appName("notellm-pairs")
+               .config("spark.sql.session.timeZone", "UTC")
+               .config("spark.sql.shuffle.partitions", str(max(1, threads)))
+               .config("spark.ui.enabled", "false")
+               .config("spark.ui.showConsoleProgress", "false")
+               .config("spark.driver.memory", memory)
+               .getOrCreate())
+    session.sparkContext.setLogLevel("ERROR")
+    return session
 
 
 _SPARK_TYPES = {"timestamp": "TIMESTAMP", "timestamp_ntz": "TIMESTAMP", "bigint": "BIGINT", "int": "INT",
@@ -471,11 +492,7 @@ def mine_pairs_spark(events_path: str | Path, config: PairMiningConfig | None = 
     session = spark or local_spark()
     report = PairMiningReport(engine="spark", config=asdict(config))
     frame = spark_pairs_dataframe(session, events_path, config, report)
-    table = _as_pair_table(frame.toArrow())
-    report.pairs_kept = table.num_rows
-    report.notes_with_pairs = len(table.column("note_a").unique()) if table.num_rows else 0
-    report.seconds = round(time.perf_counter() - started, 3)
-    table = table.replace_schema_metadata({REPORT_KEY: report.to_json()})
+    table = _finish(frame.toArrow(), report, started)
     if out is not None:
         write_parquet(table, out)
     return table

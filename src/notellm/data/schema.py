@@ -33,6 +33,8 @@ NOTE_SCHEMA = pa.schema(
     ]
 )
 
+# Event tables may carry more columns; pair mining uses an optional int64 `seq` (file order) to order events
+# with equal timestamps.
 EVENT_SCHEMA = pa.schema(
     [
         pa.field("user_id", pa.string(), nullable=False),

@@ -169,8 +169,8 @@ def _first_seen(events: pa.Table | None) -> dict[str, int]:
     if "timestamp" not in events.column_names:
         raise DataError("events have no timestamp column", field="timestamp")
     ts = events.column("timestamp")
-    if pa.types.is_timestamp(ts.type):
-        ts = pc.cast(pc.cast(ts, pa.timestamp("s", tz="UTC") if ts.type.tz else pa.timestamp("s")), pa.int64())
+    if pa.types.is_timestamp(ts.type):  # whole seconds (truncating sub-second parts is fine for first-seen)
+        ts = pc.cast(pc.cast(ts, pa.timestamp("s", tz=ts.type.tz), safe=False), pa.int64())
     table = pa.table({"note_id": events.column("note_id").cast(pa.string()), "t": ts.cast(pa.int64())})
     firsts = table.group_by("note_id").aggregate([("t", "min")])
     return {k: v for k, v in zip(firsts.column("note_id").to_pylist(), firsts.column("t_min").to_pylist())
@@ -194,7 +194,10 @@ def split_by_time(notes: TableSource | None, events: TableSource | None, pairs: 
         ids = _ids(note_table.column("note_id"))
         all_notes = set(ids)
         if "published_at" in note_table.column_names:
-            published = pc.cast(pc.cast(note_table.column("published_at"), pa.timestamp("s", tz="UTC")), pa.int64())
+            published = note_table.column("published_at")
+            if pa.types.is_timestamp(published.type):
+                published = pc.cast(published, pa.timestamp("s", tz=published.type.tz), safe=False)
+            published = pc.cast(published, pa.int64())
             for note_id, t in zip(ids, published.to_pylist()):
                 if note_id not in seen and t is not None:
                     seen[note_id] = t

@@ -143,6 +143,6 @@ def result_rows(intervals: Mapping[str, Mapping[str, Interval]], ranking: Mappin
             row["mae - mean"] = ints["mae_diff"].text(digits)
         if ranking and name in ranking and ranking[name]["authors"]:
             r = ranking[name]
-            row["best-note hit"] = f"{r['hit_rate']:.2f} ({int(r['authors'])} authors)"
+            row["best-note hit"] = f"{r['hit_rate']:.2f} ({int(r['authors'])} author{'s' if r['authors'] != 1 else ''})"
         rows.append(row)
     return rows

@@ -19,7 +19,7 @@ names, normalisation statistics of target and features, training summary).
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +188,3 @@ def load_regressor(model_dir: str | Path, merge: bool = True):
     for p in model.parameters():
         p.requires_grad_(False)
     return model, tokenizer, meta
-
-
-def lora_spec_dict(spec: LoraSpec) -> dict[str, Any]:
-    return asdict(spec)

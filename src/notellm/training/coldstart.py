@@ -17,6 +17,7 @@ Stages (each reads and writes files under `output_dir`, so each can be run and i
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import random
@@ -108,7 +109,7 @@ class AlignConfig:
     rebuild_preference: bool = False    # resample even if preference.parquet exists
     epochs: float = 1.0
     batch_size: int = 8                 # pairs per step
-    lr: float = 1e-4
+    lr: float = 5e-4
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     seed: int = 0
@@ -477,7 +478,7 @@ def train_sft(cfg: ColdStartConfig, log: Log = _quiet, data: InstructionSet | No
 class Sample:
     text: str
     token_ids: list[int]   # generated tokens up to and including EOS
-    logp: float            # log pi(y|x) of those tokens under the generating model (raw logits)
+    logp: float | None     # log pi(y|x) of those tokens under the generating model (raw logits)
 
 
 def prompt_items(tokenizer, prompts: Sequence[str], max_length: int, max_new_tokens: int) -> list[Encoded]:
@@ -486,22 +487,28 @@ def prompt_items(tokenizer, prompts: Sequence[str], max_length: int, max_new_tok
 
 
 def _sampled_logps(out, start: int, eos_id: int):
-    """Per sequence: generated ids up to the first EOS (inclusive) and their summed log-probability."""
+    """Per sequence: generated ids up to the first EOS (inclusive) and their summed log-probability
+    (None when the logits were not kept)."""
     import torch
 
     new = out.sequences[:, start:]
-    logits = torch.stack(out.logits, dim=1).float()           # [N, T, V], before any sampling processor
-    logps = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
     is_eos = (new == eos_id).long()
     keep = (is_eos.cumsum(-1) - is_eos) == 0                   # tokens before and including the first EOS
     ids = [row[mask].tolist() for row, mask in zip(new, keep)]
+    if not out.logits:
+        return ids, [None] * len(ids)
+    # One step at a time: the raw logits (before any sampling processor) over a 262k vocabulary are large.
+    logps = torch.stack([
+        torch.log_softmax(step.float(), dim=-1).gather(-1, new[:, t:t + 1]).squeeze(-1)
+        for t, step in enumerate(out.logits)
+    ], dim=1)
     return ids, (logps * keep).sum(-1).tolist()
 
 
 def generate_answers(
     model, tokenizer, prompts: Sequence[str], max_length: int, *, sample: bool = False, n: int = 1,
     temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 8, batch_size: int = 16,
-    autocast: str | None = None, log: Log = _quiet,
+    autocast: str | None = None, with_logprobs: bool = True, log: Log = _quiet,
 ) -> list[list[Sample]]:
     """`n` answers per prompt (greedy when sample=False; sampling without top-k), with their token ids and
     log-probability under `model` (so sampled answers carry their reference log-probability for free)."""
@@ -517,7 +524,7 @@ def generate_answers(
             out = model.generate(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 max_new_tokens=max_new_tokens, num_return_sequences=n, return_dict_in_generate=True,
-                output_logits=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                output_logits=with_logprobs, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                 **kwargs,
             )
         ids, logps = _sampled_logps(out, batch["input_ids"].shape[1], tokenizer.eos_token_id)
@@ -776,11 +783,12 @@ def evaluate(cfg: ColdStartConfig, models: Sequence[str] | None = None, log: Log
         start = time.time()
         answers = generate_answers(model, tokenizer, [e.prompt for e in test], mcfg.max_length,
                                    max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
-                                   autocast=mcfg.autocast, log=log)
+                                   autocast=mcfg.autocast, with_logprobs=False, log=log)
         raw[name] = [a[0].text for a in answers]
         predictions[name] = [parse_number(a) for a in raw[name]]
         log(f"{name}: answered {len(test)} questions in {time.time() - start:.0f}s")
         del model
+        gc.collect()
     if cfg.eval.history_baselines:
         predictions["history-mean"] = fallback
         predictions["history-last"] = [e.history_scores[-1] for e in test]

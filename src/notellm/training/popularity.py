@@ -51,7 +51,7 @@ from notellm.data.popularity import (
 )
 from notellm.errors import ConfigError, DataError, NotellmError
 from notellm.io import read_json, write_json, write_parquet
-from notellm.models.regression import META_FILE, LoraSpec
+from notellm.models.regression import LoraSpec
 
 Log = Callable[[str], None]
 LOSSES = ("mse", "huber")

@@ -2,8 +2,9 @@
 --
 -- One query for DuckDB and Spark SQL: window functions and CTEs; the only engine-specific words are the
 -- list aggregate ({collect}: DuckDB `list`, Spark `collect_list`) and its expansion into rows ({explode}:
--- DuckDB `unnest`, Spark `explode`). `notellm.data.pairs.pair_sql(config, dialect)` puts the blocks below
--- together (each starts at a `-- name:` line) and fills the {placeholders} from PairMiningConfig.
+-- DuckDB `unnest`, Spark `explode`), plus one optional DuckDB-only block (top_candidates_duckdb) that
+-- narrows the final ranking. `notellm.data.pairs.pair_sql(config, dialect)` puts the blocks below together
+-- (each starts at a `-- name:` line) and fills the {placeholders} from PairMiningConfig.
 --
 -- Input: a relation `clicks` with one row per click, made by each engine's reader in pairs.py:
 --   user_id, note_id (keys: strings, or integer codes that sort like the note id strings),
@@ -92,13 +93,13 @@ GROUP BY note_a, note_b
 SELECT note_a, note_b, score FROM scored WHERE {score_filter}
 
 -- name: top_candidates_duckdb
--- DuckDB only, for speed (the ranking is the same without it): the rows that can be in the top t of their
--- A, i.e. score >= the t-th best score of A (ties included), so the ranking sorts ~t rows per A, not all.
+-- DuckDB only, for speed (the ranking is the same without it): the pairs in [l, u] that can be in the top t
+-- of their A, i.e. score >= the t-th best score of A (ties included), so the ranking sorts ~t rows per A.
 SELECT r.note_a, r.note_b, r.score
-FROM in_range r
-JOIN (SELECT note_a, list_last(max(score, {top_k})) AS kth FROM in_range GROUP BY note_a) k
+FROM scored r
+JOIN (SELECT note_a, list_last(max(score, {top_k})) AS kth FROM scored WHERE {score_filter} GROUP BY note_a) k
   ON k.note_a = r.note_a
-WHERE r.score >= k.kth
+WHERE r.score >= k.kth AND {score_filter}
 
 -- name: select
 -- The top t B per A: higher score first, ties by note_b (ascending).
