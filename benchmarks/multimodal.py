@@ -56,6 +56,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--frozen-tower", action="store_true", help="freeze the vision tower (connector still trains)")
     ap.add_argument("--lora", action="store_true", help="LoRA instead of full fine-tuning of the backbone")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--topics", type=int, default=8, help="data: topics (text), <= 8")
+    ap.add_argument("--colours", type=int, default=6, help="data: colours (image), <= 6")
+    ap.add_argument("--shapes", type=int, default=4, help="data: shapes (image), <= 4")
+    ap.add_argument("--notes-per-cluster", type=int, default=8)
     ap.add_argument("--ks", default="1,5,10,20")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="keep data and models here (default: a temporary folder)")
@@ -132,7 +136,9 @@ def main() -> int:
     keep = args.out is not None
     out = Path(args.out) if keep else Path(tempfile.mkdtemp(prefix="notellm-mm-bench-"))
     started = time.time()
-    data = generate_synthetic_mm(out / "data", SyntheticMMConfig(seed=args.seed))
+    data = generate_synthetic_mm(out / "data", SyntheticMMConfig(
+        n_topics=args.topics, n_colours=args.colours, n_shapes=args.shapes,
+        notes_per_cluster=args.notes_per_cluster, seed=args.seed))
     results = {}
     for name in variants:
         trained = train_variant(name, data, args, out)

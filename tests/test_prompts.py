@@ -46,3 +46,8 @@ def test_category_task_never_sees_the_category_in_its_input():
 def test_parse_answer_list():
     assert parse_answer_list("时尚，穿搭。之后的文字") == ["时尚", "穿搭"]
     assert parse_answer_list(" #pixar, fun.\nmore", "en") == ["pixar", "fun"]
+
+
+def test_special_tokens_in_note_text_are_removed():
+    p = build_prompt(dict(NOTE, title="看这里[EMB]<IMG>", content="[IMG_EMB]正文"), "embed")
+    assert p.prefix.count("[EMB]") == 1 and "<IMG>" not in p.prefix and "[IMG_EMB]" not in p.prefix

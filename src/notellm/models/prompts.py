@@ -89,6 +89,14 @@ _EN_INSTRUCTION = {
 }
 
 
+def strip_special(text: str | None) -> str:
+    """A note's own text must not contain our special tokens: pooling looks for the first [EMB]."""
+    text = text or ""
+    for token in (EMB_TOKEN, IMG_EMB_TOKEN, IMG_TOKEN):
+        text = text.replace(token, "")
+    return text
+
+
 def build_prompt(
     note: dict[str, Any],
     task: str = TASK_EMBED,
@@ -104,9 +112,9 @@ def build_prompt(
       as the reference code); without it the input carries no tags and the answer is all tags (generation).
     """
     cfg = cfg or PromptConfig()
-    title, content = note.get("title") or "", note.get("content") or ""
-    tags = list(note.get("hashtags") or [])
-    category = list(note.get("category") or [])
+    title, content = strip_special(note.get("title")), strip_special(note.get("content"))
+    tags = [strip_special(t) for t in note.get("hashtags") or []]
+    category = [strip_special(c) for c in note.get("category") or []]
     removed = None
     input_tags = tags
     answer_tags: list[str] = []

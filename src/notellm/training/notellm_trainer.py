@@ -59,6 +59,9 @@ class TrainConfig:
     max_scale: float = 100.0
     lora: LoraSettings = field(default_factory=LoraSettings)
     lr: float = 1e-4
+    head_lr: float | None = 2e-3        # projection + temperature; None: lr. A fresh random projection of
+                                        # hidden states dominated by a few massive dimensions keeps little of
+                                        # their signal, and at the backbone's lr it takes hundreds of steps to fix
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
     scheduler: str = "cosine"
@@ -294,6 +297,10 @@ class NoteLLMTrainer:
         return min(total, self.cfg.max_steps) if self.cfg.max_steps > 0 else total
 
     # batches
+    def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        device = self.accelerator.device
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
     def micro_batches(self, epoch: int, start_micro: int) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
         """This process's micro-batches of one epoch (a fixed permutation), from `start_micro` on."""
         order = epoch_order(len(self.items), self.cfg.seed, epoch)
@@ -303,7 +310,7 @@ class NoteLLMTrainer:
         for micro in range(start_micro, n_micro):
             chunk = order[micro * global_batch: (micro + 1) * global_batch]
             mine = chunk[self.rank * per_process: (self.rank + 1) * per_process]
-            yield micro, self.collate([int(i) for i in mine], epoch)
+            yield micro, self.to_device(self.collate([int(i) for i in mine], epoch))
 
     def collate(self, indices: list[int], epoch: int) -> dict[str, torch.Tensor]:
         prompts: list[NotePrompt] = []
@@ -318,8 +325,14 @@ class NoteLLMTrainer:
 
     # loop
     def _optimizer(self):
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        head, body = [], []
+        for name, p in self.module.named_parameters():
+            if p.requires_grad:
+                (head if name.startswith(("model.proj.", "loss.")) else body).append(p)
+        groups = [{"params": body, "lr": self.cfg.lr}]
+        if head:
+            groups.append({"params": head, "lr": self.cfg.head_lr or self.cfg.lr})
+        return torch.optim.AdamW(groups, weight_decay=self.cfg.weight_decay)
 
     def train(self) -> dict[str, Any]:
         from transformers import get_scheduler

@@ -98,7 +98,7 @@ class TrainConfig:
     bf16: str = "auto"                 # auto | true | false: bf16 autocast
     device: str = "auto"               # auto (cuda if available) | cpu | cuda
     threads: int = 0                   # torch threads (0: leave torch's default)
-    time_budget_min: float = 0.0       # stop training after this many minutes (0: no limit); recorded
+    time_budget_min: float = 0.0       # stop after this many minutes, probe pass included (0: no limit); recorded
     head_init: str = "ridge"           # ridge: start the head from a ridge fit on the frozen states (LP-FT) | zeros
     eval_batch_size: int = 16
     seed: int = 0
@@ -212,7 +212,9 @@ def prepare_data(cfg: PopularityConfig, table: pa.Table | None = None, source: s
     try:
         age = feature_frame(table, AGE_FEATURES, as_of=cfg.data.as_of, source=source)
     except DataError:
-        age = None  # no crawl time: age-dependent rows are left out, and said so
+        if cfg.data.as_of is not None:
+            raise
+        age = None  # no crawl time in the data: models that need note age say so when asked for it
     history = feature_frame(table, history_feature_names(cfg.eval.history), y, history=cfg.eval.history, source=source)
     return PreparedData(table, source, y, test, note_texts(table, cfg.model.content_chars, source), hand, age, history,
                         table.column("author_id").to_pylist(), table.column("note_id").to_pylist())
@@ -383,7 +385,7 @@ def ridge_head_init(model, pooled: np.ndarray, features: np.ndarray | None, y_st
     with torch.no_grad():
         feats = None if features is None else torch.tensor(features, dtype=torch.float32)
         x = model.head_input(torch.tensor(pooled), feats).numpy()
-    ridge = RidgeCV(alphas=np.logspace(-1, 4, 11)).fit(x, y_std)
+    ridge = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(x, y_std)
     with torch.no_grad():
         model.head.weight.copy_(torch.tensor(ridge.coef_, dtype=torch.float32)[None, :])
         model.head.bias.fill_(float(ridge.intercept_))
@@ -432,6 +434,7 @@ def fit_regressor(cfg: PopularityConfig, texts: Sequence[str], y: np.ndarray, fe
     f_norm = Standardizer.fit(features) if features is not None else None
     f_std = torch.tensor(f_norm.transform(features), dtype=torch.float32) if f_norm is not None else None
     probe: dict[str, Any] = {}
+    start = time.time()  # the time budget covers the probe pass too
     if tcfg.head_init == "ridge":  # linear probe first, then fine-tune (LP-FT): LoRA starts from a useful head
         t0 = time.time()
         model.eval()
@@ -451,7 +454,7 @@ def fit_regressor(cfg: PopularityConfig, texts: Sequence[str], y: np.ndarray, fe
     params = lora_params + list(model.head.parameters())
     losses: list[float] = []
     tokens = padded = 0
-    start, stopped_early = time.time(), False
+    stopped_early = False
     log(f"training {mcfg.backbone} on {len(ids)} notes: {len(batches)} steps of {tcfg.batch_size}, bf16={bf16}, "
         f"{truncated} notes cut to {mcfg.max_length} tokens")
     for step, idx in enumerate(batches, start=1):
