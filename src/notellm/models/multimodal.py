@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from notellm.errors import ConfigError, NotellmError
-from notellm.models.notellm import HEAD_FILE, MODEL_CARD, NoteLLM, NoteLLMConfig, _accepts_replace
+from notellm.models.notellm import HEAD_FILE, MODEL_CARD, NoteLLM, NoteLLMConfig, _accepts_replace, load_card_lm
 from notellm.models.prompts import (EMB_TOKEN, IMG_EMB_TOKEN, IMG_TOKEN, TASK_EMBED, NotePrompt, PromptConfig,
                                     build_prompt)
 
@@ -593,8 +593,6 @@ def load_notellm2(model_dir: str | Path, dtype: str = "float32", merge_lora: boo
     """Load a folder written by `NoteLLM2.save` (or `notellm train` with a `multimodal:` section)."""
     from safetensors.torch import load_file
 
-    from notellm.models.backbone import load_backbone
-
     model_dir = Path(model_dir)
     card = json.loads((model_dir / MODEL_CARD).read_text(encoding="utf-8"))
     config = NoteLLMConfig(**card["config"])
@@ -604,19 +602,7 @@ def load_notellm2(model_dir: str | Path, dtype: str = "float32", merge_lora: boo
         settings.on_bad_image = on_bad_image
     if image_root is not None:
         settings.image_root = image_root
-    if card.get("weights") == "full":
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer")
-        lm = AutoModelForCausalLM.from_pretrained(model_dir / "backbone", dtype=getattr(torch, dtype))
-    else:
-        from peft import PeftModel
-
-        lm, tokenizer = load_backbone(config.backbone, dtype=dtype, seed=card.get("backbone_seed", 0))
-        add_multimodal_tokens(lm, tokenizer)
-        lm = PeftModel.from_pretrained(lm, model_dir / "adapter")
-        if merge_lora:
-            lm = lm.merge_and_unload()
+    lm, tokenizer = load_card_lm(model_dir, card, config, dtype, merge_lora, add_multimodal_tokens)
     tower = processor = family = None
     if settings.images:
         tower, processor, family = build_vision_tower(str(model_dir / TOWER_DIR))

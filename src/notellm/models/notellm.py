@@ -203,12 +203,31 @@ def build_notellm(config: NoteLLMConfig, dtype: str = "float32", seed: int = 0) 
     return NoteLLM(lm, tokenizer, config)
 
 
+def load_card_lm(model_dir: Path, card: dict[str, Any], config: NoteLLMConfig, dtype: str, merge_lora: bool,
+                 add_tokens) -> tuple[Any, Any]:
+    """The (causal LM, tokenizer) of a saved model folder: full weights, or the backbone + its LoRA adapter
+    (`add_tokens(lm, tokenizer)` first adds the special tokens the adapter was trained with)."""
+    if card.get("weights") == "full":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer")
+        lm = AutoModelForCausalLM.from_pretrained(model_dir / "backbone", dtype=getattr(torch, dtype))
+        return lm, tokenizer
+    from peft import PeftModel
+
+    from notellm.models.backbone import load_backbone
+
+    lm, tokenizer = load_backbone(config.backbone, dtype=dtype, seed=card.get("backbone_seed", 0))
+    add_tokens(lm, tokenizer)
+    lm = PeftModel.from_pretrained(lm, model_dir / "adapter")
+    return (lm.merge_and_unload() if merge_lora else lm), tokenizer
+
+
 def load_notellm(model_dir: str | Path, dtype: str = "float32", merge_lora: bool = True) -> NoteLLM:
     """Load a folder written by `NoteLLM.save` (or by `notellm train`)."""
     from safetensors.torch import load_file
 
     from notellm.errors import NotellmError
-    from notellm.models.backbone import load_backbone
 
     model_dir = Path(model_dir)
     card_path = model_dir / MODEL_CARD
@@ -216,19 +235,7 @@ def load_notellm(model_dir: str | Path, dtype: str = "float32", merge_lora: bool
         raise NotellmError(f"{model_dir} is not a notellm model folder (no {MODEL_CARD})")
     card = json.loads(card_path.read_text(encoding="utf-8"))
     config = NoteLLMConfig(**card["config"])
-    if card.get("weights") == "full":
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer")
-        lm = AutoModelForCausalLM.from_pretrained(model_dir / "backbone", dtype=getattr(torch, dtype))
-    else:
-        lm, tokenizer = load_backbone(config.backbone, dtype=dtype, seed=card.get("backbone_seed", 0))
-        add_emb_token(lm, tokenizer)
-        from peft import PeftModel
-
-        lm = PeftModel.from_pretrained(lm, model_dir / "adapter")
-        if merge_lora:
-            lm = lm.merge_and_unload()
+    lm, tokenizer = load_card_lm(model_dir, card, config, dtype, merge_lora, add_emb_token)
     model = NoteLLM(lm, tokenizer, config, emb_token_id=tokenizer.convert_tokens_to_ids(EMB_TOKEN))
     if isinstance(model.proj, nn.Linear):
         model.proj.load_state_dict({"weight": load_file(str(model_dir / HEAD_FILE))["weight"]})
