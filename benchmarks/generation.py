@@ -86,6 +86,14 @@ class Runs:
         return read_generations(path)
 
 
+def card_stamp(model_spec: str) -> str | None:
+    """A fingerprint of a model folder's card (steps, time saved), so a retrained model is never served stale runs."""
+    import hashlib
+
+    card = Path(model_spec) / "notellm.json"
+    return hashlib.sha256(card.read_bytes()).hexdigest()[:16] if card.exists() else None
+
+
 def llm_runs(runs: Runs, label: str, model_spec: str, notes: list[dict], categories, args, free: bool,
              beams_tags: bool) -> list[tuple[str, object, dict]]:
     """Tags (list) + constrained category; optionally a free category and beam-strategy tags."""
@@ -116,7 +124,7 @@ def llm_runs(runs: Runs, label: str, model_spec: str, notes: list[dict], categor
             return out, {**generator.describe(), "model": model_spec}
         return run
 
-    base = {"model": model_spec, "subset": len(notes), "n_tags": args.n_tags, "levels": args.levels,
+    base = {"model": model_spec, "model_card": card_stamp(model_spec), "subset": len(notes), "n_tags": args.n_tags, "levels": args.levels,
             "max_new_tokens": args.max_new_tokens}
     out = []
     table, meta = runs.get(f"{label}", {**base, "run": "list+constrained"},
@@ -128,13 +136,13 @@ def llm_runs(runs: Runs, label: str, model_spec: str, notes: list[dict], categor
         mixed = table.set_column(table.column_names.index("category"), "category", cat["category"])
         mixed = mixed.set_column(mixed.column_names.index("raw_category"), "raw_category", cat["raw_category"])
         out.append((f"{label}, free category", mixed, {**meta, "category_decoding": "free",
-                                                       "seconds_category": cmeta["seconds"]}))
+                                                       "notes_per_s": cmeta["notes_per_s"]}))
     if beams_tags:
         tags, tmeta = runs.get(f"{label}-beams", {**base, "run": "beams"},
                                make(("tags",), constrain_category=False, tag_strategy="beams"))
         mixed = table.set_column(table.column_names.index("tags"), "tags", tags["tags"])
         out.append((f"{label}, tags by beams", mixed, {**meta, "tag_strategy": "beams",
-                                                       "seconds_tags": tmeta["seconds"]}))
+                                                       "notes_per_s": tmeta["notes_per_s"]}))
     return out
 
 
@@ -144,6 +152,7 @@ def main() -> int:
     parser.add_argument("--workdir", default=str(ROOT / "runs" / "kuairec_gen"))
     parser.add_argument("--model", default=str(ROOT / "runs" / "csft_kuairec" / "model"),
                         help="the CSFT-trained model folder (skipped with a message when absent)")
+    parser.add_argument("--label", default="csft", help="name of the trained model's rows (and saved runs)")
     parser.add_argument("--backbone", default="gemma-3-270m", help="zero-shot baseline backbone")
     parser.add_argument("--systems", default="knn,zero-shot,csft")
     parser.add_argument("--subset", type=int, default=300, help="test notes evaluated (fixed: the first in the "
@@ -196,7 +205,7 @@ def main() -> int:
                             free=not args.no_free, beams_tags=False)
     if "csft" in systems:
         if (Path(args.model) / "notellm.json").exists():
-            results += llm_runs(runs, "csft", args.model, subset, categories, args, free=not args.no_free,
+            results += llm_runs(runs, args.label, args.model, subset, categories, args, free=not args.no_free,
                                 beams_tags=not args.no_beams)
         else:
             print(f"no trained model at {args.model}: train it with `nice -n 10 notellm train "
@@ -225,7 +234,9 @@ def main() -> int:
                 "category_set_size": len(categories), "reports": [r.to_dict() for r in reports]},
                workdir / "report.json")
     print(f"\nreport: {workdir / 'report.json'}; category set: {len(categories)} paths of <= {args.levels} levels "
-          "from the training notes; BLEU-4 = nltk corpus BLEU, smoothing method1, jieba tokens")
+          "from the training notes; BLEU-4 = nltk corpus BLEU, smoothing method1, jieba tokens; notes/s: the "
+          "run that made the row (tags + constrained category; category only for 'free category'; tags only "
+          "for 'tags by beams'), niced on a shared 2-core CPU")
     return 0
 
 

@@ -67,7 +67,7 @@ def _data_stages(root: Path, n_notes: int, seed: int) -> dict[str, Path]:
         pairs = mine_pairs(str(paths["events"]), PairMiningConfig(mode="session"), out_path=str(paths["pairs"]))
         console.print(f"[green]pairs[/] {pairs.num_rows} co-occurring note pairs (s = sum 1/N_i, top 10 per note)")
     if not paths["test_pairs"].exists():
-        split_by_time(paths["notes"], paths["pairs"], root / "data", test_fraction=0.2)
+        split_by_time(paths["notes"], paths["events"], paths["pairs"], test_fraction=0.2).write(root / "data")
         console.print("[green]split[/] by time: test notes are new notes never seen in training")
     return paths
 
@@ -80,8 +80,11 @@ def _recall(model: str, data: dict[str, Path], out: Path):
         with progress() as bar:
             embed_table(str(data["notes"]), model, str(out), progress=bar)
     ids, vectors, _ = read_embeddings(out)
-    report = evaluate_recall(data["notes"], data["test_pairs"], (ids, vectors), ks=[10, 50, 100], buckets=False,
-                             name=model)
+    from notellm.evaluation.recall import default_ks
+
+    pool = (data["test_pairs"].parent / "test_notes.txt").read_text(encoding="utf-8").split()
+    report = evaluate_recall(data["notes"], data["test_pairs"], (ids, vectors), buckets=False, name=model,
+                             pool=pool, ks=default_ks(len(pool), (10, 50, 100, 1000)))
     report.write_json(out / "recall.json")
     return report
 
@@ -95,7 +98,7 @@ def _train(root: Path, data: dict[str, Path], backbone: str, minutes: float, bat
         return model_dir
     cfg = TrainConfig(notes=str(data["notes"]), train_pairs=str(data["train_pairs"]), output_dir=str(root / "train"),
                       model=NoteLLMConfig(backbone=backbone), batch_pairs=batch_pairs, max_minutes=minutes,
-                      lr=2e-4, save_every=20, log_every=10, seed=seed)
+                      lr=1e-4, save_every=20, log_every=10, seed=seed)
     console.print(f"[bold]training[/] LoRA for up to {minutes:g} min (resumes if interrupted)")
     NoteLLMTrainer(cfg).train()
     return model_dir
