@@ -75,15 +75,18 @@ def print_table(name: str, res: dict) -> None:
     print(f"\n## {name}: {s['eligible_users']} authors with >= 5 posts; {s['main_users']} main users "
           f"({s['train_questions']} train / {s['test_questions']} test questions), {s['preference_users']} "
           f"preference users ({p['prompts']} prompts -> {p['pairs']} pairs; skipped {p['skipped']})")
-    head = "| model | " + " | ".join(f"{k}-shot MAE | {k}-shot SRC | {k}-shot non-num" for k in shots) + " | all MAE | all SRC |"
+    head = ("| model | " + " | ".join(f"{k}-shot MAE | {k}-shot SRC | {k}-shot non-num" for k in shots)
+            + " | all MAE | all SRC | all MAE - SFT [95% CI] |")
     print(head)
-    print("|" + "---|" * (1 + 3 * len(shots) + 2))
+    print("|" + "---|" * (1 + 3 * len(shots) + 3))
     for key, per in res["metrics"].items():
         cells = []
         for k in shots:
             m = per[f"{k}-shot"]
             cells += [f"{m['mae']:.3f}", f"{m['src']:.3f}", f"{m['non_number_rate']:.1%}"]
-        cells += [f"{per['all']['mae']:.3f}", f"{per['all']['src']:.3f}"]
+        diff = per["all"].get("mae_filled_minus_sft")
+        cells += [f"{per['all']['mae']:.3f}", f"{per['all']['src']:.3f}",
+                  f"{diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]" if diff else ""]
         print(f"| {MODEL_ROWS.get(key, key)} | " + " | ".join(cells) + " |")
     print("stage seconds (this invocation): " + ", ".join(f"{k} {v:.0f}" for k, v in res["times"].items())
           + f", total {sum(res['times'].values()):.0f}")

@@ -122,6 +122,7 @@ class EvalConfig:
     max_new_tokens: int = 8
     lightgbm: bool = True
     history_baselines: bool = True      # mean / last score of the k past posts
+    compare_to: str = "sft"             # bootstrap 95% interval of (model MAE - this model's MAE)
 
 
 @dataclass
@@ -747,7 +748,8 @@ def score_predictions(targets: Sequence[float], predictions: Sequence[float | No
     """MAE and Spearman (SRC) on the answers that are numbers; non-numbers counted; MAE with non-numbers
     replaced by `fallback` (the mean of the user's past scores) so every model is scored on every question."""
     import numpy as np
-    from scipy.stats import spearmanr
+
+    from notellm.evaluation.regression import regression_metrics
 
     t = np.asarray(targets, dtype=float)
     ok = np.array([p is not None for p in predictions])
@@ -755,13 +757,16 @@ def score_predictions(targets: Sequence[float], predictions: Sequence[float | No
     filled = np.where(ok, p, np.asarray(fallback, dtype=float))
     res: dict[str, Any] = dict(n=len(t), non_number=int((~ok).sum()), non_number_rate=float((~ok).mean()))
     if ok.sum() >= 2:
-        res["mae"] = float(np.abs(p[ok] - t[ok]).mean())
-        src = spearmanr(p[ok], t[ok]).statistic if np.ptp(p[ok]) > 0 else float("nan")  # NaN: one constant answer
-        res["src"] = float(src)
+        parsed = regression_metrics(t[ok], p[ok])  # Spearman is NaN when every answer is the same number
+        res["mae"], res["src"] = parsed["mae"], parsed["spearman"]
     else:
         res["mae"], res["src"] = float("nan"), float("nan")
     res["mae_filled"] = float(np.abs(filled - t).mean())
     return res
+
+
+def filled_predictions(predictions: Sequence[float | None], fallback: Sequence[float]) -> list[float]:
+    return [f if p is None else p for p, f in zip(predictions, fallback)]
 
 
 def evaluate(cfg: ColdStartConfig, models: Sequence[str] | None = None, log: Log = _quiet) -> dict[str, Any]:
@@ -796,9 +801,18 @@ def evaluate(cfg: ColdStartConfig, models: Sequence[str] | None = None, log: Log
         notes, _ = load_notes(cfg.data)
         labelled = train + pref  # the labelled questions the LLM pipeline saw (SFT and alignment)
         predictions["lightgbm"] = lightgbm_predictions(labelled, test, notes, seed=cfg.data.seed)
+    from notellm.evaluation.regression import bootstrap_metrics
+
+    # Paired bootstrap over test questions of (model MAE - baseline MAE), non-numbers filled as in mae_filled.
+    baseline = cfg.eval.compare_to if cfg.eval.compare_to in predictions else None
+    boots = bootstrap_metrics(targets, {n: filled_predictions(p, fallback) for n, p in predictions.items()},
+                              baseline=baseline, seed=cfg.data.seed)
     metrics: dict[str, Any] = {}
     for name, preds in predictions.items():
         metrics[name] = {"all": score_predictions(targets, preds, fallback)}
+        if "mae_diff" in boots[name]:
+            d = boots[name]["mae_diff"]
+            metrics[name]["all"][f"mae_filled_minus_{baseline}"] = [d.value, d.low, d.high]
         for k in sorted({e.shots for e in test}):
             idx = [i for i, e in enumerate(test) if e.shots == k]
             metrics[name][f"{k}-shot"] = score_predictions([targets[i] for i in idx], [preds[i] for i in idx],
