@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from notellm.errors import ConfigError, NotellmError
-from notellm.models.notellm import HEAD_FILE, MODEL_CARD, NoteLLM, NoteLLMConfig, _accepts_replace, load_card_lm
+from notellm.models.notellm import HEAD_FILE, MODEL_CARD, NoteLLM, NoteLLMConfig, _accepts_replace, load_card_lm, load_head
 from notellm.models.prompts import (EMB_TOKEN, IMG_EMB_TOKEN, IMG_TOKEN, TASK_EMBED, NotePrompt, PromptConfig,
                                     build_prompt)
 
@@ -607,9 +607,7 @@ def load_notellm2(model_dir: str | Path, dtype: str = "float32", merge_lora: boo
     if settings.images:
         tower, processor, family = build_vision_tower(str(model_dir / TOWER_DIR))
     model = NoteLLM2(lm, tokenizer, config, settings, tower=tower, processor=processor, family=family)
-    if isinstance(model.proj, nn.Linear):
-        model.proj.load_state_dict({"weight": load_file(str(model_dir / HEAD_FILE))["weight"]})
-        model.proj.float()
+    load_head(model, model_dir)
     if settings.images:
         state = load_file(str(model_dir / MULTIMODAL_FILE))
         for name in ("connector", "vision_map", "fusion"):

@@ -30,6 +30,7 @@ class NoteLLMConfig:
     dim: int = 128                  # projection size (paper 128; reference code 64); 0 = no projection
     pooling: str = "before_emb"
     max_length: int = 140           # tokens, prompt + answer
+    standardize: bool = True        # z-score pooled features (stats from training notes) before projecting
     prompt: PromptConfig = field(default_factory=PromptConfig)
 
     def __post_init__(self):
@@ -74,6 +75,10 @@ class NoteLLM(nn.Module):
         # dim 0: the raw hidden state (zero-shot baselines: an untrained projection would only distort it)
         self.proj = nn.Linear(hidden, config.dim, bias=False) if config.dim > 0 else nn.Identity()
         self.dim = config.dim or hidden
+        # Per-feature mean/std of pooled states. LLM hidden states are dominated by a few massive dimensions,
+        # so a projection of the raw state (random at first) keeps little of what tells notes apart.
+        self.register_buffer("feat_mean", torch.zeros(hidden), persistent=False)
+        self.register_buffer("feat_std", torch.ones(hidden), persistent=False)
 
     @property
     def device(self) -> torch.device:
@@ -147,7 +152,25 @@ class NoteLLM(nn.Module):
     def embed_hidden(self, pooled: torch.Tensor) -> torch.Tensor:
         if isinstance(self.proj, nn.Linear):
             pooled = pooled.to(self.proj.weight.dtype)
+            if self.config.standardize:
+                pooled = (pooled - self.feat_mean) / self.feat_std
         return F.normalize(self.proj(pooled).float(), dim=-1)
+
+    @torch.no_grad()
+    def fit_standardizer(self, notes: Sequence[dict[str, Any]], batch_size: int = 16) -> None:
+        """Per-feature mean/std of the pooled states of `notes` (embedding prompts, current weights)."""
+        was_training = self.training
+        self.eval()
+        pooled = []
+        for start in range(0, len(notes), batch_size):
+            b = self.encode_prompts(self.prompts_for(notes[start:start + batch_size]), with_answers=False)
+            b = {k: v.to(self.device) for k, v in b.items()}
+            h = self.hidden_states(b["input_ids"], b["attention_mask"])
+            pooled.append(self.pool(h, b["attention_mask"], b["emb_pos"]).float())
+        x = torch.cat(pooled)
+        self.feat_mean.copy_(x.mean(0))
+        self.feat_std.copy_(x.std(0).clamp(min=1e-3 * x.std(0).max().item() + 1e-6))
+        self.train(was_training)
 
     def forward(self, input_ids, attention_mask, emb_pos, labels=None) -> dict[str, torch.Tensor]:
         """Embeddings of every row and, when labels are given, logits at the answer positions only."""
@@ -188,7 +211,8 @@ class NoteLLM(nn.Module):
             self.lm.save_pretrained(out / "backbone")
         self.tokenizer.save_pretrained(out / "tokenizer")
         head = {k: v.detach().float().contiguous() for k, v in self.proj.state_dict().items()}
-        save_file(head or {"identity": torch.zeros(0)}, str(out / HEAD_FILE))
+        head.update(feat_mean=self.feat_mean.float().contiguous(), feat_std=self.feat_std.float().contiguous())
+        save_file(head, str(out / HEAD_FILE))
         card = self.card({"weights": "lora" if is_peft else "full", **(extra or {})})
         (out / MODEL_CARD).write_text(json.dumps(card, ensure_ascii=False, indent=2), encoding="utf-8")
         return out
@@ -201,6 +225,19 @@ def build_notellm(config: NoteLLMConfig, dtype: str = "float32", seed: int = 0) 
     lm, tokenizer = load_backbone(config.backbone, dtype=dtype, seed=seed)
     torch.manual_seed(seed)
     return NoteLLM(lm, tokenizer, config)
+
+
+def load_head(model: NoteLLM, model_dir: Path) -> None:
+    """Projection weights and feature statistics from a model folder's head file."""
+    from safetensors.torch import load_file
+
+    head = load_file(str(model_dir / HEAD_FILE))
+    if isinstance(model.proj, nn.Linear):
+        model.proj.load_state_dict({"weight": head["weight"]})
+        model.proj.float()
+    if "feat_mean" in head:
+        model.feat_mean.copy_(head["feat_mean"])
+        model.feat_std.copy_(head["feat_std"])
 
 
 def load_card_lm(model_dir: Path, card: dict[str, Any], config: NoteLLMConfig, dtype: str, merge_lora: bool,
@@ -237,8 +274,6 @@ def load_notellm(model_dir: str | Path, dtype: str = "float32", merge_lora: bool
     config = NoteLLMConfig(**card["config"])
     lm, tokenizer = load_card_lm(model_dir, card, config, dtype, merge_lora, add_emb_token)
     model = NoteLLM(lm, tokenizer, config, emb_token_id=tokenizer.convert_tokens_to_ids(EMB_TOKEN))
-    if isinstance(model.proj, nn.Linear):
-        model.proj.load_state_dict({"weight": load_file(str(model_dir / HEAD_FILE))["weight"]})
-        model.proj.float()
+    load_head(model, model_dir)
     model.card_data = card
     return model.eval()

@@ -265,6 +265,8 @@ class NoteLLMTrainer:
         dtype = "bfloat16" if (self.bf16 and self.cfg.lora.enabled) else "float32"
         model = build_notellm(self.cfg.model, dtype=dtype, seed=self.cfg.seed)
         model.proj.float()
+        if self.cfg.model.standardize and self.cfg.model.dim > 0:
+            model.fit_standardizer(self._standardizer_sample())
         if self.cfg.lora.enabled:
             apply_lora(model, self.cfg.lora)
             for p in model.lm.parameters():
@@ -275,6 +277,12 @@ class NoteLLMTrainer:
             if self.cfg.lora.enabled:
                 model.lm.enable_input_require_grads()
         return model
+
+    def _standardizer_sample(self, n: int = 256) -> list[dict[str, Any]]:
+        """The first notes of a fixed permutation of the training notes (the same on every run and resume)."""
+        ids = sorted({i for item in self.items for i in ((item,) if isinstance(item, str) else item)})
+        order = np.random.default_rng([self.cfg.seed, 11]).permutation(len(ids))[:n]
+        return [self.store[ids[i]] for i in order]
 
     @property
     def world(self) -> int:
