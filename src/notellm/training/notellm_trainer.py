@@ -245,7 +245,9 @@ class NoteLLMTrainer:
         self.cfg = config
         self.out = Path(config.output_dir)
         self.bf16 = use_bf16(config.bf16)
-        self.accelerator = accelerator or Accelerator(mixed_precision="bf16" if self.bf16 else "no")
+        # Mixed precision from `accelerate launch` / its config when given; otherwise our own bf16 autocast, so
+        # that several trainers with different settings can run in one process (accelerate's state is global).
+        self.accelerator = accelerator or Accelerator()
         self.store = NoteStore(config.notes)
         self.items = self._read_items()
         self.model = model or self._build_model()
@@ -409,11 +411,16 @@ class NoteLLMTrainer:
 
             return grad_cache_backward(module, batch, cfg.grad_cache_chunk, 1.0 / cfg.grad_accum,
                                        no_sync=acc.no_sync if acc.num_processes > 1 else None,
-                                       autocast=acc.autocast)
-        with acc.autocast():
+                                       autocast=self.autocast)
+        with self.autocast():
             out = module(**batch)
         acc.backward(out["loss"] / cfg.grad_accum)
         return out
+
+    def autocast(self):
+        if self.accelerator.mixed_precision != "no":
+            return self.accelerator.autocast()
+        return torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def _after_step(self, module, optimizer, scheduler, position, total, last, started, tokens, pairs) -> bool:
         cfg = self.cfg
