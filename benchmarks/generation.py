@@ -6,6 +6,7 @@ Protocol (kuairec-gen-v1):
 - Split by video: the sorted note ids permuted by `numpy.random.default_rng(0)`; the first 20% are test
   notes, the rest train. The evaluation subset is the first `--subset` test notes in that permuted order.
 - Systems, all on the same subset and prompt (tags never in the input; 3 category levels):
+  * prior: the 3 most frequent training tags and the most frequent category path, for every note (floor);
   * k-NN: most frequent tags / category path of the 10 nearest training notes (TF-IDF char 2-4 grams);
   * zero-shot: the untrained backbone (Gemma 3 270M) with the same Note Compression Prompt;
   * CSFT: the model trained by `notellm train configs/csft_kuairec.yaml`.
@@ -86,6 +87,20 @@ class Runs:
         return read_generations(path)
 
 
+def prior_predictions(train: list[dict], notes: list[dict], n_tags: int, levels: int):
+    """Every note gets the n most frequent training tags and the most frequent training category path."""
+    from collections import Counter
+
+    from notellm.data.text import normalize_tag
+    from notellm.inference.generate import GeneratedNote
+
+    tags = Counter(normalize_tag(t) for n in train for t in n["hashtags"] or [])
+    paths = Counter(tuple(n["category"][:levels]) for n in train if n["category"])
+    top_tags, top_path = [t for t, _ in tags.most_common(n_tags)], list(paths.most_common(1)[0][0])
+    rows = [GeneratedNote(n["note_id"], top_tags, top_path, "", "") for n in notes]
+    return rows, {"category_decoding": "prior", "tag_strategy": "prior", "category_levels": levels}
+
+
 def card_stamp(model_spec: str) -> str | None:
     """A fingerprint of a model folder's card (steps, time saved), so a retrained model is never served stale runs."""
     import hashlib
@@ -154,7 +169,7 @@ def main() -> int:
                         help="the CSFT-trained model folder (skipped with a message when absent)")
     parser.add_argument("--label", default="csft", help="name of the trained model's rows (and saved runs)")
     parser.add_argument("--backbone", default="gemma-3-270m", help="zero-shot baseline backbone")
-    parser.add_argument("--systems", default="knn,zero-shot,csft")
+    parser.add_argument("--systems", default="prior,knn,zero-shot,csft")
     parser.add_argument("--subset", type=int, default=300, help="test notes evaluated (fixed: the first in the "
                                                                  "seeded permutation)")
     parser.add_argument("--k", type=int, default=10)
@@ -200,6 +215,10 @@ def main() -> int:
             table, meta = runs.get(label.replace(" ", "_").replace(",", "").replace("=", ""), settings,
                                    lambda notes=notes: (knn.generate(notes), knn.describe()))
             results.append((label, table, meta))
+    if "prior" in systems:  # sanity floor: the same most frequent training tags and path for every note
+        settings = {"n": len(subset), "n_tags": args.n_tags, "levels": args.levels}
+        table, meta = runs.get("prior", settings, lambda: prior_predictions(train, subset, args.n_tags, args.levels))
+        results.append(("most frequent (prior)", table, meta))
     if "zero-shot" in systems:
         results += llm_runs(runs, "zero-shot", f"zero-shot:{args.backbone}", subset, categories, args,
                             free=not args.no_free, beams_tags=False)
