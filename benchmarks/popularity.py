@@ -121,7 +121,9 @@ def run_split(name: str, spec: dict, split: str, args, log) -> list[dict]:
         lines += [compare_line(y, preds, n, "LightGBM all, no LLM", cfg) for n in stacks]
         title = (f"### {name}, {split} split, {'with' if use_age else 'without'} note age — "
                  f"{report['train_notes']} train / {report['test_notes']} test notes, target {report['target']}")
-        print(f"\n{title}\n\n{markdown_table(report['rows'], COLUMNS)}\n" + "\n".join(l for l in lines if l), flush=True)
+        gbdt = "hand features" + (" + note age" if use_age else "") + (" + author history" if cfg.eval.use_history else "")
+        print(f"\n{title}\n\nEvery LightGBM row and the stack see {gbdt}.\n\n{markdown_table(report['rows'], COLUMNS)}\n"
+              + "\n".join(l for l in lines if l), flush=True)
         if llm is not None:
             secs = [round(i["seconds"]) for i in llm.info]
             steps = [f"{i['steps']}/{i['steps_planned']}" for i in llm.info]

@@ -193,6 +193,10 @@ def test_best_note_ranking_by_hand():
     r = best_note_ranking(y, p, groups)
     assert r["authors"] == 2 and r["hit_rate"] == 0.5
     assert r["chance"] == pytest.approx((1 / 3 + 1 / 2) / 2)
+    constant = best_note_ranking(y, [1.0] * 6, groups)  # ties broken at random: exactly chance
+    assert constant["hit_rate"] == pytest.approx(r["chance"])
+    tied = best_note_ranking(y, [0, 9, 9, 2, 1, 0], groups)  # a: top pick tied between y=3 (best) and y=2
+    assert tied["hit_rate"] == pytest.approx((0.5 + 1) / 2)
 
 
 # ------------------------------------------------------------------------------------------ batching
@@ -260,8 +264,13 @@ def test_evaluate_runs_every_baseline_on_the_same_test_notes():
                                                "eval.lgbm_min_child_samples=5", "eval.inner_folds=3"])
     data = prepare_data(cfg, _synthetic_notes())
     preds = baseline_predictions(cfg, data)
-    assert set(preds) == {"mean", "median", "TF-IDF char ridge", "LightGBM hand", "LightGBM hand+TF-IDF",
-                          "LightGBM all, no LLM"}
+    assert set(preds) == {"mean", "median", "author history: mean of last 10", "TF-IDF char ridge", "LightGBM hand",
+                          "LightGBM hand+TF-IDF", "LightGBM all, no LLM"}
+    # the history baseline: an author's earlier notes' mean target (last 10), else the training mean
+    hist = data.history["author_prev_mean_last10"].to_numpy()[data.test]
+    expected = np.where(np.isnan(hist), data.y[~data.test].mean(), hist)
+    assert preds["author history: mean of last 10"] == pytest.approx(expected)
+    assert np.isfinite(hist).any() and np.isnan(hist).any()
     report = score_report(cfg, data, preds)
     y_test, y_train = data.y[data.test], data.y[~data.test]
     mean_mae = report["metrics"]["mean"]["mae"]["value"]

@@ -5,8 +5,9 @@ so the interval of a difference (model MAE minus the mean baseline's MAE) is pai
 2.5 and 97.5 percentiles.
 
 Ranking test: for each author with at least two test notes, does the model's top-scored note have the
-author's highest true target (a tie for the top counts as a hit)? `chance` is the rate a random order
-would reach (mean over authors of (#notes tied at the top) / (#notes)).
+author's highest true target (a tie for the true top counts as a hit)? Ties among the model's top scores
+are broken at random, in expectation, so a constant predictor scores exactly `chance`: the rate a random
+order reaches (mean over authors of (#notes tied at the true top) / (#notes)).
 """
 
 from __future__ import annotations
@@ -111,13 +112,14 @@ def best_note_ranking(y: Sequence[float], p: Sequence[float], groups: Sequence[A
     for i, g in enumerate(groups):
         if g is not None and g != "":
             by_group.setdefault(g, []).append(i)
-    hits, chance, authors = 0, 0.0, 0
+    hits, chance, authors = 0.0, 0.0, 0
     for rows in by_group.values():
         if len(rows) < min_notes:
             continue
         rows_arr = np.asarray(rows)
         best = y[rows_arr] == y[rows_arr].max()
-        hits += bool(best[int(np.argmax(p[rows_arr]))])
+        picked = p[rows_arr] == p[rows_arr].max()  # a tie for the top pick is broken at random: expected hit
+        hits += float(best[picked].mean())
         chance += best.mean()
         authors += 1
     if authors == 0:
@@ -143,6 +145,7 @@ def result_rows(intervals: Mapping[str, Mapping[str, Interval]], ranking: Mappin
             row["mae - mean"] = ints["mae_diff"].text(digits)
         if ranking and name in ranking and ranking[name]["authors"]:
             r = ranking[name]
-            row["best-note hit"] = f"{r['hit_rate']:.2f} ({int(r['authors'])} author{'s' if r['authors'] != 1 else ''})"
+            plural = "s" if r["authors"] != 1 else ""
+            row["best-note hit"] = f"{r['hit_rate']:.2f} (chance {r['chance']:.2f}, {int(r['authors'])} author{plural})"
         rows.append(row)
     return rows

@@ -18,7 +18,6 @@ Stages (each reads and writes files under `output_dir`, so each can be run and i
 from __future__ import annotations
 
 import gc
-import json
 import math
 import random
 import time

@@ -772,6 +772,10 @@ def baseline_predictions(cfg: PopularityConfig, data: PreparedData, llm: LLMScor
     }
     folds = group_folds([data.authors[i] for i in tr] if cfg.split.kind == "author" else None, len(tr),
                         ecfg.inner_folds, ecfg.seed)
+    if use_history:  # the naive history baseline: the author's recent average, else the training mean
+        w = max(ecfg.history.windows) if ecfg.history.windows else None
+        recent = data.history[f"author_prev_mean_last{w}" if w else "author_prev_mean"].to_numpy()[te]
+        preds[f"author history: mean of last {w or 'all'}"] = np.where(np.isfinite(recent), recent, y_tr.mean())
     log("TF-IDF features")
     text = text_features(ecfg, [data.texts[i] for i in tr], [data.texts[i] for i in te], y_tr, folds)
     preds["TF-IDF char ridge"] = text.ridge_test
