@@ -17,13 +17,16 @@ Protocol (kuairec-gen-v1):
 
     python benchmarks/generation.py --prepare                      # write the split (seconds)
     nice -n 10 notellm train configs/csft_kuairec.yaml              # ~15 minutes
-    nice -n 10 python benchmarks/generation.py --model runs/csft_kuairec/model --subset 300
+    nice -n 10 python benchmarks/generation.py --systems csft       # ~13 min on a shared 2-core CPU
+    nice -n 10 python benchmarks/generation.py --systems zero-shot  # ~11 min
+    python benchmarks/generation.py                                 # every system; saved runs are reused
+
+Generations are saved under runs/kuairec_gen/gen/ and reused while their settings (and the model card) match.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
