@@ -226,7 +226,11 @@ def load_checkpoint(path: Path, module: nn.Module, optimizer, scheduler) -> dict
         for name, tensor in state.items():
             params[name].copy_(tensor)
     optim = torch.load(path / "optim.pt", weights_only=False)
-    optimizer.load_state_dict(optim["optimizer"])
+    try:
+        optimizer.load_state_dict(optim["optimizer"])
+    except ValueError as exc:  # e.g. a checkpoint from a version with other parameter groups
+        raise DataError(f"the optimizer state does not fit this trainer ({exc}); start a new output_dir",
+                        file=str(path)) from exc
     scheduler.load_state_dict(optim["scheduler"])
     rng = torch.load(path / "rng.pt", weights_only=False)
     torch.set_rng_state(rng["torch"])
