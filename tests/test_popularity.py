@@ -299,3 +299,10 @@ def test_stacks_use_only_out_of_fold_llm_scores_and_tolerate_a_subset():
     # an almost exact LLM score must dominate both level-2 models
     assert mae["blend: ridge(LightGBM all, LLM)"] < 0.5 * mae["LightGBM all, no LLM"]
     assert mae["stack: LightGBM all + LLM"] < mae["LightGBM all, no LLM"]
+    # pooled LLM states can join the stack as PCA components (fitted on the out-of-fold rows only)
+    cfg.eval.stack_embedding_dims = 2
+    llm.oof_pooled = rng.normal(size=(len(y_tr), 6)).astype(np.float32)
+    llm.oof_pooled[::3] = np.nan
+    llm.test_pooled = rng.normal(size=(len(y_te), 6)).astype(np.float32)
+    with_pcs = baseline_predictions(cfg, data, llm)["stack: LightGBM all + LLM"]
+    assert with_pcs.shape == y_te.shape and np.isfinite(with_pcs).all()

@@ -167,7 +167,7 @@ def save_regressor(model: NoteRegressor, out_dir: str | Path, meta: dict[str, An
     return out
 
 
-def load_regressor(model_dir: str | Path, merge: bool = True):
+def load_regressor(model_dir: str | Path, merge: bool = False):
     """(NoteRegressor in eval mode, tokenizer, metadata) for a folder written by save_regressor."""
     from safetensors.torch import load_file
 
@@ -181,8 +181,8 @@ def load_regressor(model_dir: str | Path, merge: bool = True):
         from peft import PeftModel
 
         model.decoder = PeftModel.from_pretrained(model.decoder, str(model_dir / "adapter"))
-        if merge:  # one matrix per projection again: faster inference
-            model.decoder = model.decoder.merge_and_unload()
+        if merge:  # one matrix per projection (faster), but under bf16 autocast W + BA is rounded to 8 bits
+            model.decoder = model.decoder.merge_and_unload()  # of mantissa and most of the small BA is lost
     model.head.load_state_dict(load_file(str(model_dir / "head.safetensors")))
     model.eval()
     for p in model.parameters():

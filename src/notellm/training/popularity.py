@@ -866,7 +866,7 @@ def evaluate(cfg: PopularityConfig, model_dir: str | Path | None = None, stack: 
     if model_dir is not None:
         check_no_overlap(model_dir, data)
         loaded = load_model(model_dir)
-        preds[f"model {Path(model_dir).name}"] = predict_table(loaded, data.table, data.source, cfg.data.as_of,
+        preds[f"saved model {model_dir}"] = predict_table(loaded, data.table, data.source, cfg.data.as_of,
                                                                rows=data.test_idx, log=log)
     report = score_report(cfg, data, preds)
     report["use_age"], report["use_history"] = cfg.eval.use_age, cfg.eval.use_history
