@@ -6,7 +6,7 @@ Also the Event table (user behaviour) and the Pair table (mined co-occurring not
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -90,15 +90,21 @@ def write_notes(table: pa.Table, path: str | Path) -> Path:
     return write_parquet(table.cast(NOTE_SCHEMA), path)
 
 
-def read_notes(path: str | Path) -> pa.Table:
-    """Read a Note table; a missing required column is an error naming the file."""
+def read_table_with(path: str | Path, kind: str, required: Sequence[str]) -> pa.Table:
+    """Read a Parquet table; a missing file or required column is an error naming the file."""
     path = Path(path)
     if not path.exists():
-        raise DataError("note table does not exist", file=str(path))
+        raise DataError(f"{kind} table does not exist", file=str(path))
     table = pq.read_table(path)
-    missing = [c for c in ("note_id", "title", "content") if c not in table.column_names]
+    missing = [c for c in required if c not in table.column_names]
     if missing:
-        raise DataError(f"not a note table: missing column(s) {missing}", file=str(path))
+        raise DataError(f"not a {kind} table: missing column(s) {missing}", file=str(path))
+    return table
+
+
+def read_notes(path: str | Path) -> pa.Table:
+    """Read a Note table; a missing required column is an error naming the file."""
+    table = read_table_with(path, "note", ("note_id", "title", "content"))
     for name in NOTE_COLUMNS:  # tolerate tables written by other tools that omit optional columns
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(len(table), NOTE_SCHEMA.field(name).type))
@@ -106,13 +112,7 @@ def read_notes(path: str | Path) -> pa.Table:
 
 
 def read_events(path: str | Path) -> pa.Table:
-    path = Path(path)
-    if not path.exists():
-        raise DataError("event table does not exist", file=str(path))
-    table = pq.read_table(path)
-    missing = [c for c in ("user_id", "note_id") if c not in table.column_names]
-    if missing:
-        raise DataError(f"not an event table: missing column(s) {missing}", file=str(path))
+    table = read_table_with(path, "event", ("user_id", "note_id"))
     for field in EVENT_SCHEMA:  # Parquet stores seconds as milliseconds: cast the known columns back
         if field.name in table.column_names:
             i = table.column_names.index(field.name)

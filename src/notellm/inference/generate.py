@@ -383,14 +383,8 @@ def write_generations(rows: Sequence[GeneratedNote], meta: dict[str, Any], path:
 
 def read_generations(path: str | Path) -> tuple[pa.Table, dict[str, Any]]:
     """The generation table and its metadata (model, decoding, category set)."""
-    import pyarrow.parquet as pq
+    from notellm.data.schema import read_table_with
 
-    path = Path(path)
-    if not path.exists():
-        raise DataError("prediction table does not exist", file=str(path))
-    table = pq.read_table(path)
-    missing = [c for c in ("note_id", "tags", "category") if c not in table.column_names]
-    if missing:
-        raise DataError(f"not a generation table: missing column(s) {missing}", file=str(path))
+    table = read_table_with(path, "generation", ("note_id", "tags", "category"))
     raw = (table.schema.metadata or {}).get(META_KEY)
     return table, (json.loads(raw.decode("utf-8")) if raw else {})
