@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import pyarrow as pa
 
 from notellm.data.text import clean_text, normalize_tag
-from notellm.errors import DataError, NotellmError
+from notellm.errors import NotellmError
 from notellm.models.prompts import TASK_CATEGORY, TASK_HASHTAG, PromptConfig, build_prompt, parse_answer_list
 
 TAG_STRATEGIES = ("list", "beams")
