@@ -25,6 +25,25 @@ def test_gcl_equals_hand_computed_value():
     assert loss.item() == pytest.approx(expected, abs=1e-6)
 
 
+def test_gcl_masks_other_copies_of_a_note_by_key():
+    # Same vectors as above, but a1 is another copy of note a0 (keys interleaved a0, b0, a1, b1 = 7, 8, 7, 9).
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[0.6, 0.8], [-1.0, 0.0]])
+    keys = torch.tensor([7, 8, 7, 9])
+    loss = GenerativeContrastiveLoss(init_log_scale=0.0)(a, b, keys)
+    # a0 and a1 hold the same note: neither is the other's negative; b0 (partner of a0) does not see a1 either,
+    # and b1 (partner of a1) does not see a0. Columns per row: a0 {b0, b1}, b0 {a0, b1}, a1 {b1, b0}, b1 {a1, b0}.
+    rows = [
+        -0.6 + math.log(math.exp(0.6) + math.exp(-1.0)),
+        -0.6 + math.log(math.exp(0.6) + math.exp(-0.6)),
+        -0.0 + math.log(math.exp(0.0) + math.exp(0.8)),
+        -0.0 + math.log(math.exp(0.0) + math.exp(-0.6)),
+    ]
+    assert loss.item() == pytest.approx(sum(rows) / 4, abs=1e-6)
+    unmasked = GenerativeContrastiveLoss(init_log_scale=0.0)(a, b, torch.tensor([1, 2, 3, 4]))
+    assert unmasked.item() == pytest.approx(0.8942642, abs=1e-6)  # distinct keys: the plain GCL value
+
+
 def test_gcl_is_symmetric_and_scale_is_learnable_and_clamped():
     torch.manual_seed(0)
     a, b = torch.randn(4, 8), torch.randn(4, 8)

@@ -70,6 +70,8 @@ def decoder_of(causal_lm: nn.Module) -> nn.Module:
 
 
 def _num_layers(decoder: nn.Module) -> int:
+    if getattr(decoder, "layers", None) is None and hasattr(decoder, "get_decoder"):
+        decoder = decoder.get_decoder()  # a full causal LM: count its decoder's layers
     layers = getattr(decoder, "layers", None)
     if layers is None:
         raise NotellmError(f"cannot find the decoder layers of {type(decoder).__name__}")

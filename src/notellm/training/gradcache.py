@@ -33,6 +33,8 @@ def grad_cache_backward(module, batch: dict[str, torch.Tensor], chunk_notes: int
     inner = getattr(module, "module", module)
     model, loss_fn = inner.model, inner.loss
     chunk_notes = max(2, chunk_notes - chunk_notes % 2)
+    keys = batch.get("note_keys")
+    batch = {k: v for k, v in batch.items() if k != "note_keys"}
     n = batch["input_ids"].shape[0]
     spans = [(s, min(s + chunk_notes, n)) for s in range(0, n, chunk_notes)]
     autocast = autocast or nullcontext
@@ -45,7 +47,7 @@ def grad_cache_backward(module, batch: dict[str, torch.Tensor], chunk_notes: int
                 embeddings.append(model(**_rows(batch, start, stop) | {"labels": None})["embeddings"].float())
     # 2. contrastive loss and its gradient w.r.t. the embeddings (and the learnable scale)
     emb = torch.cat(embeddings).requires_grad_(True)
-    l_cl = loss_fn.contrastive(emb[0::2], emb[1::2])
+    l_cl = loss_fn.contrastive(emb[0::2], emb[1::2], keys)
     a = loss_fn.gen_weight if inner.objective == "notellm" else 0.0
     ((l_cl / (1 + a)) * loss_scale).backward()
     emb_grad = emb.grad

@@ -36,6 +36,31 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(parts, dim=0), offset
 
 
+def gather_keys(keys: torch.Tensor) -> torch.Tensor:
+    """All processes' note keys concatenated (no gradient: keys are integers)."""
+    if not distributed():
+        return keys
+    parts = [torch.empty_like(keys) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, keys.contiguous())
+    return torch.cat(parts)
+
+
+def same_note_mask(keys: torch.Tensor | None, offset: int, n_local: int, n_all: int,
+                   device: torch.device) -> torch.Tensor:
+    """[n_local, n_all] True where column j must not be a negative of row i: j is i itself or, when note keys
+    are given, j is another copy of i's note or of its partner's note (a popular note appears in several pairs
+    of one batch; scoring its copy as a negative at cosine 1 pushes every embedding toward one point)."""
+    rows = torch.arange(n_local, device=device) + offset
+    mask = torch.zeros(n_local, n_all, dtype=torch.bool, device=device)
+    mask[torch.arange(n_local, device=device), rows] = True
+    if keys is not None:
+        everyone = gather_keys(keys)
+        mine, partners = everyone[rows], everyone[rows ^ 1]
+        mask |= (everyone[None, :] == mine[:, None]) | (everyone[None, :] == partners[:, None])
+        mask[torch.arange(n_local, device=device), rows ^ 1] = False
+    return mask
+
+
 def global_sum(value: torch.Tensor) -> torch.Tensor:
     """Sum of a (non-differentiable) tensor over processes; the tensor itself without a process group."""
     if not distributed():
@@ -49,7 +74,8 @@ class GenerativeContrastiveLoss(nn.Module):
     """In-batch InfoNCE for B pairs (2B notes): note i's positive is its partner, every other note a negative.
 
     sim = cos(n_i, n_j) * exp(t), t learnable (initialised at 3.0, scale ~20), scale clamped at `max_scale`;
-    the diagonal (a note against itself) is masked. Rows are interleaved (a0, b0, a1, b1, ...), so the loss over
+    the diagonal (a note against itself) is masked, and so are other copies of the same notes when `keys` (one
+    integer per note, interleaved like the rows) are given. Rows are interleaved (a0, b0, a1, b1, ...), so the loss over
     all 2B rows is symmetric in a and b.
 
     With a process group, each process's rows are scored against the gathered global batch. The returned loss
@@ -66,15 +92,14 @@ class GenerativeContrastiveLoss(nn.Module):
     def scale(self) -> torch.Tensor:
         return self.log_scale.clamp(max=self.max_log_scale).exp()
 
-    def forward(self, emb_a: torch.Tensor, emb_b: torch.Tensor) -> torch.Tensor:
+    def forward(self, emb_a: torch.Tensor, emb_b: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
         local = torch.stack([emb_a, emb_b], dim=1).reshape(-1, emb_a.shape[-1]).float()
         local = F.normalize(local, dim=-1)
         everyone, offset = gather_with_grad(local)
         logits = (local @ everyone.T) * self.scale
-        rows = torch.arange(local.shape[0], device=local.device)
-        self_index = rows + offset
-        logits[rows, self_index] = float("-inf")
-        partner = self_index ^ 1  # interleaved: 2k <-> 2k+1
+        masked = same_note_mask(keys, offset, local.shape[0], everyone.shape[0], local.device)
+        logits = logits.masked_fill(masked, float("-inf"))
+        partner = (torch.arange(local.shape[0], device=local.device) + offset) ^ 1  # interleaved: 2k <-> 2k+1
         return F.cross_entropy(logits, partner)
 
 
@@ -104,8 +129,9 @@ class NoteLLMLoss(nn.Module):
         self.contrastive = GenerativeContrastiveLoss(init_log_scale, max_scale)
         self.generative = CollaborativeSFTLoss()
 
-    def forward(self, emb_a, emb_b, answer_logits=None, answer_labels=None) -> dict[str, torch.Tensor]:
-        l_cl = self.contrastive(emb_a, emb_b)
+    def forward(self, emb_a, emb_b, answer_logits=None, answer_labels=None,
+                keys: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        l_cl = self.contrastive(emb_a, emb_b, keys)
         if answer_logits is None or self.gen_weight == 0:
             l_gen = torch.zeros((), device=l_cl.device)
         else:

@@ -87,8 +87,8 @@ class MultimodalLoss(NoteLLMLoss):
         self.multimodal_weight, self.image_weight = multimodal_weight, image_weight
 
     def forward(self, emb_a, emb_b, answer_logits=None, answer_labels=None, img_a=None, img_b=None,
-                image_pairs=None) -> dict[str, torch.Tensor]:
-        l_m = self.contrastive(emb_a, emb_b)
+                image_pairs=None, keys: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        l_m = self.contrastive(emb_a, emb_b, keys)
         if img_a is not None and self.image_weight > 0:
             l_v = self.image_contrastive(img_a, img_b, image_pairs)
             w_m, w_v = self.multimodal_weight, self.image_weight
@@ -105,14 +105,15 @@ class MultimodalLoss(NoteLLMLoss):
 
 
 class MultimodalTrainModule(TrainModule):
-    def forward(self, input_ids, attention_mask, emb_pos, labels) -> dict[str, torch.Tensor]:
+    def forward(self, input_ids, attention_mask, emb_pos, labels, note_keys=None) -> dict[str, torch.Tensor]:
         out = self.model(input_ids, attention_mask, emb_pos, labels if self.objective != "gcl" else None)
         emb = out["embeddings"]
         images: dict[str, Any] = {}
         if "image_embeddings" in out:
             img, has = out["image_embeddings"], out["has_image_embedding"]
             images = {"img_a": img[0::2], "img_b": img[1::2], "image_pairs": has[0::2] & has[1::2]}
-        return self.loss(emb[0::2], emb[1::2], out.get("answer_logits"), out.get("answer_labels"), **images)
+        return self.loss(emb[0::2], emb[1::2], out.get("answer_logits"), out.get("answer_labels"), **images,
+                         keys=note_keys)
 
 
 def apply_multimodal_lora(model: NoteLLM2, settings: LoraSettings) -> None:
@@ -171,7 +172,9 @@ class MultimodalTrainer(NoteLLMTrainer):
                 else:
                     task, removed = assign_task(note, self.cfg.seed, epoch, 2 * index + side, self.cfg.topic_rate)
                 prompts.append(self.model.prompt_for(note, task, removed))
-        return self.model.encode_prompts(prompts, with_answers=self.cfg.objective != "gcl")
+        batch = self.model.encode_prompts(prompts, with_answers=self.cfg.objective != "gcl")
+        batch["note_keys"] = self.note_keys(indices)
+        return batch
 
     def _optimizer(self):
         """AdamW; the vision side (tower, connector, fusion) gets `multimodal.vision_lr` when set."""

@@ -43,6 +43,7 @@ class LoraSettings:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     train_emb_token: bool = True  # the [EMB] input row trains (peft trainable_token_indices)
+    top_layers: int = 0           # adapters only in the last N decoder layers (0: all); backward stops there
 
 
 @dataclass
@@ -63,6 +64,7 @@ class TrainConfig:
                                         # hidden states dominated by a few massive dimensions keeps little of
                                         # their signal, and at the backbone's lr it takes hundreds of steps to fix
     weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0   # clip the global gradient norm; a fresh head's first steps spike without
     warmup_ratio: float = 0.1
     scheduler: str = "cosine"
     batch_pairs: int = 16               # pairs per process per step (2x notes); csft: notes per step
@@ -99,6 +101,7 @@ class NoteStore:
         table = read_notes(notes_path)
         cols = ["note_id", "title", "content", "hashtags", "category", "image_paths"]
         self.rows = {r["note_id"]: r for r in table.select(cols).to_pylist()}
+        self.keys = {note_id: k for k, note_id in enumerate(self.rows)}  # integer ids for the loss's masks
         self.path = notes_path
 
     def __getitem__(self, note_id: str) -> dict[str, Any]:
@@ -151,24 +154,27 @@ class TrainModule(nn.Module):
         super().__init__()
         self.model, self.loss, self.objective = model, loss, objective
 
-    def forward(self, input_ids, attention_mask, emb_pos, labels) -> dict[str, torch.Tensor]:
+    def forward(self, input_ids, attention_mask, emb_pos, labels, note_keys=None) -> dict[str, torch.Tensor]:
         out = self.model(input_ids, attention_mask, emb_pos, labels if self.objective != "gcl" else None)
         if self.objective == "csft":
             l_gen = self.loss.generative(out["answer_logits"], out["answer_labels"])
             return {"loss": l_gen, "generative": l_gen.detach(), "contrastive": torch.zeros(()),
                     "scale": self.loss.contrastive.scale.detach()}
         emb = out["embeddings"]
-        return self.loss(emb[0::2], emb[1::2], out.get("answer_logits"), out.get("answer_labels"))
+        return self.loss(emb[0::2], emb[1::2], out.get("answer_logits"), out.get("answer_labels"), note_keys)
 
 
 def apply_lora(model: NoteLLM, settings: LoraSettings) -> None:
     from peft import LoraConfig, get_peft_model
 
+    from notellm.models.regression import lora_target_regex
+
     kwargs: dict[str, Any] = {}
     if settings.train_emb_token:
         kwargs["trainable_token_indices"] = [model.emb_token_id]
+    targets = lora_target_regex(model.lm, settings) if settings.top_layers else settings.target_modules
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=settings.target_modules, task_type="CAUSAL_LM", **kwargs)
+                        target_modules=targets, task_type="CAUSAL_LM", **kwargs)
     model.lm = get_peft_model(model.lm, config)
 
 
@@ -335,7 +341,16 @@ class NoteLLMTrainer:
                 note = self.store[note_id]
                 task, removed = assign_task(note, self.cfg.seed, epoch, 2 * index + side, self.cfg.topic_rate)
                 prompts.append(build_prompt(note, task, self.cfg.model.prompt, removed_tag_index=removed))
-        return self.model.encode_prompts(prompts, with_answers=self.cfg.objective != "gcl")
+        batch = self.model.encode_prompts(prompts, with_answers=self.cfg.objective != "gcl")
+        if self.cfg.objective != "csft":
+            batch["note_keys"] = self.note_keys(indices)
+        return batch
+
+    def note_keys(self, indices: list[int]) -> torch.Tensor:
+        """One integer per note of the batch, in row order: the loss masks other copies of a note."""
+        items = [self.items[i] for i in indices]
+        ids = [n for item in items for n in ((item,) if isinstance(item, str) else item)]
+        return torch.tensor([self.store.keys[n] for n in ids], dtype=torch.long)
 
     # loop
     def _optimizer(self):
@@ -394,6 +409,10 @@ class NoteLLMTrainer:
                     if accum < cfg.grad_accum:
                         continue
                     accum = 0
+                    if cfg.max_grad_norm:  # DeepSpeed clips inside its engine and returns None
+                        norm = acc.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
+                        if norm is not None:
+                            out["grad_norm"] = torch.as_tensor(norm)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
