@@ -132,10 +132,15 @@ class NoteLLMLoss(nn.Module):
     def forward(self, emb_a, emb_b, answer_logits=None, answer_labels=None,
                 keys: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         l_cl = self.contrastive(emb_a, emb_b, keys)
-        if answer_logits is None or self.gen_weight == 0:
-            l_gen = torch.zeros((), device=l_cl.device)
-        else:
-            l_gen = self.generative(answer_logits, answer_labels)
-        loss = (l_cl + self.gen_weight * l_gen) / (1 + self.gen_weight)
-        return {"loss": loss, "contrastive": l_cl.detach(), "generative": l_gen.detach(),
+        l_gen = self.generation_term(answer_logits, answer_labels, l_cl.device)
+        return {"loss": self.combine(l_cl, l_gen), "contrastive": l_cl.detach(), "generative": l_gen.detach(),
                 "scale": self.contrastive.scale.detach()}
+
+    def generation_term(self, answer_logits, answer_labels, device: torch.device) -> torch.Tensor:
+        """L_gen, or 0 when there are no answers or generation is switched off (a = 0)."""
+        if answer_logits is None or self.gen_weight == 0:
+            return torch.zeros((), device=device)
+        return self.generative(answer_logits, answer_labels)
+
+    def combine(self, l_cl: torch.Tensor, l_gen: torch.Tensor) -> torch.Tensor:
+        return (l_cl + self.gen_weight * l_gen) / (1 + self.gen_weight)

@@ -95,12 +95,8 @@ class MultimodalLoss(NoteLLMLoss):
             l_cl = (w_m * l_m + w_v * l_v) / (w_m + w_v)
         else:
             l_v, l_cl = torch.zeros((), device=l_m.device), l_m
-        if answer_logits is None or self.gen_weight == 0:
-            l_gen = torch.zeros((), device=l_m.device)
-        else:
-            l_gen = self.generative(answer_logits, answer_labels)
-        loss = (l_cl + self.gen_weight * l_gen) / (1 + self.gen_weight)
-        return {"loss": loss, "contrastive": l_m.detach(), "image_contrastive": l_v.detach(),
+        l_gen = self.generation_term(answer_logits, answer_labels, l_m.device)
+        return {"loss": self.combine(l_cl, l_gen), "contrastive": l_m.detach(), "image_contrastive": l_v.detach(),
                 "generative": l_gen.detach(), "scale": self.contrastive.scale.detach()}
 
 
