@@ -169,7 +169,11 @@ class NoteLLM(nn.Module):
             pooled.append(self.pool(h, b["attention_mask"], b["emb_pos"]).float())
         x = torch.cat(pooled)
         self.feat_mean.copy_(x.mean(0))
-        self.feat_std.copy_(x.std(0).clamp(min=1e-3 * x.std(0).max().item() + 1e-6))
+        # floor at the median spread: a near-constant feature (Gemma has some) divided by its tiny std would turn
+        # the small common shift that fine-tuning gives it into the largest coordinate of every note, and
+        # training would collapse all notes onto that one direction
+        std = x.std(0)
+        self.feat_std.copy_(std.clamp(min=std.median().item() + 1e-6))
         self.train(was_training)
 
     def forward(self, input_ids, attention_mask, emb_pos, labels=None) -> dict[str, torch.Tensor]:

@@ -63,6 +63,9 @@ class TrainConfig:
     head_lr: float | None = 2e-3        # projection + temperature; None: lr. A fresh random projection of
                                         # hidden states dominated by a few massive dimensions keeps little of
                                         # their signal, and at the backbone's lr it takes hundreds of steps to fix
+    scale_lr: float | None = None       # the contrastive log-scale; None: head_lr. Data whose pairs are only weakly
+                                        # related want a far lower scale than the initial 20, and reach it only
+                                        # if the scale moves faster than the weights
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0   # clip the global gradient norm; a fresh head's first steps spike without
     warmup_ratio: float = 0.1
@@ -354,13 +357,17 @@ class NoteLLMTrainer:
 
     # loop
     def _optimizer(self):
-        head, body = [], []
+        head, scale, body = [], [], []
         for name, p in self.module.named_parameters():
             if p.requires_grad:
-                (head if name.startswith(("model.proj.", "loss.")) else body).append(p)
+                group = scale if name.startswith("loss.") else head if name.startswith("model.proj.") else body
+                group.append(p)
+        head_lr = self.cfg.head_lr or self.cfg.lr
         groups = [{"params": body, "lr": self.cfg.lr}]
         if head:
-            groups.append({"params": head, "lr": self.cfg.head_lr or self.cfg.lr})
+            groups.append({"params": head, "lr": head_lr})
+        if scale:
+            groups.append({"params": scale, "lr": self.cfg.scale_lr or head_lr})
         return torch.optim.AdamW(groups, weight_decay=self.cfg.weight_decay)
 
     def train(self) -> dict[str, Any]:
