@@ -116,15 +116,15 @@ def embed_table(notes_path: str, model: str, out_dir: str, shard_size: int = 409
         with atomic_path(_shard_path(out, k), suffix=".npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, ids=np.array([r["note_id"] for r in chunk], dtype=object), vectors=vectors)
+    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # every process, so the main one merges only once all shards are written
     if rank == 0:
-        _wait_for_shards(out, n_shards, world)
+        _check_shards(out, n_shards)
         return merge_shards(out, n_shards, {**embedder.meta, "notes": str(notes_path), "count": len(rows)})
     return None
 
 
-def _wait_for_shards(out: Path, n_shards: int, world: int) -> None:
-    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+def _check_shards(out: Path, n_shards: int) -> None:
     missing = [k for k in range(n_shards) if not _shard_path(out, k).exists()]
     if missing:
         raise NotellmError(f"{len(missing)} shard(s) missing in {out}/shards (e.g. {missing[:3]}); run again")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -181,6 +182,12 @@ def apply_lora(model: NoteLLM, settings: LoraSettings) -> None:
     model.lm = get_peft_model(model.lm, config)
 
 
+def launched_on_cpus() -> bool:
+    """Several processes (torchrun / accelerate) and no GPU: accelerate then needs `cpu=True` to join them
+    with gloo; otherwise every process would train alone."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
 def use_bf16(setting: str) -> bool:
     if setting in ("true", True):
         return True
@@ -260,7 +267,7 @@ class NoteLLMTrainer:
         self.bf16 = use_bf16(config.bf16)
         # Mixed precision from `accelerate launch` / its config when given; otherwise our own bf16 autocast, so
         # that several trainers with different settings can run in one process (accelerate's state is global).
-        self.accelerator = accelerator or Accelerator()
+        self.accelerator = accelerator or Accelerator(cpu=launched_on_cpus())
         self.store = NoteStore(config.notes)
         self.items = self._read_items()
         self.model = model or self._build_model()
@@ -424,7 +431,7 @@ class NoteLLMTrainer:
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     position["step"] += 1
-                    last = {k: float(v.detach()) for k, v in out.items()}
+                    last = {k: float(v) for k, v in self.global_mean(out).items()}
                     bar.update(task, advance=1, description=f"train loss {last['loss']:.3f}")
                     stop = self._after_step(module, optimizer, scheduler, position, total, last, started,
                                             tokens, pairs)
@@ -446,6 +453,15 @@ class NoteLLMTrainer:
             out = module(**batch)
         acc.backward(out["loss"] / cfg.grad_accum)
         return out
+
+    def global_mean(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Loss terms averaged over processes (each process holds the mean over its equal share of the batch),
+        so the log shows the global batch's loss whatever the number of processes."""
+        if self.accelerator.num_processes == 1:
+            return {k: v.detach() for k, v in terms.items()}
+        names = list(terms)
+        stacked = torch.stack([terms[k].detach().float().to(self.accelerator.device) for k in names])
+        return dict(zip(names, self.accelerator.reduce(stacked, "mean")))
 
     def autocast(self):
         if self.accelerator.mixed_precision != "no":

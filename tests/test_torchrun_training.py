@@ -1,0 +1,78 @@
+"""`notellm train` launched as 2 CPU processes (torchrun, gloo) trains exactly like one process over the same
+global batch: the same logged losses and the same weights after the steps. (`accelerate launch` starts CPU jobs
+through mpirun only; torchrun is the way on machines without GPUs, and what accelerate uses on GPUs.)"""
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from helpers.toy import write_toy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_config(tmp: Path, out: Path, batch_pairs: int) -> Path:
+    files = write_toy(tmp)
+    cfg = {"notes": str(files["notes"]), "train_pairs": str(files["pairs"]), "output_dir": str(out),
+           "model": {"backbone": "tiny-qwen3", "dim": 16, "max_length": 64},
+           "lora": {"r": 4, "alpha": 8, "dropout": 0.0},  # no dropout: the two runs draw different masks
+           "batch_pairs": batch_pairs, "max_steps": 2, "lr": 2e-3, "warmup_ratio": 0.0, "log_every": 1,
+           "save_every": 0, "bf16": "false", "gen_weight": 0.5}
+    path = tmp / f"train_{batch_pairs}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def logged_losses(run: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r and "event" not in r}
+
+
+def test_two_cpu_processes_equal_one_process(tmp_path):
+    two, one = tmp_path / "two", tmp_path / "one"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+              "-m", "notellm.cli", "train", str(train_config(tmp_path, two, batch_pairs=2))]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+    done = subprocess.run(launch, cwd=ROOT, env=env, capture_output=True, text=True, timeout=500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    subprocess.run([sys.executable, "-m", "notellm.cli", "train", str(train_config(tmp_path, one, batch_pairs=4))],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+
+    two_losses, one_losses = logged_losses(two), logged_losses(one)
+    assert sorted(two_losses) == [1, 2]
+    for step in (1, 2):
+        assert two_losses[step] == pytest.approx(one_losses[step], rel=1e-4)
+    head_two = load_file(str(two / "model" / "head.safetensors"))
+    head_one = load_file(str(one / "model" / "head.safetensors"))
+    for name in head_one:
+        assert head_two[name].allclose(head_one[name], atol=1e-5), name
+
+
+def test_embed_over_two_cpu_processes_equals_one_process(tmp_path):
+    from notellm.inference.embed import read_embeddings
+
+    notes = write_toy(tmp_path)["notes"]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+    embed = ["-m", "notellm.cli", "embed", str(notes), "--model", "zero-shot:tiny-qwen3", "--shard-size", "5", "--fp32"]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                    str(free_port()), *embed, "--out", str(tmp_path / "two")], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=300)
+    subprocess.run([sys.executable, *embed, "--out", str(tmp_path / "one")], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=300)
+    ids_two, two, _ = read_embeddings(tmp_path / "two")
+    ids_one, one, _ = read_embeddings(tmp_path / "one")
+    assert list(ids_two) == list(ids_one) and len(ids_one) == 32
+    assert sorted(p.name for p in (tmp_path / "two" / "shards").iterdir()) == [f"shard-{k:05d}.npz" for k in range(7)]
+    assert abs(two - one).max() < 1e-5
