@@ -19,7 +19,8 @@ def train(
     """Train NoteLLM: contrastive learning on co-occurring note pairs + hashtag/category generation.
 
     Runs again with the same output_dir resume from the last checkpoint. For several GPUs or machines:
-    `accelerate launch --config_file configs/accelerate/deepspeed_zero2.yaml -m notellm.cli train ...`.
+    `accelerate launch --config_file configs/accelerate/deepspeed_zero2.yaml -m notellm.cli train ...`;
+    several CPU processes: `torchrun --nproc_per_node 2 -m notellm.cli train ...`.
     """
     from notellm.config import load_config
     from notellm.training.notellm_trainer import NoteLLMTrainer, TrainConfig
