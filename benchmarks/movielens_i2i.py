@@ -2,7 +2,8 @@
 
 Stages (each cached under --out, so a killed run continues where it stopped):
   data      read_movielens -> pairs (window 20, 1/N_u, s >= 0.01, top 10) -> item split (rng 0, 20% new items)
-  methods   tfidf-word, tfidf-char, bm25, e5, zero-shot Gemma (before [EMB] / mean), NoteLLM (trained with
+  methods   tfidf-word, tfidf-char, bm25, e5, zero-shot Gemma (before [EMB] / mean), zero-shot-std (the state
+            before [EMB] z-scored with training-note statistics as NoteLLM does, no projection), NoteLLM (trained with
             `notellm train configs/notellm_movielens.yaml`), GCL-only ablation (objective=gcl)
 Every method is scored by notellm.evaluation.recall.evaluate_recall on the same test pairs and pool.
 
@@ -75,6 +76,28 @@ def embedding_report(model: str, paths: dict[str, Path], out: Path, name: str):
                            buckets=False, name=name, pool=test_items(paths))
 
 
+def standardized_zero_shot_report(paths: dict[str, Path], backbone: str):
+    """The untrained backbone with NoteLLM's per-feature standardisation (same 256 training notes, same prompt as
+    configs/notellm_movielens.yaml) and no projection: what training adds beyond centring the features."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    from notellm.evaluation.recall import evaluate_recall
+    from notellm.inference.embed import bf16_supported, embed_notes
+    from notellm.models.notellm import NoteLLMConfig, build_notellm
+    from notellm.training.notellm_trainer import NoteStore, standardizer_ids
+
+    settings = yaml.safe_load((ROOT / "configs" / "notellm_movielens.yaml").read_text())
+    model = build_notellm(NoteLLMConfig(**{**settings["model"], "backbone": backbone, "dim": 0})).eval()
+    pairs = pq.read_table(paths["train_pairs"])
+    store = NoteStore(str(paths["notes"]))
+    ids = set(pairs["note_a"].to_pylist()) | set(pairs["note_b"].to_pylist())
+    model.fit_standardizer([store[i] for i in standardizer_ids(ids, settings.get("seed", 0))])
+    bf16 = bf16_supported()
+    return evaluate_recall(paths["notes"], paths["test_pairs"], lambda notes: embed_notes(model, notes, bf16=bf16),
+                           ks=[10, 50, 100], buckets=False, name="zero-shot-std", pool=test_items(paths))
+
+
 def train(config: str, overrides: list[str]) -> None:
     cmd = [sys.executable, "-m", "notellm.cli", "train", config, *overrides]
     print("+", " ".join(cmd), flush=True)
@@ -106,6 +129,9 @@ def main() -> None:
                 name = f"{args.backbone} zero-shot ({pooling})"
                 results[name] = embedding_report(f"zero-shot:{args.backbone}@{pooling}", paths, out, name)
             continue
+        elif method == "zero-shot-std":
+            report = standardized_zero_shot_report(paths, args.backbone)
+            method = f"{args.backbone} zero-shot (before_emb, standardised)"
         elif method in ("notellm", "gcl"):
             run = out / method
             train("configs/notellm_movielens.yaml",
@@ -127,7 +153,8 @@ def main() -> None:
         print(f"| {name} | {rec[10]:.3f} | {rec[50]:.3f} | {rec[100]:.3f} |")
     summary = {name: {"recall": r.overall.recall, "stderr": r.overall.stderr, "pool": r.pool_size,
                       "queries": r.n_queries} for name, r in results.items()}
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    (out / "results.json").write_text(json.dumps({**previous, **summary}, indent=2))  # methods run earlier stay
 
 
 if __name__ == "__main__":

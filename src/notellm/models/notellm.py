@@ -150,10 +150,9 @@ class NoteLLM(nn.Module):
         return (hidden * upto[..., None]).sum(1) / upto.sum(1, keepdim=True)
 
     def embed_hidden(self, pooled: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.proj, nn.Linear):
-            pooled = pooled.to(self.proj.weight.dtype)
-            if self.config.standardize:
-                pooled = (pooled - self.feat_mean) / self.feat_std
+        pooled = pooled.to(self.proj.weight.dtype) if isinstance(self.proj, nn.Linear) else pooled.float()
+        if self.config.standardize:  # a no-op until fit_standardizer runs (mean 0, std 1)
+            pooled = (pooled - self.feat_mean.to(pooled.dtype)) / self.feat_std.to(pooled.dtype)
         return F.normalize(self.proj(pooled).float(), dim=-1)
 
     @torch.no_grad()

@@ -146,6 +146,13 @@ def assign_task(note: dict[str, Any], seed: int, epoch: int, slot: int, topic_ra
     return TASK_EMBED, None
 
 
+def standardizer_ids(note_ids: set[str], seed: int, n: int = 256) -> list[str]:
+    """The notes whose pooled states fit the standardizer: the first n of a fixed permutation of the training
+    notes (the same on every run and resume, and for the zero-shot baseline that uses the same statistics)."""
+    ids = sorted(note_ids)
+    return [ids[i] for i in np.random.default_rng([seed, 11]).permutation(len(ids))[:n]]
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 7]).permutation(n)
 
@@ -300,11 +307,9 @@ class NoteLLMTrainer:
                 model.lm.enable_input_require_grads()
         return model
 
-    def _standardizer_sample(self, n: int = 256) -> list[dict[str, Any]]:
-        """The first notes of a fixed permutation of the training notes (the same on every run and resume)."""
-        ids = sorted({i for item in self.items for i in ((item,) if isinstance(item, str) else item)})
-        order = np.random.default_rng([self.cfg.seed, 11]).permutation(len(ids))[:n]
-        return [self.store[ids[i]] for i in order]
+    def _standardizer_sample(self) -> list[dict[str, Any]]:
+        ids = {i for item in self.items for i in ((item,) if isinstance(item, str) else item)}
+        return [self.store[i] for i in standardizer_ids(ids, self.cfg.seed)]
 
     @property
     def world(self) -> int:
