@@ -113,7 +113,8 @@ class MultimodalTrainModule(TrainModule):
 
 
 def apply_multimodal_lora(model: NoteLLM2, settings: LoraSettings) -> None:
-    """LoRA on the LLM only (the tower trains in full or is frozen); [EMB] and [IMG_EMB] rows train."""
+    """LoRA on the LLM only (the tower trains in full or is frozen); the [EMB] and [IMG_EMB] input rows train
+    when `lora.train_emb_token` is set."""
     from peft import LoraConfig, get_peft_model
 
     kwargs: dict[str, Any] = {}

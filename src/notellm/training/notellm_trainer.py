@@ -43,7 +43,9 @@ class LoraSettings:
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
-    train_emb_token: bool = True  # the [EMB] input row trains (peft trainable_token_indices)
+    train_emb_token: bool = False  # train the [EMB] input row too (peft trainable_token_indices). Off by default:
+                                   # with before_emb pooling the row only feeds CSFT, and on tied-embedding models
+                                   # (Gemma) its gradient costs a full vocabulary x hidden matmul, +27% a step
     top_layers: int = 0           # adapters only in the last N decoder layers (0: all); backward stops there
 
 
