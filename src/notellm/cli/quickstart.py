@@ -98,7 +98,8 @@ def _train(root: Path, data: dict[str, Path], backbone: str, minutes: float, bat
         return model_dir
     cfg = TrainConfig(notes=str(data["notes"]), train_pairs=str(data["train_pairs"]), output_dir=str(root / "train"),
                       model=NoteLLMConfig(backbone=backbone), batch_pairs=batch_pairs, max_minutes=minutes,
-                      lr=1e-4, save_every=20, log_every=10, seed=seed)
+                      lr=1e-4, save_every=20, log_every=10, seed=seed,
+                      scheduler="constant_with_warmup", warmup_steps=5)  # the run ends by time, not by schedule
     console.print(f"[bold]training[/] LoRA for up to {minutes:g} min (resumes if interrupted)")
     NoteLLMTrainer(cfg).train()
     return model_dir

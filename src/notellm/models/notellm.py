@@ -209,7 +209,9 @@ class NoteLLM(nn.Module):
         out.mkdir(parents=True, exist_ok=True)
         is_peft = hasattr(self.lm, "peft_config")
         if is_peft:
-            self.lm.save_pretrained(out / "adapter")
+            # not the resized embedding matrix (vocabulary x hidden, ~650 MB for Gemma): loading adds [EMB] again
+            # with the same mean-initialised row; a trained [EMB] row is saved as peft trainable tokens
+            self.lm.save_pretrained(out / "adapter", save_embedding_layers=False)
         else:
             self.lm.save_pretrained(out / "backbone")
         self.tokenizer.save_pretrained(out / "tokenizer")

@@ -72,6 +72,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0   # clip the global gradient norm; a fresh head's first steps spike without
     warmup_ratio: float = 0.1
+    warmup_steps: int | None = None     # overrides warmup_ratio (time-capped runs: the ratio of a whole epoch is
+                                        # more steps than the run will take)
     scheduler: str = "cosine"
     batch_pairs: int = 16               # pairs per process per step (2x notes); csft: notes per step
     grad_accum: int = 1
@@ -391,7 +393,8 @@ class NoteLLMTrainer:
         torch.manual_seed(cfg.seed)
         total = self.total_steps()
         optimizer = self._optimizer()
-        scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total),
+        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * total)
+        scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=warmup,
                                   num_training_steps=total)
         # the scheduler is not prepared: accelerate would step it once per process, but our step count is global
         module, optimizer = acc.prepare(self.module, optimizer)
