@@ -110,6 +110,8 @@ def main() -> None:
     parser.add_argument("--methods", default="tfidf-word,tfidf-char,bm25,e5,zero-shot,notellm")
     parser.add_argument("--backbone", default="gemma-3-270m")
     parser.add_argument("--train-overrides", default="", help="extra key=value for notellm train, comma-separated")
+    parser.add_argument("--reference", default="NoteLLM GCL + CSFT",
+                        help="method whose paired Recall@K differences to every other stored method are printed")
     args = parser.parse_args()
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} is not present")
@@ -152,9 +154,34 @@ def main() -> None:
         rec = r.overall.recall
         print(f"| {name} | {rec[10]:.3f} | {rec[50]:.3f} | {rec[100]:.3f} |")
     summary = {name: {"recall": r.overall.recall, "stderr": r.overall.stderr, "pool": r.pool_size,
-                      "queries": r.n_queries} for name, r in results.items()}
+                      "queries": r.n_queries, "ranks": [q["rank"] for q in r.per_query]}
+               for name, r in results.items()}
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
-    (out / "results.json").write_text(json.dumps({**previous, **summary}, indent=2))  # methods run earlier stay
+    merged = {**previous, **summary}  # methods run earlier stay
+    (out / "results.json").write_text(json.dumps(merged, indent=2))
+    print_paired_differences(merged, args.reference)
+
+
+def print_paired_differences(results: dict, reference: str, ks=(10, 50, 100), draws: int = 10_000) -> None:
+    """Recall@K of `reference` minus each other method, with a 95% paired bootstrap interval over the queries
+    (every method answers the same queries in the same order, so per-query hits pair up)."""
+    import numpy as np
+
+    if reference not in results or "ranks" not in results[reference]:
+        return
+    ref = np.array(results[reference]["ranks"])
+    picks = np.random.default_rng(0).integers(0, len(ref), size=(draws, len(ref)))
+    print(f"\n{reference} minus each method, Recall@K [95% paired bootstrap, {draws:,} draws]:")
+    for name, other in results.items():
+        if name == reference or len(other.get("ranks", [])) != len(ref):
+            continue
+        theirs = np.array(other["ranks"])
+        cells = []
+        for k in ks:
+            diff = (ref < k).astype(float) - (theirs < k)  # ranks are 0-based: a hit at K is rank < K
+            boot = diff[picks].mean(axis=1)
+            cells.append(f"R@{k} {diff.mean():+.3f} [{np.percentile(boot, 2.5):+.3f}, {np.percentile(boot, 97.5):+.3f}]")
+        print(f"  vs {name}: " + "; ".join(cells))
 
 
 if __name__ == "__main__":
