@@ -75,8 +75,8 @@ class GenerativeContrastiveLoss(nn.Module):
 
     sim = cos(n_i, n_j) * exp(t), t learnable (initialised at 3.0, scale ~20), scale clamped at `max_scale`;
     the diagonal (a note against itself) is masked, and so are other copies of the same notes when `keys` (one
-    integer per note, interleaved like the rows) are given. Rows are interleaved (a0, b0, a1, b1, ...), so the loss over
-    all 2B rows is symmetric in a and b.
+    integer per note, in row order) are given. Rows are interleaved (a0, b0, a1, b1, ...), so the loss over all
+    2B rows is symmetric in a and b.
 
     With a process group, each process's rows are scored against the gathered global batch. The returned loss
     is this process's mean; averaging the gradients over processes (as DDP does) gives exactly the gradients of
