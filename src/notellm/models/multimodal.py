@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from notellm.errors import ConfigError, NotellmError
-from notellm.models.notellm import HEAD_FILE, MODEL_CARD, NoteLLM, NoteLLMConfig, _accepts_replace, load_card_lm, load_head
+from notellm.models.notellm import MODEL_CARD, NoteLLM, NoteLLMConfig, _accepts_replace, load_card_lm, load_head
 from notellm.models.prompts import (EMB_TOKEN, IMG_EMB_TOKEN, IMG_TOKEN, TASK_EMBED, NotePrompt, PromptConfig,
                                     build_prompt)
 

@@ -267,8 +267,6 @@ def load_card_lm(model_dir: Path, card: dict[str, Any], config: NoteLLMConfig, d
 
 def load_notellm(model_dir: str | Path, dtype: str = "float32", merge_lora: bool = True) -> NoteLLM:
     """Load a folder written by `NoteLLM.save` (or by `notellm train`)."""
-    from safetensors.torch import load_file
-
     from notellm.errors import NotellmError
 
     model_dir = Path(model_dir)

@@ -21,7 +21,7 @@ from notellm.models.multimodal import MultimodalSettings, NoteLLM2
 from notellm.models.prompts import TASK_EMBED
 from notellm.training.losses import GenerativeContrastiveLoss, NoteLLMLoss, distributed, gather_with_grad
 from notellm.training.notellm_trainer import (LoraSettings, NoteLLMTrainer, TrainConfig, TrainModule,
-                                              assign_task)
+                                              assign_task, item_notes)
 
 
 @dataclass
@@ -160,9 +160,7 @@ class MultimodalTrainer(NoteLLMTrainer):
     def collate(self, indices: list[int], epoch: int) -> dict[str, Any]:
         prompts = []
         for index in indices:
-            item = self.items[index]
-            ids = (item,) if isinstance(item, str) else item
-            for side, note_id in enumerate(ids):
+            for side, note_id in enumerate(item_notes(self.items[index])):
                 note = self.store[note_id]
                 if self.cfg.objective == "gcl":  # no generation target: the compression prompt, as at inference
                     task, removed = TASK_EMBED, None

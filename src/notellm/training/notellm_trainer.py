@@ -150,6 +150,11 @@ def assign_task(note: dict[str, Any], seed: int, epoch: int, slot: int, topic_ra
     return TASK_EMBED, None
 
 
+def item_notes(item: str | tuple[str, str]) -> tuple[str, ...]:
+    """The note ids of one training item: a pair (notellm, gcl) or a single note (csft)."""
+    return (item,) if isinstance(item, str) else tuple(item)
+
+
 def standardizer_ids(note_ids: set[str], seed: int, n: int = 256) -> list[str]:
     """The notes whose pooled states fit the standardizer: the first n of a fixed permutation of the training
     notes (the same on every run and resume, and for the zero-shot baseline that uses the same statistics)."""
@@ -312,7 +317,7 @@ class NoteLLMTrainer:
         return model
 
     def _standardizer_sample(self) -> list[dict[str, Any]]:
-        ids = {i for item in self.items for i in ((item,) if isinstance(item, str) else item)}
+        ids = {i for item in self.items for i in item_notes(item)}
         return [self.store[i] for i in standardizer_ids(ids, self.cfg.seed)]
 
     @property
@@ -354,9 +359,7 @@ class NoteLLMTrainer:
     def collate(self, indices: list[int], epoch: int) -> dict[str, torch.Tensor]:
         prompts: list[NotePrompt] = []
         for index in indices:
-            item = self.items[index]
-            ids = (item,) if isinstance(item, str) else item
-            for side, note_id in enumerate(ids):
+            for side, note_id in enumerate(item_notes(self.items[index])):
                 note = self.store[note_id]
                 task, removed = assign_task(note, self.cfg.seed, epoch, 2 * index + side, self.cfg.topic_rate)
                 prompts.append(build_prompt(note, task, self.cfg.model.prompt, removed_tag_index=removed))
@@ -367,8 +370,7 @@ class NoteLLMTrainer:
 
     def note_keys(self, indices: list[int]) -> torch.Tensor:
         """One integer per note of the batch, in row order: the loss masks other copies of a note."""
-        items = [self.items[i] for i in indices]
-        ids = [n for item in items for n in ((item,) if isinstance(item, str) else item)]
+        ids = [n for i in indices for n in item_notes(self.items[i])]
         return torch.tensor([self.store.keys[n] for n in ids], dtype=torch.long)
 
     # loop
