@@ -157,6 +157,9 @@ def test_left_padded_batched_generation_equals_one_by_one(tiny_backbone):
     single = [cs.generate_answers(model, tok, [p], 64, max_new_tokens=5)[0] for p in prompts]
     assert [a[0].token_ids for a in batched] == [a[0].token_ids for a in single]
     assert [a[0].logp for a in batched] == pytest.approx([a[0].logp for a in single], abs=1e-4)
+    # the head reads a contiguous input (strided F.linear is slow on CPU), the hook registered once
+    head = model.get_output_embeddings()
+    assert head._notellm_contiguous and len(head._forward_pre_hooks) == 1
 
 
 def test_sampled_answers_carry_their_reference_logprob(tiny_backbone):

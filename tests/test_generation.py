@@ -149,3 +149,13 @@ def test_lm_head_gets_a_contiguous_input(tiny_notellm):
     finally:
         handle.remove()
     assert seen == [True]
+
+
+def test_tag_strategy_follows_how_the_model_learned_hashtags():
+    from notellm.inference.generate import strategy_for_card
+
+    assert strategy_for_card(None) == "list"  # zero-shot: ask for n topics
+    assert strategy_for_card({"objective": "csft", "hashtag_target": "sample"}) == "list"
+    assert strategy_for_card({"objective": "notellm", "hashtag_target": "removed"}) == "beams"
+    assert strategy_for_card({"objective": "csft"}) == "beams"  # cards from before the option: removed
+    assert strategy_for_card({"objective": "gcl"}) == "list"  # never trained to generate

@@ -16,9 +16,21 @@ def test_chinese_category_prompt_matches_reference_template():
 
 
 def test_hashtag_task_removes_the_target_tag_from_the_input():
-    p = build_prompt(NOTE, "hashtag", removed_tag_index=1)
+    p = build_prompt(NOTE, "hashtag", tag_target=1)
     assert p.removed_tag == "夏日" and p.answer == "夏日。"
     assert '"话题":"穿搭，显瘦"' in p.prefix and p.prefix.endswith("生成笔记1个话题：")
+
+
+def test_paper_hashtag_task_asks_for_the_chosen_tags_of_an_input_without_tags():
+    p = build_prompt(NOTE, "hashtag", tag_target=(2, 0))
+    assert p.answer == "穿搭，显瘦。" and p.prefix.endswith("生成笔记2个话题：")
+    assert '"话题"' not in p.prefix
+    # the same prompt `notellm tag` builds for generation, up to the answer
+    assert p.prefix == build_prompt(NOTE, "hashtag", n_tags=2).prefix
+    en = build_prompt(NOTE, "hashtag", PromptConfig(language="en"), tag_target=(1,))
+    assert en.prefix.endswith("generate 1 topics of the note. " + en.prefix.split("of the note. ")[1].split(" The")[0]
+                              + ' The compression word is:"[EMB]". The 1 topics are:')
+    assert en.answer == " 夏日." and "'topic'" not in en.prefix and '"topic"' not in en.prefix
 
 
 def test_truncation_lengths_are_configuration():
@@ -40,7 +52,7 @@ def test_english_template_follows_the_paper():
 def test_category_task_never_sees_the_category_in_its_input():
     cfg = PromptConfig(include_category_in_input=True)
     assert '"类目"' not in build_prompt(NOTE, "category", cfg).prefix
-    assert '"类目":"时尚，穿搭，女装"' in build_prompt(NOTE, "hashtag", cfg, removed_tag_index=0).prefix
+    assert '"类目":"时尚，穿搭，女装"' in build_prompt(NOTE, "hashtag", cfg, tag_target=0).prefix
 
 
 def test_parse_answer_list():

@@ -109,3 +109,20 @@ def test_pairs_naming_unknown_notes_are_a_clear_error(tmp_path):
     cfg.train_pairs = str(tmp_path / "bad.parquet")
     with pytest.raises(DataError, match=r"row 2.*note_a.*'nope'|'nope'.*row 2"):
         NoteLLMTrainer(cfg)
+
+
+def test_sampled_hashtag_targets_are_subsets_in_order_and_resampled_each_epoch():
+    from notellm.training.notellm_trainer import assign_task
+
+    note = {"hashtags": ["a", "b", "c", "d", "e"], "category": ["x"]}
+    draws = [assign_task(note, 0, epoch, slot, 1.0, "sample") for epoch in range(3) for slot in range(40)]
+    assert all(task == "hashtag" for task, _ in draws)
+    targets = [t for _, t in draws]
+    assert all(t == tuple(sorted(set(t))) and 1 <= len(t) <= 5 and set(t) <= set(range(5)) for t in targets)
+    # j is uniform over 1..5: every size occurs among 120 draws, and the mean size is near 3
+    assert {len(t) for t in targets} == {1, 2, 3, 4, 5}
+    assert 2.6 < sum(map(len, targets)) / len(targets) < 3.4
+    assert [assign_task(note, 0, 0, s, 1.0, "sample") for s in range(5)] == draws[:5]  # same on resume
+    assert targets[:40] != targets[40:80]  # another epoch, other targets
+    assert assign_task(note, 0, 0, 0, 1.0, "removed")[1] in range(5)
+    assert assign_task(note, 0, 0, 0, 0.0, "sample") == ("category", None)

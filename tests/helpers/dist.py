@@ -32,7 +32,7 @@ def prompts(first_pair: int, n_pairs: int):
     out = []
     for k in range(first_pair, first_pair + n_pairs):
         a, b = notes[2 * k], notes[2 * k + 1]
-        out += [build_prompt(a, "category"), build_prompt(b, "hashtag", removed_tag_index=k)]
+        out += [build_prompt(a, "category"), build_prompt(b, "hashtag", tag_target=k)]
     return out
 
 

@@ -25,8 +25,9 @@ def tag(
                                                  "trie), or freely"),
     categories: Optional[str] = typer.Option(None, help="the category set: a Note table or a JSON list of paths "
                                                         "(default: the model's training notes, else --train-notes)"),
-    tag_strategy: str = typer.Option("list", help="list: ask for n topics in one answer; beams: ask for one topic "
-                                                  "and keep the first topic of each of 2n beams (the form CSFT trains)"),
+    tag_strategy: str = typer.Option("auto", help="list: ask for n topics in one answer; beams: ask for one topic "
+                                                  "and keep the first topic of each of 2n beams; auto: the form the "
+                                                  "model trained on (its hashtag_target), list when zero-shot"),
     train_notes: Optional[str] = typer.Option(None, help="training Note table (knn baseline; default category set)"),
     k: int = typer.Option(10, help="knn: neighbours voting"),
     levels: int = typer.Option(2, help="knn: category levels predicted (LLMs use their prompt's category_levels)"),
@@ -71,8 +72,11 @@ def _llm(model: str, n_tags: int, beams: int, constrain: bool, categories: str |
          train_notes: str | None, repetition_penalty: float, max_new_tokens: int, batch_size: int,
          bf16: bool | None):
     from notellm.inference.embed import bf16_supported
-    from notellm.inference.generate import GenerationSettings, NoteGenerator, load_generation_model
+    from notellm.inference.generate import (GenerationSettings, NoteGenerator, load_generation_model,
+                                            strategy_for_card)
 
+    if tag_strategy == "auto":
+        tag_strategy = strategy_for_card(_card(model))
     settings = GenerationSettings(n_tags=n_tags, num_beams=beams, tag_strategy=tag_strategy,
                                   constrain_category=constrain, repetition_penalty=repetition_penalty,
                                   max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -83,19 +87,23 @@ def _llm(model: str, n_tags: int, beams: int, constrain: bool, categories: str |
     return generator, generator.describe()
 
 
-def _category_levels(model: str) -> int:
-    """The category levels the model's prompt generates (its model card; the prompt default for zero-shot)."""
+def _card(model: str) -> dict | None:
+    """A trained model's card (notellm.json); None for zero-shot:<backbone> and plain backbones."""
     import json
     from pathlib import Path
 
     from notellm.models.notellm import MODEL_CARD
-    from notellm.models.prompts import PromptConfig
 
     card = Path(model) / MODEL_CARD
-    if card.exists():
-        prompt = json.loads(card.read_text(encoding="utf-8")).get("config", {}).get("prompt", {})
-        return int(prompt.get("category_levels", PromptConfig().category_levels))
-    return PromptConfig().category_levels
+    return json.loads(card.read_text(encoding="utf-8")) if card.exists() else None
+
+
+def _category_levels(model: str) -> int:
+    """The category levels the model's prompt generates (its model card; the prompt default for zero-shot)."""
+    from notellm.models.prompts import PromptConfig
+
+    prompt = (_card(model) or {}).get("config", {}).get("prompt", {})
+    return int(prompt.get("category_levels", PromptConfig().category_levels))
 
 
 def _category_set(model: str, categories: str | None, train_notes: str | None, levels: int, required: bool):

@@ -1,10 +1,11 @@
 """Hashtag and category generation for notes, with a NoteLLM (trained with CSFT, or zero-shot) or any causal LM.
 
 Each note gets two generations from its Note Compression Prompt (the tags are never in the input):
-- hashtags: `tag_strategy="list"` asks for `n` topics in one answer ("生成笔记3个话题：") and splits it;
-  `tag_strategy="beams"` asks for one topic ("生成笔记1个话题：", the only form CSFT trains: one removed tag is
-  the target) and keeps the first topic of each of the best beams, so n distinct tags come from a model that
-  only ever learned to name one;
+- hashtags: `tag_strategy="list"` asks for `n` topics in one answer ("生成笔记3个话题：") and splits it (the
+  form CSFT trains with `hashtag_target: sample`, the paper's template); `tag_strategy="beams"` asks for one
+  topic ("生成笔记1个话题：", the form of `hashtag_target: removed`, the reference code: one removed tag is the
+  target) and keeps the first topic of each of the best beams, so n distinct tags come from a model that only
+  ever learned to name one; `strategy_for_card` picks the form a model was trained on;
 - category: constrained to a known category set (`CategoryTrie`: a prefix trie over the tokenised answers,
   used as `prefix_allowed_tokens_fn`; every output is a member of the set, so the ill-formed rate is 0 by
   construction) or free (then parsed, and possibly outside the set).
@@ -29,6 +30,7 @@ import pyarrow as pa
 
 from notellm.data.text import clean_text, normalize_tag
 from notellm.errors import NotellmError
+from notellm.models.backbone import contiguous_head_input
 from notellm.models.prompts import TASK_CATEGORY, TASK_HASHTAG, PromptConfig, build_prompt, parse_answer_list
 
 TAG_STRATEGIES = ("list", "beams")
@@ -44,6 +46,14 @@ GENERATION_SCHEMA = pa.schema(
 )
 
 OnBatch = Callable[[int], None]
+
+
+def strategy_for_card(card: dict[str, Any] | None) -> str:
+    """The tag strategy matching how a model learned hashtags: "beams" after the reference code's one-removed-tag
+    target, "list" after the paper's j-topics target and for untrained (zero-shot) models."""
+    if card is None or card.get("objective") == "gcl":
+        return "list"
+    return "list" if card.get("hashtag_target", "removed") == "sample" else "beams"
 
 
 @dataclass
@@ -136,7 +146,7 @@ class NoteGenerator:
         self.tokenizer = model.tokenizer
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        _contiguous_head_input(model.lm)
+        contiguous_head_input(model.lm)
         self.categories = [tuple(p) for p in categories] if categories else []
         self._answers = {category_answer(p, self.prompt).strip(): p for p in self.categories}
         self.trie = None
@@ -268,18 +278,6 @@ class NoteGenerator:
                     seen.add(key)
                     tags.append(tag.strip().strip("#"))
         return tags[: self.settings.n_tags]
-
-
-def _contiguous_head_input(lm) -> None:
-    """Hand the LM head a contiguous input. Generation feeds it `hidden[:, -1:]`, a strided view; with bf16
-    weights that do not require grad (a merged LoRA model) torch 2.13's CPU linear then takes a slow path:
-    66 s instead of 0.15 s for Gemma's 262k x 640 head on 8 rows. Registered once per model."""
-    head = lm.get_output_embeddings()
-    if head is None or getattr(head, "_notellm_contiguous", False):
-        return
-    head.register_forward_pre_hook(lambda _module, args: tuple(
-        a.contiguous() if hasattr(a, "contiguous") else a for a in args))
-    head._notellm_contiguous = True
 
 
 class _StopAfter:

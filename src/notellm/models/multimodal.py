@@ -114,7 +114,7 @@ def note_images(note: dict[str, Any], settings: MultimodalSettings) -> list[str]
 
 
 def build_multimodal_prompt(note: dict[str, Any], task: str = TASK_EMBED, cfg: PromptConfig | None = None,
-                            settings: MultimodalSettings | None = None, removed_tag_index: int | None = None,
+                            settings: MultimodalSettings | None = None, tag_target: int | tuple[int, ...] | None = None,
                             image_paths: Sequence[str] | None = None) -> NotePrompt:
     """The NoteLLM-2 prompt for one note (see the module doc). `image_paths` overrides the note's images (used
     when some turned out unreadable). `extras` keeps what is needed to rebuild the prompt."""
@@ -122,9 +122,9 @@ def build_multimodal_prompt(note: dict[str, Any], task: str = TASK_EMBED, cfg: P
     settings = settings or MultimodalSettings()
     note = _sanitise(note)
     paths = list(image_paths) if image_paths is not None else note_images(note, settings)
-    text = build_prompt(note, task, cfg, removed_tag_index=removed_tag_index)
+    text = build_prompt(note, task, cfg, tag_target=tag_target)
     extras = {"note": note, "note_id": str(note.get("note_id")), "task": task,
-              "removed_tag_index": removed_tag_index, "images": paths}
+              "tag_target": tag_target, "images": paths}
     if not paths:
         return NotePrompt(text.prefix, text.answer, task, text.removed_tag, extras)
     blocks = IMG_TOKEN * len(paths)
@@ -384,8 +384,8 @@ class NoteLLM2(NoteLLM):
     def prompts_for(self, notes: Sequence[dict[str, Any]], task: str = TASK_EMBED) -> list[NotePrompt]:
         return [build_multimodal_prompt(n, task, self.config.prompt, self.settings) for n in notes]
 
-    def prompt_for(self, note: dict[str, Any], task: str, removed_tag_index: int | None = None) -> NotePrompt:
-        return build_multimodal_prompt(note, task, self.config.prompt, self.settings, removed_tag_index)
+    def prompt_for(self, note: dict[str, Any], task: str, tag_target: int | tuple[int, ...] | None = None) -> NotePrompt:
+        return build_multimodal_prompt(note, task, self.config.prompt, self.settings, tag_target)
 
     def tokenize(self, prompts: Sequence[NotePrompt], with_answers: bool = True) -> tuple[list, list]:
         rows, labels = [], []
@@ -442,7 +442,7 @@ class NoteLLM2(NoteLLM):
                 continue
             x = row.prompt.extras
             prompt = build_multimodal_prompt(x["note"], x["task"], self.config.prompt, self.settings,
-                                             x["removed_tag_index"], image_paths=readable)
+                                             x["tag_target"], image_paths=readable)
             rows[i], labels[i] = self._tokenize_one(prompt, row.with_answers)
         return rows, labels, [images for _, images in results]
 

@@ -101,15 +101,18 @@ def build_prompt(
     note: dict[str, Any],
     task: str = TASK_EMBED,
     cfg: PromptConfig | None = None,
-    removed_tag_index: int | None = None,
+    tag_target: int | tuple[int, ...] | None = None,
     n_tags: int | None = None,
 ) -> NotePrompt:
     """The NCP for one note (a Note-table row as a dict).
 
     - TASK_EMBED: compression only.
     - TASK_CATEGORY: the answer is the first `category_levels` category levels.
-    - TASK_HASHTAG: with `removed_tag_index`, that tag is removed from the input and is the answer (training,
-      as the reference code); without it the input carries no tags and the answer is all tags (generation).
+    - TASK_HASHTAG, by `tag_target`:
+      - an int k (training, as the reference code): tag k is removed from the input and is the answer;
+      - a tuple of indices (training, as the paper's template): the input carries no tags and the answer is
+        those tags, in the note's order, asked for as "<j> topics";
+      - None (generation): the input carries no tags and the answer is all of them.
     """
     cfg = cfg or PromptConfig()
     title, content = strip_special(note.get("title")), strip_special(note.get("content"))
@@ -119,10 +122,12 @@ def build_prompt(
     input_tags = tags
     answer_tags: list[str] = []
     if task == TASK_HASHTAG:
-        if removed_tag_index is not None and tags:
-            removed = tags[removed_tag_index % len(tags)]
+        if isinstance(tag_target, int) and tags:
+            removed = tags[tag_target % len(tags)]
             input_tags = [t for t in tags if t != removed]
             answer_tags = [removed]
+        elif isinstance(tag_target, tuple):
+            input_tags, answer_tags = [], [tags[i] for i in sorted(set(tag_target))]
         else:
             input_tags, answer_tags = [], tags
     body = _json_note(cfg, title, input_tags, content, [] if task == TASK_CATEGORY else category)

@@ -18,7 +18,6 @@ names, normalisation statistics of target and features, training summary).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,9 @@ from torch import nn
 
 from notellm.errors import NotellmError
 from notellm.io import atomic_path, read_json, write_json
+from notellm.models.lora import DEFAULT_TARGET_MODULES, add_lora
 
 META_FILE = "popularity_model.json"
-DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @dataclass
@@ -67,15 +66,6 @@ def decoder_of(causal_lm: nn.Module) -> nn.Module:
     if hasattr(causal_lm, "get_decoder"):
         return causal_lm.get_decoder()
     raise NotellmError(f"cannot find the decoder of {type(causal_lm).__name__}")
-
-
-def _num_layers(decoder: nn.Module) -> int:
-    if getattr(decoder, "layers", None) is None and hasattr(decoder, "get_decoder"):
-        decoder = decoder.get_decoder()  # a full causal LM: count its decoder's layers
-    layers = getattr(decoder, "layers", None)
-    if layers is None:
-        raise NotellmError(f"cannot find the decoder layers of {type(decoder).__name__}")
-    return len(layers)
 
 
 class NoteRegressor(nn.Module):
@@ -116,25 +106,11 @@ class NoteRegressor(nn.Module):
         return (score, pooled) if return_pooled else score
 
 
-def lora_target_regex(decoder: nn.Module, spec: LoraSpec) -> str:
-    """A peft target pattern: the named projections, in every layer or only in the top `top_layers`."""
-    n = _num_layers(decoder)
-    if not 0 <= spec.top_layers <= n:
-        raise NotellmError(f"lora top_layers must be in 0..{n} for this backbone, got {spec.top_layers}")
-    layers = range(n - spec.top_layers, n) if spec.top_layers else range(n)
-    names = "|".join(re.escape(m) for m in spec.target_modules)
-    return rf"(.*\.)?layers\.({'|'.join(str(i) for i in layers)})\.(.*\.)?({names})"
-
-
 def apply_lora(model: NoteRegressor, spec: LoraSpec) -> NoteRegressor:
     """Wrap the decoder with LoRA adapters; freeze everything else but the head."""
-    from peft import LoraConfig, get_peft_model
-
     for p in model.decoder.parameters():
         p.requires_grad_(False)
-    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                        target_modules=lora_target_regex(model.decoder, spec))
-    model.decoder = get_peft_model(model.decoder, config)
+    model.decoder = add_lora(model.decoder, spec.r, spec.alpha, spec.dropout, spec.target_modules, spec.top_layers)
     for p in model.head.parameters():
         p.requires_grad_(True)
     return model

@@ -38,6 +38,8 @@ from notellm.data.coldstart import (
 )
 from notellm.errors import ConfigError, DataError, NotellmError
 from notellm.io import read_json, write_json, write_parquet
+from notellm.models.backbone import contiguous_head_input
+from notellm.models.lora import add_lora, decoder_layers
 
 Log = Callable[[str], None]
 META_FILE = "notellm_coldstart.json"
@@ -322,32 +324,17 @@ def sequence_logprobs(model, batch: dict[str, Any], autocast: str | None = None)
 
 
 # ------------------------------------------------------------------------------------------------ models
-def _decoder_layers(model):
-    base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    layers = getattr(base, "layers", None)
-    if layers is None:
-        raise NotellmError(f"cannot find the decoder layers of {type(model).__name__} for the Freeze method")
-    return layers
-
-
 def make_trainable(model, mcfg: ModelConfig):
     """Apply LoRA or Freeze to a freshly loaded backbone; return the model to train."""
     if mcfg.method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        layers = None
-        if mcfg.lora.last_n_layers:
-            n_layers = len(_decoder_layers(model))
-            if not 1 <= mcfg.lora.last_n_layers <= n_layers:
-                raise ConfigError(f"model.lora.last_n_layers must be in 1..{n_layers}, got {mcfg.lora.last_n_layers}")
-            layers = list(range(n_layers - mcfg.lora.last_n_layers, n_layers))
-        lora = LoraConfig(
-            r=mcfg.lora.r, lora_alpha=mcfg.lora.alpha, lora_dropout=mcfg.lora.dropout,
-            target_modules=list(mcfg.lora.target_modules), layers_to_transform=layers, task_type="CAUSAL_LM",
-        )
-        return get_peft_model(model, lora)
+        n_layers = len(decoder_layers(model))
+        top = mcfg.lora.last_n_layers or 0
+        if not 0 <= top <= n_layers:
+            raise ConfigError(f"model.lora.last_n_layers must be in 1..{n_layers}, got {top}")
+        return add_lora(model, mcfg.lora.r, mcfg.lora.alpha, mcfg.lora.dropout, mcfg.lora.target_modules, top,
+                        task_type="CAUSAL_LM")
     if mcfg.method == "freeze":
-        layers = _decoder_layers(model)
+        layers = decoder_layers(model)
         if not 1 <= mcfg.freeze_last_n <= len(layers):
             raise ConfigError(f"model.freeze_last_n must be in 1..{len(layers)}, got {mcfg.freeze_last_n}")
         for p in model.parameters():
@@ -515,6 +502,7 @@ def generate_answers(
     import torch
 
     model.eval()
+    contiguous_head_input(model)
     items = prompt_items(tokenizer, prompts, max_length, max_new_tokens)
     answers: list[list[Sample]] = []
     for start in range(0, len(items), batch_size):

@@ -18,6 +18,7 @@ import torch
 
 from notellm.errors import ConfigError
 from notellm.models.multimodal import MultimodalSettings, NoteLLM2
+from notellm.models.lora import adapters_in_float32, add_lora
 from notellm.models.prompts import TASK_EMBED
 from notellm.training.losses import GenerativeContrastiveLoss, NoteLLMLoss, distributed, gather_with_grad
 from notellm.training.notellm_trainer import (LoraSettings, NoteLLMTrainer, TrainConfig, TrainModule,
@@ -115,14 +116,9 @@ class MultimodalTrainModule(TrainModule):
 def apply_multimodal_lora(model: NoteLLM2, settings: LoraSettings) -> None:
     """LoRA on the LLM only (the tower trains in full or is frozen); the [EMB] and [IMG_EMB] input rows train
     when `lora.train_emb_token` is set."""
-    from peft import LoraConfig, get_peft_model
-
-    kwargs: dict[str, Any] = {}
-    if settings.train_emb_token:
-        kwargs["trainable_token_indices"] = [model.emb_token_id, model.img_emb_token_id]
-    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=settings.target_modules, task_type="CAUSAL_LM", **kwargs)
-    model.lm = get_peft_model(model.lm, config)
+    tokens = [model.emb_token_id, model.img_emb_token_id] if settings.train_emb_token else None
+    model.lm = add_lora(model.lm, settings.r, settings.alpha, settings.dropout, settings.target_modules,
+                        settings.top_layers, task_type="CAUSAL_LM", trainable_token_indices=tokens)
 
 
 # ---- the trainer -----------------------------------------------------------------------------------------
@@ -148,9 +144,7 @@ class MultimodalTrainer(NoteLLMTrainer):
         model.proj.float()
         if cfg.lora.enabled:
             apply_multimodal_lora(model, cfg.lora)
-            for p in model.lm.parameters():
-                if p.requires_grad:
-                    p.data = p.data.float()
+            adapters_in_float32(model.lm, under_autocast=dtype == "bfloat16")
         if cfg.gradient_checkpointing:
             model.lm.gradient_checkpointing_enable()
             if cfg.lora.enabled:
@@ -163,10 +157,11 @@ class MultimodalTrainer(NoteLLMTrainer):
             for side, note_id in enumerate(item_notes(self.items[index])):
                 note = self.store[note_id]
                 if self.cfg.objective == "gcl":  # no generation target: the compression prompt, as at inference
-                    task, removed = TASK_EMBED, None
+                    task, target = TASK_EMBED, None
                 else:
-                    task, removed = assign_task(note, self.cfg.seed, epoch, 2 * index + side, self.cfg.topic_rate)
-                prompts.append(self.model.prompt_for(note, task, removed))
+                    task, target = assign_task(note, self.cfg.seed, epoch, 2 * index + side, self.cfg.topic_rate,
+                                               self.cfg.hashtag_target)
+                prompts.append(self.model.prompt_for(note, task, target))
         batch = self.model.encode_prompts(prompts, with_answers=self.cfg.objective != "gcl")
         batch["note_keys"] = self.note_keys(indices)
         return batch

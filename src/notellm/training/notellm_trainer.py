@@ -28,10 +28,12 @@ from torch import nn
 
 from notellm.errors import DataError
 from notellm.models.notellm import NoteLLM, NoteLLMConfig
+from notellm.models.lora import adapters_in_float32, add_lora
 from notellm.models.prompts import TASK_CATEGORY, TASK_EMBED, TASK_HASHTAG, NotePrompt, build_prompt
 from notellm.training.losses import NoteLLMLoss
 
 OBJECTIVES = ("notellm", "gcl", "csft")
+HASHTAG_TARGETS = ("removed", "sample")
 
 
 @dataclass
@@ -59,6 +61,8 @@ class TrainConfig:
     objective: str = "notellm"          # notellm = GCL + CSFT | gcl | csft (generation only)
     gen_weight: float = 0.01            # a in L = (L_cl + a L_gen) / (1 + a)
     topic_rate: float = 0.4             # share of notes given the hashtag task (the rest: category)
+    hashtag_target: str = "removed"     # removed: one tag taken out of the input is the answer (reference code)
+                                        # sample: j random tags are, the input has none (paper; `notellm tag`)
     init_log_scale: float = 3.0
     max_scale: float = 100.0
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -97,6 +101,8 @@ class TrainConfig:
             self.lora = LoraSettings(**self.lora)
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got '{self.objective}'")
+        if self.hashtag_target not in HASHTAG_TARGETS:
+            raise ValueError(f"hashtag_target must be one of {HASHTAG_TARGETS}, got '{self.hashtag_target}'")
 
 
 # ---- data ------------------------------------------------------------------------------------------------
@@ -137,13 +143,20 @@ def read_pairs(path: str, store: NoteStore) -> list[tuple[str, str]]:
     return list(zip(a, b))
 
 
-def assign_task(note: dict[str, Any], seed: int, epoch: int, slot: int, topic_rate: float) -> tuple[str, int | None]:
-    """Task for one note occurrence: hashtag (one tag removed becomes the target) with probability topic_rate,
-    else category. Drawn from (seed, epoch, slot), so it is resampled every epoch and identical on resume."""
+def assign_task(note: dict[str, Any], seed: int, epoch: int, slot: int, topic_rate: float,
+                hashtag_target: str = "removed") -> tuple[str, int | tuple[int, ...] | None]:
+    """Task for one note occurrence and its hashtag target (build_prompt's `tag_target`): the hashtag task with
+    probability topic_rate, else the category task. Drawn from (seed, epoch, slot), so it is resampled every
+    epoch and identical on resume. hashtag_target "removed": one tag removed from the input is the answer
+    (reference code); "sample": j of the note's tags, j uniform in 1..all, are the answer and the input has
+    none (the paper's template, and what `notellm tag` asks)."""
     rng = np.random.default_rng([seed, epoch, slot])
     tags, category = note.get("hashtags") or [], note.get("category") or []
     wants_tags = rng.random() < topic_rate
     if tags and (wants_tags or not category):
+        if hashtag_target == "sample":
+            j = int(rng.integers(1, len(tags) + 1))
+            return TASK_HASHTAG, tuple(sorted(int(i) for i in rng.choice(len(tags), j, replace=False)))
         return TASK_HASHTAG, int(rng.integers(len(tags)))
     if category:
         return TASK_CATEGORY, None
@@ -185,17 +198,9 @@ class TrainModule(nn.Module):
 
 
 def apply_lora(model: NoteLLM, settings: LoraSettings) -> None:
-    from peft import LoraConfig, get_peft_model
-
-    from notellm.models.regression import lora_target_regex
-
-    kwargs: dict[str, Any] = {}
-    if settings.train_emb_token:
-        kwargs["trainable_token_indices"] = [model.emb_token_id]
-    targets = lora_target_regex(model.lm, settings) if settings.top_layers else settings.target_modules
-    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=targets, task_type="CAUSAL_LM", **kwargs)
-    model.lm = get_peft_model(model.lm, config)
+    tokens = [model.emb_token_id] if settings.train_emb_token else None
+    model.lm = add_lora(model.lm, settings.r, settings.alpha, settings.dropout, settings.target_modules,
+                        settings.top_layers, task_type="CAUSAL_LM", trainable_token_indices=tokens)
 
 
 def launched_on_cpus() -> bool:
@@ -307,9 +312,7 @@ class NoteLLMTrainer:
             model.fit_standardizer(self._standardizer_sample())
         if self.cfg.lora.enabled:
             apply_lora(model, self.cfg.lora)
-            for p in model.lm.parameters():
-                if p.requires_grad:
-                    p.data = p.data.float()
+            adapters_in_float32(model.lm, under_autocast=dtype == "bfloat16")
         if self.cfg.gradient_checkpointing:
             model.lm.gradient_checkpointing_enable()
             if self.cfg.lora.enabled:
@@ -361,8 +364,9 @@ class NoteLLMTrainer:
         for index in indices:
             for side, note_id in enumerate(item_notes(self.items[index])):
                 note = self.store[note_id]
-                task, removed = assign_task(note, self.cfg.seed, epoch, 2 * index + side, self.cfg.topic_rate)
-                prompts.append(build_prompt(note, task, self.cfg.model.prompt, removed_tag_index=removed))
+                task, target = assign_task(note, self.cfg.seed, epoch, 2 * index + side, self.cfg.topic_rate,
+                                           self.cfg.hashtag_target)
+                prompts.append(build_prompt(note, task, self.cfg.model.prompt, tag_target=target))
         batch = self.model.encode_prompts(prompts, with_answers=self.cfg.objective != "gcl")
         if self.cfg.objective != "csft":
             batch["note_keys"] = self.note_keys(indices)
@@ -522,7 +526,8 @@ class NoteLLMTrainer:
             summary["validation"] = self.validate()
         if acc.is_main_process:
             self.model.save(self.out / "model", extra={"backbone_seed": self.cfg.seed, "train": summary,
-                                                       "objective": self.cfg.objective})
+                                                       "objective": self.cfg.objective,
+                                                       "hashtag_target": self.cfg.hashtag_target})
             self._log({"event": "saved", "model": str(self.out / "model"), **summary})
         acc.wait_for_everyone()
         return summary

@@ -1,0 +1,59 @@
+"""The shared LoRA wrapper: where adapters go, and FastDropout against torch's dropout."""
+
+import pytest
+import torch
+from torch import nn
+
+from notellm.models.backbone import load_backbone
+from notellm.models.lora import FastDropout, add_lora, lora_target_regex
+
+
+def test_fast_dropout_drops_the_asked_share_and_rescales_the_rest():
+    torch.manual_seed(0)
+    x = torch.rand(1000, 1000) + 1.0  # no zeros of its own
+    y = FastDropout(0.05).train()(x)
+    dropped = y == 0
+    # binomial std of the share over 1e6 draws is 2.2e-4: 5 sigma
+    assert dropped.float().mean().item() == pytest.approx(0.05, abs=1.1e-3)
+    assert torch.allclose(y[~dropped], x[~dropped] / 0.95)
+    assert y.mean().item() == pytest.approx(x.mean().item(), rel=2e-3)
+    # rows and columns are not correlated: each row's share is binomial(1000, .05), std .0069
+    assert dropped.float().mean(dim=1).std().item() == pytest.approx(0.0069, rel=0.1)
+
+
+def test_fast_dropout_gradient_is_the_mask_times_the_scale():
+    x = torch.randn(4, 7, 33, requires_grad=True)
+    torch.manual_seed(1)
+    y = FastDropout(0.3).train()(x)
+    y.sum().backward()
+    expected = (y.detach() != 0).float() / 0.7
+    assert torch.allclose(x.grad, expected)
+
+
+def test_fast_dropout_is_identity_in_eval_and_at_p0_and_follows_the_seed():
+    x = torch.randn(3, 5)
+    assert torch.equal(FastDropout(0.5).eval()(x), x)
+    assert torch.equal(FastDropout(0.0).train()(x), x)
+    drop = FastDropout(0.5).train()
+    torch.manual_seed(7)
+    first = drop(x)
+    torch.manual_seed(7)
+    assert torch.equal(drop(x), first)
+    assert not torch.equal(drop(x), first)
+
+
+def test_add_lora_puts_fast_dropout_adapters_only_in_the_top_layers():
+    lm, _ = load_backbone("tiny-qwen3")
+    n_layers = len(lm.model.layers)
+    peft_model = add_lora(lm, r=4, alpha=8, dropout=0.1, target_modules=["q_proj", "down_proj"], top_layers=1,
+                          task_type="CAUSAL_LM")
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert len(trainable) == 4 and all(f".layers.{n_layers - 1}." in n for n in trainable)  # 2 modules x A, B
+    dropouts = [m for m in peft_model.modules() if isinstance(m, nn.Dropout) and m.p == 0.1]
+    assert len(dropouts) == 2 and all(isinstance(m, FastDropout) for m in dropouts)
+
+
+def test_lora_target_regex_rejects_more_layers_than_the_backbone_has():
+    lm, _ = load_backbone("tiny-qwen3")
+    with pytest.raises(Exception, match="top_layers must be in 0..2"):
+        lora_target_regex(lm, ["q_proj"], 3)
