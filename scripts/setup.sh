@@ -12,5 +12,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # torch first: 2.13.0 resolves to the CPU build shipped on this machine's wheel mirror (never a CUDA build).
   .venv/bin/python -m pip install --quiet "torch==2.13.0"
   .venv/bin/python -m pip install --quiet -e ".[dev,baselines,align,spark]"
+  # DeepSpeed (ZeRO-2/3 configs; tests run them on CPU processes): its build imports torch, so no build isolation
+  # (an isolated build would fetch another torch). Optional: its tests skip without it.
+  .venv/bin/python -m pip install --quiet "setuptools>=64" \
+    && .venv/bin/python -m pip install --quiet --no-build-isolation "deepspeed==0.19.8" \
+    || echo "note: deepspeed did not install; the DeepSpeed tests will skip"
   touch "$stamp"
 fi

@@ -1,6 +1,7 @@
-"""`notellm train` launched as 2 CPU processes (torchrun, gloo) trains exactly like one process over the same
-global batch: the same logged losses and the same weights after the steps. (`accelerate launch` starts CPU jobs
-through mpirun only; torchrun is the way on machines without GPUs, and what accelerate uses on GPUs.)"""
+"""`notellm train` launched as 2 CPU processes trains exactly like one process over the same global batch: the
+same logged losses and the same weights after the steps. Plain data parallel runs under torchrun (gloo):
+`accelerate launch` starts plain CPU jobs through mpirun only. DeepSpeed ZeRO-2/3 run under `accelerate launch`
+with the shipped configs, on DeepSpeed's CPU accelerator (gloo), when deepspeed is installed."""
 
 import json
 import socket
@@ -58,6 +59,32 @@ def test_two_cpu_processes_equal_one_process(tmp_path):
     head_one = load_file(str(one / "model" / "head.safetensors"))
     for name in head_one:
         assert head_two[name].allclose(head_one[name], atol=1e-5), name
+
+
+@pytest.mark.parametrize("zero", ["deepspeed_zero2", "deepspeed_zero3"])
+def test_deepspeed_configs_on_two_cpu_processes_equal_one_process(tmp_path, zero):
+    pytest.importorskip("deepspeed")
+    two, one = tmp_path / "two", tmp_path / "one"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(ROOT / "configs" / "accelerate" / f"{zero}.yaml"), "--num_processes", "2", "--mixed_precision", "no",
+              "--main_process_port", str(free_port()),
+              "-m", "notellm.cli", "train", str(train_config(tmp_path, two, batch_pairs=2))]
+    env = {"OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(Path.home())}
+    done = subprocess.run(launch, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    subprocess.run([sys.executable, "-m", "notellm.cli", "train", str(train_config(tmp_path, one, batch_pairs=4))],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+
+    two_losses, one_losses = logged_losses(two), logged_losses(one)
+    assert sorted(two_losses) == [1, 2]  # one log: the processes trained together, not each alone
+    for step in (1, 2):
+        assert two_losses[step] == pytest.approx(one_losses[step], rel=1e-4)
+    # the saved model holds the trained weights (ZeRO-3 partitions them: they are gathered for saving)
+    for part in ("head.safetensors", "adapter/adapter_model.safetensors"):
+        saved_two, saved_one = load_file(str(two / "model" / part)), load_file(str(one / "model" / part))
+        assert saved_two.keys() == saved_one.keys()
+        for name in saved_one:
+            assert saved_two[name].allclose(saved_one[name], atol=5e-5), (part, name)  # lr 2e-3: 2.5% of a step
 
 
 def test_embed_over_two_cpu_processes_equals_one_process(tmp_path):

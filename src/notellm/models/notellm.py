@@ -9,6 +9,7 @@ the generation (CSFT) loss on the answer tokens that follow.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -228,8 +229,14 @@ def build_notellm(config: NoteLLMConfig, dtype: str = "float32", seed: int = 0) 
     from notellm.models.backbone import load_backbone
 
     lm, tokenizer = load_backbone(config.backbone, dtype=dtype, seed=seed)
-    torch.manual_seed(seed)
-    return NoteLLM(lm, tokenizer, config)
+    model = NoteLLM(lm, tokenizer, config)
+    if isinstance(model.proj, nn.Linear):
+        # nn.Linear's own init, U(+-1/sqrt(fan_in)), from a generator of its own: whatever drew from the global
+        # RNG before (e.g. resizing the embeddings under DeepSpeed ZeRO-3) leaves the head the same
+        bound = 1.0 / math.sqrt(model.proj.in_features)
+        with torch.no_grad():
+            model.proj.weight.uniform_(-bound, bound, generator=torch.Generator().manual_seed(seed))
+    return model
 
 
 def load_head(model: NoteLLM, model_dir: Path) -> None:

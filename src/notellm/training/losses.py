@@ -85,12 +85,19 @@ class GenerativeContrastiveLoss(nn.Module):
 
     def __init__(self, init_log_scale: float = 3.0, max_scale: float = 100.0, learnable: bool = True):
         super().__init__()
-        self.log_scale = nn.Parameter(torch.tensor(float(init_log_scale)), requires_grad=learnable)
+        # shape (1,), not (): DeepSpeed broadcasts parameters as byte views, which 0-dim tensors cannot give
+        self.log_scale = nn.Parameter(torch.tensor([float(init_log_scale)]), requires_grad=learnable)
         self.max_log_scale = math.log(max_scale)
 
     @property
     def scale(self) -> torch.Tensor:
-        return self.log_scale.clamp(max=self.max_log_scale).exp()
+        return self.log_scale.clamp(max=self.max_log_scale).exp().squeeze(0)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "log_scale"
+        if key in state_dict and state_dict[key].dim() == 0:  # checkpoints written before the (1,) shape
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, emb_a: torch.Tensor, emb_b: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
         local = torch.stack([emb_a, emb_b], dim=1).reshape(-1, emb_a.shape[-1]).float()

@@ -143,6 +143,7 @@ class MultimodalTrainer(NoteLLMTrainer):
         model = build_notellm2(cfg.model, cfg.multimodal, dtype=dtype, seed=cfg.seed)
         model.proj.float()
         if cfg.lora.enabled:
+            torch.manual_seed(cfg.seed)  # adapters drawn alike whatever drew from the RNG before
             apply_multimodal_lora(model, cfg.lora)
             adapters_in_float32(model.lm, under_autocast=dtype == "bfloat16")
         if cfg.gradient_checkpointing:

@@ -203,10 +203,20 @@ def apply_lora(model: NoteLLM, settings: LoraSettings) -> None:
                         settings.top_layers, task_type="CAUSAL_LM", trainable_token_indices=tokens)
 
 
-def launched_on_cpus() -> bool:
-    """Several processes (torchrun / accelerate) and no GPU: accelerate then needs `cpu=True` to join them
-    with gloo; otherwise every process would train alone."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+def make_accelerator():
+    """An Accelerator that joins every launched process, GPUs or not.
+
+    Several processes (torchrun / accelerate launch) without a GPU need `cpu=True` to be joined with gloo, else
+    each would train alone. accelerate turns DeepSpeed off under `cpu=True` and, without it, finds no backend on
+    a CPU machine; DeepSpeed itself runs on CPUs (its CPU accelerator, gloo), so it is handed gloo by name."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.cuda.is_available():
+        return Accelerator()
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return Accelerator(kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+    return Accelerator(cpu=True)
 
 
 def use_bf16(setting: str) -> bool:
@@ -281,14 +291,12 @@ class NoteLLMTrainer:
     """Builds everything from a TrainConfig; `train()` runs (or resumes) the loop and saves the model folder."""
 
     def __init__(self, config: TrainConfig, model: NoteLLM | None = None, accelerator=None):
-        from accelerate import Accelerator
-
         self.cfg = config
         self.out = Path(config.output_dir)
         self.bf16 = use_bf16(config.bf16)
         # Mixed precision from `accelerate launch` / its config when given; otherwise our own bf16 autocast, so
         # that several trainers with different settings can run in one process (accelerate's state is global).
-        self.accelerator = accelerator or Accelerator(cpu=launched_on_cpus())
+        self.accelerator = accelerator or make_accelerator()
         self.store = NoteStore(config.notes)
         self.items = self._read_items()
         self.model = model or self._build_model()
@@ -311,6 +319,7 @@ class NoteLLMTrainer:
         if self.cfg.model.standardize and self.cfg.model.dim > 0:
             model.fit_standardizer(self._standardizer_sample())
         if self.cfg.lora.enabled:
+            torch.manual_seed(self.cfg.seed)  # adapters drawn alike whatever drew from the RNG before
             apply_lora(model, self.cfg.lora)
             adapters_in_float32(model.lm, under_autocast=dtype == "bfloat16")
         if self.cfg.gradient_checkpointing:
@@ -403,6 +412,7 @@ class NoteLLMTrainer:
         scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=warmup,
                                   num_training_steps=total)
         # the scheduler is not prepared: accelerate would step it once per process, but our step count is global
+        self._configure_deepspeed()
         module, optimizer = acc.prepare(self.module, optimizer)
         acc.register_for_checkpointing(scheduler)
         position = {"step": 0, "epoch": 0, "micro": 0}
@@ -418,6 +428,19 @@ class NoteLLMTrainer:
         (self.out / "train_config.json").write_text(json.dumps(asdict(cfg), ensure_ascii=False, indent=2), "utf-8")
         summary = self._loop(module, optimizer, scheduler, position, total)
         return summary
+
+    def _configure_deepspeed(self) -> None:
+        """DeepSpeed wants its batch sizes in its config, and we hand accelerate no dataloader to read them
+        from: notes per process per micro-step, and our accumulation (its engine steps at the boundaries and
+        scales the loss itself). Its engine also clips: our max_grad_norm."""
+        plugin = self.accelerator.state.deepspeed_plugin
+        if plugin is None:
+            return
+        notes = self.cfg.batch_pairs * (1 if self.cfg.objective == "csft" else 2)
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = notes
+        plugin.deepspeed_config["gradient_accumulation_steps"] = self.cfg.grad_accum
+        plugin.deepspeed_config["gradient_clipping"] = self.cfg.max_grad_norm or 0.0  # the engine clips
+        plugin.deepspeed_config.pop("train_batch_size", None)
 
     def _loop(self, module, optimizer, scheduler, position: dict, total: int) -> dict[str, Any]:
         from notellm.cli.common import progress
@@ -444,6 +467,8 @@ class NoteLLMTrainer:
                         if norm is not None:
                             out["grad_norm"] = torch.as_tensor(norm)
                     optimizer.step()
+                    if hasattr(module, "get_global_grad_norm") and module.get_global_grad_norm() is not None:
+                        out["grad_norm"] = torch.as_tensor(float(module.get_global_grad_norm()))
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     position["step"] += 1
@@ -467,7 +492,7 @@ class NoteLLMTrainer:
                                        autocast=self.autocast)
         with self.autocast():
             out = module(**batch)
-        acc.backward(out["loss"] / cfg.grad_accum)
+        acc.backward(out["loss"] if self.sharded_by_deepspeed else out["loss"] / cfg.grad_accum)
         return out
 
     def global_mean(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -499,6 +524,10 @@ class NoteLLMTrainer:
         if cfg.save_every and (position["step"] % cfg.save_every == 0 or done):
             self._checkpoint(module, optimizer, scheduler, position)
         return done
+
+    @property
+    def sharded_by_deepspeed(self) -> bool:
+        return self.accelerator.distributed_type.value == "DEEPSPEED"
 
     @property
     def sharded(self) -> bool:
