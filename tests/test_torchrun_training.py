@@ -61,13 +61,28 @@ def test_two_cpu_processes_equal_one_process(tmp_path):
         assert head_two[name].allclose(head_one[name], atol=1e-5), name
 
 
-@pytest.mark.parametrize("zero", ["deepspeed_zero2", "deepspeed_zero3"])
+def partitioning_zero3_config(tmp: Path) -> Path:
+    """ZeRO-3 that partitions even the tiny model's parameters (the shipped config keeps parameters under 1e5
+    elements whole on every process, so a real model's big projection is partitioned but the tiny one's not)."""
+    ds = {"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}, "gradient_clipping": 1.0,
+          "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto"}
+    (tmp / "ds.json").write_text(json.dumps(ds))
+    acc = yaml.safe_load((ROOT / "configs" / "accelerate" / "deepspeed_zero3.yaml").read_text())
+    acc["deepspeed_config"] = {"deepspeed_config_file": str(tmp / "ds.json"), "zero3_init_flag": False}
+    acc.pop("mixed_precision", None)
+    (tmp / "zero3_partitioned.yaml").write_text(yaml.safe_dump(acc))
+    return tmp / "zero3_partitioned.yaml"
+
+
+@pytest.mark.parametrize("zero", ["deepspeed_zero2", "deepspeed_zero3", "zero3_partitioned"])
 def test_deepspeed_configs_on_two_cpu_processes_equal_one_process(tmp_path, zero):
     pytest.importorskip("deepspeed")
     two, one = tmp_path / "two", tmp_path / "one"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(ROOT / "configs" / "accelerate" / f"{zero}.yaml"), "--num_processes", "2", "--mixed_precision", "no",
-              "--main_process_port", str(free_port()),
+    config = partitioning_zero3_config(tmp_path) if zero == "zero3_partitioned" else \
+        ROOT / "configs" / "accelerate" / f"{zero}.yaml"
+    precision = [] if zero == "zero3_partitioned" else ["--mixed_precision", "no"]  # a config file's own setting
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+              "--num_processes", "2", *precision, "--main_process_port", str(free_port()),
               "-m", "notellm.cli", "train", str(train_config(tmp_path, two, batch_pairs=2))]
     env = {"OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(Path.home())}
     done = subprocess.run(launch, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -12,6 +12,7 @@ again with the same output_dir continues exactly where the last checkpoint left 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -553,13 +554,30 @@ class NoteLLMTrainer:
                    "seconds": time.time() - started, "last": last}
         if self.cfg.val_pairs:
             summary["validation"] = self.validate()
+        with self._gathered_for_saving():
+            if acc.is_main_process:
+                self._save_model(summary)
         if acc.is_main_process:
-            self.model.save(self.out / "model", extra={"backbone_seed": self.cfg.seed, "train": summary,
-                                                       "objective": self.cfg.objective,
-                                                       "hashtag_target": self.cfg.hashtag_target})
             self._log({"event": "saved", "model": str(self.out / "model"), **summary})
         acc.wait_for_everyone()
         return summary
+
+    def _save_model(self, summary: dict[str, Any]) -> None:
+        self.model.save(self.out / "model", extra={"backbone_seed": self.cfg.seed, "train": summary,
+                                                   "objective": self.cfg.objective,
+                                                   "hashtag_target": self.cfg.hashtag_target})
+
+    def _gathered_for_saving(self):
+        """DeepSpeed ZeRO-3 partitions every parameter above its persistence threshold across processes (a
+        7B model's projection, a big model's adapters): gather them, on every process, while the main process
+        saves; otherwise it would write empty tensors."""
+        plugin = self.accelerator.state.deepspeed_plugin
+        if plugin is None or plugin.zero_stage != 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        params = [p for p in self.model.parameters() if p.requires_grad or not self.cfg.lora.enabled]
+        return deepspeed.zero.GatheredParameters(params + list(self.model.proj.parameters()), modifier_rank=None)
 
     # validation
     @torch.no_grad()
