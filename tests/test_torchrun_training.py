@@ -102,6 +102,29 @@ def test_deepspeed_configs_on_two_cpu_processes_equal_one_process(tmp_path, zero
             assert saved_two[name].allclose(saved_one[name], atol=5e-5), (part, name)  # lr 2e-3: 2.5% of a step
 
 
+def test_deepspeed_run_resumes_from_its_sharded_checkpoint(tmp_path):
+    """Stopped after step 2 and started again for 3 steps, a ZeRO-2 run takes the same step 3 as one plain
+    process that never stopped: accelerate's sharded checkpoint restores adapters, optimizer and data position."""
+    pytest.importorskip("deepspeed")
+    resumed, plain = tmp_path / "resumed", tmp_path / "plain"
+    # a constant schedule: the stopped run's schedule spans 2 steps, the others' 3
+    common = ["scheduler=constant", "save_every=1"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(ROOT / "configs" / "accelerate" / "deepspeed_zero2.yaml"), "--num_processes", "2",
+              "--mixed_precision", "no", "--main_process_port", str(free_port()),
+              "-m", "notellm.cli", "train", str(train_config(tmp_path, resumed, batch_pairs=2)), *common]
+    env = {"OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(Path.home())}
+    for steps in (2, 3):
+        done = subprocess.run([*launch, f"max_steps={steps}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    subprocess.run([sys.executable, "-m", "notellm.cli", "train", str(train_config(tmp_path, plain, batch_pairs=4)),
+                    *common, "max_steps=3"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    records = [json.loads(line) for line in (resumed / "log.jsonl").read_text().splitlines()]
+    assert any(r.get("event") == "resumed" and r.get("step") == 2 for r in records)
+    assert logged_losses(resumed)[3] == pytest.approx(logged_losses(plain)[3], rel=1e-4)
+
+
 def test_embed_over_two_cpu_processes_equals_one_process(tmp_path):
     from notellm.inference.embed import read_embeddings
 
