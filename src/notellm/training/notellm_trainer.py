@@ -468,8 +468,9 @@ class NoteLLMTrainer:
                         if norm is not None:
                             out["grad_norm"] = torch.as_tensor(norm)
                     optimizer.step()
-                    if hasattr(module, "get_global_grad_norm") and module.get_global_grad_norm() is not None:
-                        out["grad_norm"] = torch.as_tensor(float(module.get_global_grad_norm()))
+                    engine_norm = module.get_global_grad_norm() if hasattr(module, "get_global_grad_norm") else None
+                    if engine_norm is not None:  # DeepSpeed's engine clipped: log its norm
+                        out["grad_norm"] = torch.as_tensor(float(engine_norm))
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     position["step"] += 1
@@ -556,16 +557,12 @@ class NoteLLMTrainer:
             summary["validation"] = self.validate()
         with self._gathered_for_saving():
             if acc.is_main_process:
-                self._save_model(summary)
-        if acc.is_main_process:
-            self._log({"event": "saved", "model": str(self.out / "model"), **summary})
+                self.model.save(self.out / "model", extra={"backbone_seed": self.cfg.seed, "train": summary,
+                                                           "objective": self.cfg.objective,
+                                                           "hashtag_target": self.cfg.hashtag_target})
+                self._log({"event": "saved", "model": str(self.out / "model"), **summary})
         acc.wait_for_everyone()
         return summary
-
-    def _save_model(self, summary: dict[str, Any]) -> None:
-        self.model.save(self.out / "model", extra={"backbone_seed": self.cfg.seed, "train": summary,
-                                                   "objective": self.cfg.objective,
-                                                   "hashtag_target": self.cfg.hashtag_target})
 
     def _gathered_for_saving(self):
         """DeepSpeed ZeRO-3 partitions every parameter above its persistence threshold across processes (a
@@ -577,7 +574,7 @@ class NoteLLMTrainer:
         import deepspeed
 
         params = [p for p in self.model.parameters() if p.requires_grad or not self.cfg.lora.enabled]
-        return deepspeed.zero.GatheredParameters(params + list(self.model.proj.parameters()), modifier_rank=None)
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)  # trained: adapters and projection
 
     # validation
     @torch.no_grad()
