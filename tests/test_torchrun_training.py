@@ -31,6 +31,16 @@ def train_config(tmp: Path, out: Path, batch_pairs: int) -> Path:
     return path
 
 
+# one thread per process; the venv's bin on PATH (DeepSpeed's op build runs its ninja)
+ENV = {"OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(Path.home())}
+
+
+def accelerate_launch(config: Path, *args: str) -> list[str]:
+    """`accelerate launch` of `notellm` on 2 processes with an accelerate config file."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2",
+            "--main_process_port", str(free_port()), *args]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -46,11 +56,10 @@ def test_two_cpu_processes_equal_one_process(tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
               "-m", "notellm.cli", "train", str(train_config(tmp_path, two, batch_pairs=2))]
-    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
-    done = subprocess.run(launch, cwd=ROOT, env=env, capture_output=True, text=True, timeout=500)
+    done = subprocess.run(launch, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=500)
     assert done.returncode == 0, done.stderr[-3000:]
     subprocess.run([sys.executable, "-m", "notellm.cli", "train", str(train_config(tmp_path, one, batch_pairs=4))],
-                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+                   cwd=ROOT, env=ENV, check=True, capture_output=True, timeout=300)
 
     two_losses, one_losses = logged_losses(two), logged_losses(one)
     assert sorted(two_losses) == [1, 2]
@@ -88,14 +97,12 @@ def test_deepspeed_configs_on_two_cpu_processes_equal_one_process(tmp_path, zero
     config = partitioning_zero3_config(tmp_path) if zero == "zero3_partitioned" else \
         ROOT / "configs" / "accelerate" / f"{zero}.yaml"
     precision = [] if zero == "zero3_partitioned" else ["--mixed_precision", "no"]  # a config file's own setting
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-              "--num_processes", "2", *precision, "--main_process_port", str(free_port()),
-              "-m", "notellm.cli", "train", str(train_config(tmp_path, two, batch_pairs=2))]
-    env = {"OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(Path.home())}
-    done = subprocess.run(launch, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    launch = accelerate_launch(config, *precision, "-m", "notellm.cli", "train",
+                               str(train_config(tmp_path, two, batch_pairs=2)))
+    done = subprocess.run(launch, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     subprocess.run([sys.executable, "-m", "notellm.cli", "train", str(train_config(tmp_path, one, batch_pairs=4))],
-                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+                   cwd=ROOT, env=ENV, check=True, capture_output=True, timeout=300)
 
     two_losses, one_losses = logged_losses(two), logged_losses(one)
     assert sorted(two_losses) == [1, 2]  # one log: the processes trained together, not each alone
@@ -116,17 +123,15 @@ def test_deepspeed_run_resumes_from_its_sharded_checkpoint(tmp_path):
     resumed, plain = tmp_path / "resumed", tmp_path / "plain"
     # a constant schedule: the stopped run's schedule spans 2 steps, the others' 3
     common = ["scheduler=constant", "save_every=1"]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(ROOT / "configs" / "accelerate" / "deepspeed_zero2.yaml"), "--num_processes", "2",
-              "--mixed_precision", "no", "--main_process_port", str(free_port()),
-              "-m", "notellm.cli", "train", str(train_config(tmp_path, resumed, batch_pairs=2)), *common]
-    env = {"OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(Path.home())}
+    launch = accelerate_launch(ROOT / "configs" / "accelerate" / "deepspeed_zero2.yaml", "--mixed_precision", "no",
+                               "-m", "notellm.cli", "train", str(train_config(tmp_path, resumed, batch_pairs=2)),
+                               *common)
     for steps in (2, 3):
-        done = subprocess.run([*launch, f"max_steps={steps}"], cwd=ROOT, env=env, capture_output=True, text=True,
+        done = subprocess.run([*launch, f"max_steps={steps}"], cwd=ROOT, env=ENV, capture_output=True, text=True,
                               timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
     subprocess.run([sys.executable, "-m", "notellm.cli", "train", str(train_config(tmp_path, plain, batch_pairs=4)),
-                    *common, "max_steps=3"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+                    *common, "max_steps=3"], cwd=ROOT, env=ENV, check=True, capture_output=True, timeout=300)
     records = [json.loads(line) for line in (resumed / "log.jsonl").read_text().splitlines()]
     assert any(r.get("event") == "resumed" and r.get("step") == 2 for r in records)
     assert logged_losses(resumed)[3] == pytest.approx(logged_losses(plain)[3], rel=1e-4)
@@ -136,12 +141,11 @@ def test_embed_over_two_cpu_processes_equals_one_process(tmp_path):
     from notellm.inference.embed import read_embeddings
 
     notes = write_toy(tmp_path)["notes"]
-    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
     embed = ["-m", "notellm.cli", "embed", str(notes), "--model", "zero-shot:tiny-qwen3", "--shard-size", "5", "--fp32"]
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                    str(free_port()), *embed, "--out", str(tmp_path / "two")], cwd=ROOT, env=env, check=True,
+                    str(free_port()), *embed, "--out", str(tmp_path / "two")], cwd=ROOT, env=ENV, check=True,
                    capture_output=True, timeout=300)
-    subprocess.run([sys.executable, *embed, "--out", str(tmp_path / "one")], cwd=ROOT, env=env, check=True,
+    subprocess.run([sys.executable, *embed, "--out", str(tmp_path / "one")], cwd=ROOT, env=ENV, check=True,
                    capture_output=True, timeout=300)
     ids_two, two, _ = read_embeddings(tmp_path / "two")
     ids_one, one, _ = read_embeddings(tmp_path / "one")
