@@ -35,11 +35,11 @@ MODEL_ROWS = {"sft": "SFT (LoRA)", "align-dpo": "SFT + DPO", "align-dpop": "SFT 
 
 def run_dataset(name: str, args: argparse.Namespace) -> dict:
     from notellm.config import load_config, save_config
-    from notellm.training.coldstart import META_FILE, ColdStartConfig, evaluate, train_alignment, train_sft
+    from notellm.training.coldstart import ColdStartConfig, evaluate, train_alignment, train_sft
 
     overrides = [f"output_dir={args.out}/{name}", f"threads={args.threads}"]
     for key, value in (("data.main_users", args.main_users), ("data.preference_users", args.preference_users),
-                       ("sft.epochs", args.sft_epochs), ("align.epochs", args.align_epochs)):
+                       ("epochs", args.sft_epochs), ("align.epochs", args.align_epochs)):
         if value is not None:  # otherwise the YAML's value
             overrides.append(f"{key}={value}")
     if name == "hackernews":
@@ -48,17 +48,17 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     save_config(cfg, Path(cfg.output_dir) / "config.yaml")
     log = (lambda m: print(f"  [{name}] {m}", file=sys.stderr, flush=True)) if args.verbose else (lambda m: None)
     out = Path(cfg.output_dir)
-    done = lambda stage: args.resume and (out / stage / META_FILE).exists()  # noqa: E731
+    done = lambda stage: args.resume and (out / stage / "model" / "notellm.json").exists()  # noqa: E731
     times = {}
     t = time.time()
     if not done("sft"):
-        train_sft(cfg, log=log)
+        train_sft(cfg)
         times["sft"] = time.time() - t
     for loss in args.losses:
         cfg.align.loss = loss
         t = time.time()
         if not done(f"align-{loss}"):
-            train_alignment(cfg, log=log)  # the first call also samples the preference pairs (cached after)
+            train_alignment(cfg)  # the first call also samples the preference pairs (cached after)
             times[f"align-{loss}"] = time.time() - t
         gc.collect()
     t = time.time()

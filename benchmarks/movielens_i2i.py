@@ -85,7 +85,8 @@ def standardized_zero_shot_report(paths: dict[str, Path], backbone: str):
     from notellm.evaluation.recall import evaluate_recall
     from notellm.inference.embed import bf16_supported, embed_notes
     from notellm.models.notellm import NoteLLMConfig, build_notellm
-    from notellm.training.notellm_trainer import NoteStore, standardizer_ids
+    from notellm.data.store import NoteStore
+    from notellm.training.notellm import standardizer_ids
 
     settings = yaml.safe_load((ROOT / "configs" / "notellm_movielens.yaml").read_text())
     model = build_notellm(NoteLLMConfig(**{**settings["model"], "backbone": backbone, "dim": 0})).eval()

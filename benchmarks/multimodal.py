@@ -47,7 +47,7 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {list(VARIANTS)}")
     ap.add_argument("--steps", type=int, default=72, help="optimizer steps per variant (36 = one epoch)")
-    ap.add_argument("--batch-pairs", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--vision-lr", type=float, default=None, help="lr of tower, connector, fusion (default: --lr)")
     ap.add_argument("--backbone", default="tiny-qwen3")
@@ -69,7 +69,8 @@ def parse_args() -> argparse.Namespace:
 def train_variant(name: str, data: dict, args, out: Path) -> dict:
     from notellm.models.multimodal import MultimodalSettings
     from notellm.models.notellm import NoteLLMConfig
-    from notellm.training.multimodal_trainer import MultimodalTrainConfig, MultimodalTrainer
+    from notellm.training.engine import Engine
+    from notellm.training.multimodal import MultimodalRecipe, MultimodalTrainConfig
 
     options = {"train_vision": not args.frozen_tower, **VARIANTS[name]}
     settings = MultimodalSettings(vision_tower=args.tower, connector=args.connector, vision_lr=args.vision_lr,
@@ -77,12 +78,11 @@ def train_variant(name: str, data: dict, args, out: Path) -> dict:
     cfg = MultimodalTrainConfig(
         notes=str(data["notes"]), train_pairs=str(data["train_pairs"]), output_dir=str(out / name),
         model=NoteLLMConfig(backbone=args.backbone, dim=64, max_length=96), multimodal=settings,
-        objective="gcl", batch_pairs=args.batch_pairs, epochs=1000, max_steps=args.steps, lr=args.lr,
+        objective="gcl", batch_size=args.batch_size, epochs=1000, max_steps=args.steps, lr=args.lr,
         warmup_ratio=0.05, bf16="false", save_every=0, log_every=max(1, args.steps // 4), seed=args.seed,
         lora={"enabled": args.lora})
     shutil.rmtree(cfg.output_dir, ignore_errors=True)
-    trainer = MultimodalTrainer(cfg)
-    summary = trainer.train()
+    summary = Engine(MultimodalRecipe(cfg)).run()
     return {"model_dir": out / name / "model", "seconds": summary["seconds"], "steps": summary["steps"],
             "loss": summary["last"].get("loss", float("nan")), "images_skipped": summary["images_skipped"]}
 
@@ -155,7 +155,7 @@ def print_table(results: dict, ks: list[int], args, total_seconds: float) -> Non
     print(f"\nNoteLLM-2 synthetic multimodal I2I (pool {first.pool_size}, {first.n_queries} queries); backbone "
           f"{args.backbone} ({'LoRA' if args.lora else 'full fine-tune'}), tower {args.tower} "
           f"({'frozen' if args.frozen_tower else 'trained'}), connector {args.connector}; {args.steps} steps x "
-          f"{args.batch_pairs} pairs, lr {args.lr}, seed {args.seed}; {platform.machine()}, "
+          f"{args.batch_size} pairs, lr {args.lr}, seed {args.seed}; {platform.machine()}, "
           f"{args.threads} threads; total {total_seconds:.0f} s")
     header = ("| variant | " + " | ".join(f"R@{k}" for k in ks) + f" | R@{ks[0]} vs text-only | "
               "top-1 wrong topic / colour / shape | train s | last loss |")

@@ -30,7 +30,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -53,10 +53,11 @@ def llm_scores(cfg, data, out: Path, retrain: bool, log):
     """Cross-fitted LLM scores, cached under `out` for this exact config and split."""
     import numpy as np
 
-    from notellm.training.popularity import LLMScores, cross_fit_llm
+    from notellm.evaluation.popularity import LLMScores
+    from notellm.training.popularity import cross_fit_llm
 
-    key_src = json.dumps({"model": asdict(cfg.model), "train": asdict(cfg.train), "split": asdict(cfg.split),
-                          "target": asdict(cfg.target), "folds": cfg.eval.stack_folds,
+    training = {k: v for k, v in asdict(cfg).items() if k not in ("eval", "output_dir", "data")}
+    key_src = json.dumps({"training": training, "folds": cfg.eval.stack_folds,
                           "max_notes": cfg.eval.stack_max_notes, "eval_seed": cfg.eval.seed,
                           "pooled": cfg.eval.stack_embedding_dims > 0, "data": cfg.data.path}, sort_keys=True)
     key = hashlib.sha1(key_src.encode()).hexdigest()[:12]
@@ -68,7 +69,7 @@ def llm_scores(cfg, data, out: Path, retrain: bool, log):
         return LLMScores(z["test"], z["oof"], z["test_pooled"] if "test_pooled" in z else None,
                          z["oof_pooled"] if "oof_pooled" in z else None, info), cache
     t = time.time()
-    llm = cross_fit_llm(cfg, data, log=log)
+    llm = cross_fit_llm(replace(cfg, output_dir=str(out / f"llm-{key}")), data, log=log)
     out.mkdir(parents=True, exist_ok=True)
     arrays = dict(test=llm.test, oof=llm.oof, info=json.dumps(llm.info))
     if llm.test_pooled is not None:
@@ -98,20 +99,22 @@ def run_split(name: str, spec: dict, split: str, args, log) -> list[dict]:
     from notellm.config import load_config
     from notellm.evaluation.regression import markdown_table
     from notellm.io import write_json
-    from notellm.training.popularity import PopularityConfig, baseline_predictions, prepare_data, score_report
+    from notellm.evaluation.popularity import baseline_predictions, score_report
+    from notellm.training.popularity import PopularityConfig, prepare
 
     overrides = [f"data.path={spec['path']}", f"split.kind={split}"] + list(args.override)
     cfg = load_config(PopularityConfig, spec["config"], overrides)
     out = Path(args.out) / name / split
-    data = prepare_data(cfg)
+    data = prepare(cfg)
     log(f"{name}/{split}: {int((~data.test).sum())} train, {int(data.test.sum())} test notes")
     llm, cache = (None, None) if args.no_llm else llm_scores(cfg, data, out, args.retrain, log)
     results = []
     for use_age in spec["ages"]:
         t = time.time()
-        preds = baseline_predictions(cfg, data, llm, use_age=use_age, use_history=cfg.eval.use_history, log=log)
+        preds = baseline_predictions(cfg.eval, cfg.split.kind, data, llm, use_age=use_age,
+                                     use_history=cfg.eval.use_history, log=log)
         cfg.eval.use_age = use_age
-        report = score_report(cfg, data, preds)
+        report = score_report(cfg.eval, cfg.split.kind, cfg.target.resolved(), data, preds)
         report.update(dataset=name, use_age=use_age, use_history=cfg.eval.use_history, seconds_baselines=round(time.time() - t, 1),
                       llm_cache=str(cache) if cache else None, llm_training=llm.info if llm else None,
                       config=asdict(cfg))

@@ -5,7 +5,7 @@ Both train LoRA (r=16 on all attention and MLP projections) over bf16 base weigh
 on pairs of demo-corpus notes from the same subcategory, for the same number of steps. notellm also computes
 the generation (CSFT) loss on answer tokens; sentence-transformers sees the prompt cut right before `[EMB]`.
 
-    python benchmarks/train_speed.py --steps 10 --batch-pairs 8
+    python benchmarks/train_speed.py --steps 10 --batch-size 8
 
 Both are timed from the end of their first step to the end of the last (oneDNN builds its bf16 kernels for new
 shapes during the first step, which took 12 s here against ~5 s for later ones).
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -47,18 +46,27 @@ def make_pairs(n_notes: int, n_pairs: int, tmp: Path) -> tuple[str, str, list[di
 
 def run_notellm(notes: str, pairs: str, args, out: Path) -> dict:
     from notellm.models.notellm import NoteLLMConfig
-    from notellm.training.notellm_trainer import NoteLLMTrainer, TrainConfig
+    from notellm.training.engine import Callback, Engine
+    from notellm.training.notellm import NoteLLMRecipe, NoteLLMTrainConfig
 
-    cfg = TrainConfig(notes=notes, train_pairs=pairs, output_dir=str(out), batch_pairs=args.batch_pairs,
-                      max_steps=args.steps, model=NoteLLMConfig(backbone=args.backbone), save_every=0,
-                      log_every=1000, warmup_ratio=0.0)
-    trainer = NoteLLMTrainer(cfg)
+    cfg = NoteLLMTrainConfig(notes=notes, train_pairs=pairs, output_dir=str(out), batch_size=args.batch_size,
+                             max_steps=args.steps, model=NoteLLMConfig(backbone=args.backbone), save_every=0,
+                             log_every=1000, warmup_ratio=0.0)
+    recipe = NoteLLMRecipe(cfg)
     tokens, step_ends = [], []
-    original_collate, original_after_step = trainer.collate, trainer._after_step
-    trainer.collate = lambda idx, epoch: (lambda b: tokens.append(int(b["attention_mask"].sum())) or b)(original_collate(idx, epoch))
-    trainer._after_step = lambda *a: step_ends.append(time.perf_counter()) or original_after_step(*a)
-    trainer.train()
-    return {"seconds": step_ends[-1] - step_ends[0], "tokens": sum(tokens[1:]), "bf16": trainer.bf16}
+    original_collate = recipe.collate
+    recipe.collate = lambda idx, epoch: (lambda b: tokens.append(int(b["attention_mask"].sum())) or b)(
+        original_collate(idx, epoch))
+
+    class StepClock(Callback):
+        def on_progress(self, completed, description=None):
+            if description and description.startswith("train step") and completed > len(step_ends) - 1:
+                step_ends.append(time.perf_counter())
+
+    engine = Engine(recipe, [StepClock()])
+    engine.run()
+    step_ends = step_ends[1:]  # the first mark is the start of the loop (step 0)
+    return {"seconds": step_ends[-1] - step_ends[0], "tokens": sum(tokens[1:]), "bf16": engine.bf16}
 
 
 def run_sentence_transformers(rows: list[dict], pairs_path: str, args, out: Path, bf16: bool) -> dict:
@@ -87,7 +95,7 @@ def run_sentence_transformers(rows: list[dict], pairs_path: str, args, out: Path
         if p.requires_grad:
             p.data = p.data.float()
     train_args = SentenceTransformerTrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=args.batch_pairs, max_steps=args.steps,
+        output_dir=str(out), per_device_train_batch_size=args.batch_size, max_steps=args.steps,
         learning_rate=1e-4, warmup_steps=0, bf16=bf16, use_cpu=True, logging_steps=1000, save_strategy="no",
         report_to="none", dataloader_num_workers=0, seed=0)
     step_ends: list[float] = []
@@ -105,17 +113,19 @@ def run_sentence_transformers(rows: list[dict], pairs_path: str, args, out: Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10, help="steps per trainer; the first (warm-up) is not timed")
-    parser.add_argument("--batch-pairs", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--backbone", default="gemma-3-270m")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        notes, pairs, rows = make_pairs(2000, args.steps * args.batch_pairs, tmp)
+        notes, pairs, rows = make_pairs(2000, args.steps * args.batch_size, tmp)
         ours = run_notellm(notes, pairs, args, tmp / "notellm")
         st = run_sentence_transformers(rows, pairs, args, tmp / "st", ours["bf16"])
-    n_pairs = (args.steps - 1) * args.batch_pairs  # timed from the end of step 1: both warm up in step 1
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; backbone "
-          f"{args.backbone}; LoRA r=16; bf16={ours['bf16']}; {args.steps} steps x {args.batch_pairs} pairs, "
+    n_pairs = (args.steps - 1) * args.batch_size  # timed from the end of step 1: both warm up in step 1
+    from notellm.device import machine_summary
+
+    print(f"\n{machine_summary()}; backbone "
+          f"{args.backbone}; LoRA r=16; bf16={ours['bf16']}; {args.steps} steps x {args.batch_size} pairs, "
           f"steps 2-{args.steps} timed")
     print(f"{'trainer':52s} {'pairs/s':>8s} {'tokens/s':>9s} {'ratio':>6s}")
     print(f"{'sentence-transformers + MNRL (contrastive only)':52s} {n_pairs / st['seconds']:8.2f} {'':>9s} {1.0:6.2f}")

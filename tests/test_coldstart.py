@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -20,7 +21,13 @@ from notellm.data.coldstart import (
 )
 from notellm.data.schema import empty_note, notes_to_table, write_notes
 from notellm.errors import DataError
+from notellm.data.coldstart import DataSourceConfig, collate, encode, read_instruction_set
+from notellm.evaluation.coldstart import EvalConfig, score_predictions
 from notellm.evaluation.numbers import count_non_numbers, parse_number
+from notellm.inference.coldstart import generate_answers, reference_logprobs
+from notellm.io import read_json, write_parquet
+from notellm.models.coldstart import ColdStartModelConfig, load_coldstart_model, make_trainable
+from notellm.models.lora import LoraConfig
 from notellm.training import coldstart as cs
 
 T0 = datetime(2016, 9, 7, 8, 0, tzinfo=timezone.utc)
@@ -118,8 +125,8 @@ def test_user_split_is_disjoint_and_too_few_posts_is_an_error():
 # ------------------------------------------------------------------------------------------- SFT
 def test_labels_only_on_answer_tokens_and_loss_matches_hf(tiny_backbone):
     model, tok = tiny_backbone
-    items = [cs.encode(tok, "Score of a short post:", " 3.52", 64), cs.encode(tok, "A longer prompt here, please:", " 10.00", 64)]
-    batch = cs.collate(items, tok.pad_token_id)
+    items = [encode(tok, "Score of a short post:", " 3.52", 64), encode(tok, "A longer prompt here, please:", " 10.00", 64)]
+    batch = collate(items, tok.pad_token_id)
     for i, item in enumerate(items):
         n_ans = len(item.answer_ids)
         assert item.answer_ids[-1] == tok.eos_token_id
@@ -127,7 +134,7 @@ def test_labels_only_on_answer_tokens_and_loss_matches_hf(tiny_backbone):
         assert (batch["labels"][i, :-n_ans] == -100).all()
         assert batch["input_ids"][i, -(len(item.prompt_ids) + n_ans):].tolist() == item.prompt_ids + item.answer_ids
     with torch.no_grad():
-        ours = cs.sft_loss(model, batch)
+        ours = cs.SFTModule(model)(**batch)["loss"]
         hf = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    position_ids=batch["position_ids"], labels=batch["labels"]).loss
     assert ours.item() == pytest.approx(hf.item(), rel=1e-5)
@@ -137,24 +144,27 @@ def test_sft_step_lowers_the_loss():
     from notellm.models.backbone import load_backbone
 
     model, tok = load_backbone("tiny-qwen3", seed=1)
-    model.train()
-    items = [cs.encode(tok, f"User u{i} history ... new post score?", f" {i}.25", 64) for i in range(4)]
-    batch = cs.collate(items, tok.pad_token_id)
-    opt, _, params = cs._optimizer(model, lr=3e-3, weight_decay=0.0, warmup_ratio=0.0, steps=100)
+    module = cs.SFTModule(model).train()
+    items = [encode(tok, f"User u{i} history ... new post score?", f" {i}.25", 64) for i in range(4)]
+    batch = collate(items, tok.pad_token_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     with torch.no_grad():
-        before = cs.sft_loss(model, batch).item()
+        before = module(**batch)["loss"].item()
     for _ in range(5):
-        cs.sft_step(model, batch, opt, params, max_grad_norm=1.0)
+        loss = module(**batch)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
     with torch.no_grad():
-        after = cs.sft_loss(model, batch).item()
+        after = module(**batch)["loss"].item()
     assert after < before - 0.5
 
 
 def test_left_padded_batched_generation_equals_one_by_one(tiny_backbone):
     model, tok = tiny_backbone
     prompts = ["short", "a much longer prompt with many more tokens in it"]
-    batched = cs.generate_answers(model, tok, prompts, 64, max_new_tokens=5, batch_size=2)
-    single = [cs.generate_answers(model, tok, [p], 64, max_new_tokens=5)[0] for p in prompts]
+    batched = generate_answers(model, tok, prompts, 64, max_new_tokens=5, batch_size=2)
+    single = [generate_answers(model, tok, [p], 64, max_new_tokens=5)[0] for p in prompts]
     assert [a[0].token_ids for a in batched] == [a[0].token_ids for a in single]
     assert [a[0].logp for a in batched] == pytest.approx([a[0].logp for a in single], abs=1e-4)
     # the head reads a contiguous input (strided F.linear is slow on CPU), the hook registered once
@@ -166,10 +176,10 @@ def test_sampled_answers_carry_their_reference_logprob(tiny_backbone):
     model, tok = tiny_backbone
     prompts = ["user history: 1.00, 2.00; new post:", "another prompt"]
     torch.manual_seed(0)
-    sampled = cs.generate_answers(model, tok, prompts, 64, sample=True, n=2, max_new_tokens=4)
+    sampled = generate_answers(model, tok, prompts, 64, sample=True, n=2, max_new_tokens=4)
     assert [len(a) for a in sampled] == [2, 2]
     flat = [s for a in sampled for s in a]
-    again = cs.reference_logprobs(model, tok, [p for p in prompts for _ in range(2)], [s.token_ids for s in flat],
+    again = reference_logprobs(model, tok, [p for p in prompts for _ in range(2)], [s.token_ids for s in flat],
                                   64, 4, batch_size=4)
     assert [s.logp for s in flat] == pytest.approx(again, abs=1e-4)
     assert all(s.logp < 0 and 1 <= len(s.token_ids) <= 4 for s in flat)
@@ -179,11 +189,12 @@ def test_freeze_trains_only_the_last_layers():
     from notellm.models.backbone import load_backbone
 
     model, _ = load_backbone("tiny-qwen3")
-    model = cs.make_trainable(model, cs.ModelConfig(backbone="tiny-qwen3", method="freeze", freeze_last_n=1))
+    model = make_trainable(model, ColdStartModelConfig(backbone="tiny-qwen3", method="freeze", freeze_last_n=1),
+                           LoraConfig())
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("model.layers.1.") for n in trainable)
-    lora_cfg = cs.ModelConfig(backbone="tiny-qwen3", method="lora", lora=cs.LoraSettings(r=4, last_n_layers=1))
-    lora = cs.make_trainable(load_backbone("tiny-qwen3")[0], lora_cfg)
+    lora = make_trainable(load_backbone("tiny-qwen3")[0], ColdStartModelConfig(backbone="tiny-qwen3", method="lora"),
+                          LoraConfig(r=4, top_layers=1))
     trainable = {n for n, p in lora.named_parameters() if p.requires_grad}
     assert len(trainable) == 14 and all(".layers.1." in n and "lora_" in n for n in trainable)  # 7 modules x A, B
 
@@ -198,46 +209,59 @@ def test_pick_pair_chooses_the_smaller_error_and_skips_ties():
 
 
 def test_score_predictions_counts_non_numbers():
-    res = cs.score_predictions([1.0, 2.0, 3.0, 4.0], [1.5, None, 5.0, 2.0], fallback=[0.0, 1.0, 0.0, 0.0])
+    res = score_predictions([1.0, 2.0, 3.0, 4.0], [1.5, None, 5.0, 2.0], fallback=[0.0, 1.0, 0.0, 0.0])
     assert res["non_number"] == 1 and res["n"] == 4
     assert res["mae"] == pytest.approx((0.5 + 2.0 + 2.0) / 3)
     assert res["src"] == pytest.approx(0.5)  # prediction ranks (1,3,2) vs (1,2,3): 1 - 6*2/(3*8)
     assert res["mae_filled"] == pytest.approx((0.5 + 1.0 + 2.0 + 2.0) / 4)
-    constant = cs.score_predictions([1.0, 2.0, 3.0], [2.0, 2.0, 2.0], fallback=[0.0] * 3)
+    constant = score_predictions([1.0, 2.0, 3.0], [2.0, 2.0, 2.0], fallback=[0.0] * 3)
     assert math.isnan(constant["src"]) and constant["mae"] == pytest.approx(2 / 3)
 
 
-def test_pipeline_sft_align_eval_on_tiny_model(tmp_path):
-    notes_path = tmp_path / "notes.parquet"
-    write_notes(make_notes({f"user{i}": 5 + i % 2 for i in range(5)}), notes_path)
-    cfg = cs.ColdStartConfig(output_dir=str(tmp_path / "run"))
-    cfg.data = cs.DataSourceConfig(source="notes", path=str(notes_path), main_users=3, preference_users=2)
-    cfg.model = cs.ModelConfig(backbone="tiny-qwen3", max_length=256)
-    cfg.sft = cs.SFTConfig(epochs=1, batch_size=4)
-    sft_dir = cs.train_sft(cfg)
-    info = cs.read_json(sft_dir / cs.META_FILE)
-    assert info["examples"] == 9 and info["data"]["preference_users"] == 2
-    _, test, pref = cs.read_instruction_set(cfg.output_dir)
-    assert len(test) == 9 and len(pref) == 6
-    # The random tiny model writes no numbers, so build the pairs by hand: truth vs. a wrong score.
-    model, tok, mcfg = cs.load_trained(sft_dir)
+def write_preference_pairs(cfg: cs.ColdStartConfig) -> None:
+    """The random tiny model writes no numbers, so build the pairs by hand: the truth vs. a wrong score, with the
+    SFT model's log-probabilities as the reference."""
+    import pyarrow as pa
+
+    _, _, pref = read_instruction_set(cfg.output_dir)
+    model, tok, mcfg = load_coldstart_model(cs.sft_folder(cfg))
     ids = lambda text: tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]  # noqa: E731
     rows = [dict(prompt=e.prompt, chosen_ids=ids(e.answer), rejected_ids=ids(" 9.99"), err_chosen=0.0,
                  err_rejected=abs(9.99 - e.target)) for e in pref]
     prompts = [r["prompt"] for r in rows]
     for key, col in (("ref_logp_chosen", "chosen_ids"), ("ref_logp_rejected", "rejected_ids")):
-        values = cs.reference_logprobs(model, tok, prompts, [r[col] for r in rows], mcfg.max_length, 8, 4)
+        values = reference_logprobs(model, tok, prompts, [r[col] for r in rows], mcfg.max_length, 8, 4)
         for r, v in zip(rows, values):
             r[key] = v
-    import pyarrow as pa
+    write_parquet(pa.Table.from_pylist(rows), Path(cfg.output_dir) / "preference.parquet")
 
-    cs.write_parquet(pa.Table.from_pylist(rows), tmp_path / "run" / "preference.parquet")
+
+def tiny_coldstart_config(tmp_path, notes_path, **kw) -> cs.ColdStartConfig:
+    cfg = cs.ColdStartConfig(output_dir=str(tmp_path / "run"), epochs=1, batch_size=4, bf16="false", log_every=1,
+                             **kw)
+    cfg.data = DataSourceConfig(source="notes", path=str(notes_path), main_users=3, preference_users=2)
+    cfg.model = ColdStartModelConfig(backbone="tiny-qwen3", max_length=256)
+    return cfg
+
+
+def test_pipeline_sft_align_eval_on_tiny_model(tmp_path):
+    notes_path = tmp_path / "notes.parquet"
+    write_notes(make_notes({f"user{i}": 5 + i % 2 for i in range(5)}), notes_path)
+    cfg = tiny_coldstart_config(tmp_path, notes_path)
+    sft_dir = cs.train_sft(cfg)
+    info = read_json(sft_dir / "notellm.json")
+    assert info["kind"] == "coldstart" and info["examples"] == 9 and info["data"]["preference_users"] == 2
+    _, test, pref = read_instruction_set(cfg.output_dir)
+    assert len(test) == 9 and len(pref) == 6
+    write_preference_pairs(cfg)
     cfg.align = cs.AlignConfig(loss="idpop", epochs=2, batch_size=3, lr=5e-3, beta=0.5)
     align_dir = cs.train_alignment(cfg)
-    history = cs.read_json(align_dir / cs.META_FILE)["history"]
-    assert history[0]["chosen_shift"] == pytest.approx(0.0, abs=1e-4)  # policy starts at the reference
+    log = [json.loads(line) for line in (align_dir.parent / "log.jsonl").read_text().splitlines()]
+    history = [r for r in log if "margin" in r]
+    assert len(history) == 4  # 6 pairs / 3 per step x 2 epochs
+    assert history[0]["chosen_shift"] == pytest.approx(0.0, abs=1e-3)  # policy starts at the reference
     assert history[-1]["margin"] > history[0]["margin"]
-    cfg.eval = cs.EvalConfig(models=["sft", "align-idpop"], max_new_tokens=3)
+    cfg.eval = EvalConfig(models=["sft", "align-idpop"], max_new_tokens=3)
     metrics = cs.evaluate(cfg)
     assert set(metrics) == {"sft", "align-idpop", "history-mean", "history-last", "lightgbm"}
     assert metrics["history-mean"]["1-shot"]["non_number"] == 0
@@ -254,8 +278,8 @@ def test_gemma_left_padding_gives_the_same_answers_and_logprobs():
     model, tok = load_backbone("gemma-3-270m")
     prompts = ["The popularity score of post 1 is 2.30. The popularity score of post 2 is",
                "帖子1的流行度得分是1.25。帖子2的流行度得分是"]
-    batched = cs.generate_answers(model, tok, prompts, 96, max_new_tokens=4, batch_size=2)
-    single = [cs.generate_answers(model, tok, [p], 96, max_new_tokens=4)[0] for p in prompts]
+    batched = generate_answers(model, tok, prompts, 96, max_new_tokens=4, batch_size=2)
+    single = [generate_answers(model, tok, [p], 96, max_new_tokens=4)[0] for p in prompts]
     assert [a[0].token_ids for a in batched] == [a[0].token_ids for a in single]
-    again = cs.reference_logprobs(model, tok, prompts, [a[0].token_ids for a in batched], 96, 4, batch_size=2)
+    again = reference_logprobs(model, tok, prompts, [a[0].token_ids for a in batched], 96, 4, batch_size=2)
     assert [a[0].logp for a in batched] == pytest.approx(again, abs=1e-3)

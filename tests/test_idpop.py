@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from notellm.training.idpop import PreferenceLoss, answer_weights, error_range, idpop_mu
+from notellm.losses.preference import PreferenceLoss, answer_weights, error_range, idpop_mu
 
 # A 2-pair batch. Absolute errors (chosen, rejected): pair 1 (0.2, 1.0), pair 2 (0.5, 0.7).
 ERR_C = torch.tensor([0.2, 0.5])

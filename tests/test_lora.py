@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from notellm.models.backbone import load_backbone
-from notellm.models.lora import FastDropout, add_lora, lora_target_regex
+from notellm.errors import ConfigError
+from notellm.models.lora import FastDropout, LoraConfig, apply_lora, lora_target_regex
 
 
 def test_fast_dropout_drops_the_asked_share_and_rescales_the_rest():
@@ -42,11 +43,11 @@ def test_fast_dropout_is_identity_in_eval_and_at_p0_and_follows_the_seed():
     assert not torch.equal(drop(x), first)
 
 
-def test_add_lora_puts_fast_dropout_adapters_only_in_the_top_layers():
+def test_apply_lora_puts_fast_dropout_adapters_only_in_the_top_layers():
     lm, _ = load_backbone("tiny-qwen3")
     n_layers = len(lm.model.layers)
-    peft_model = add_lora(lm, r=4, alpha=8, dropout=0.1, target_modules=["q_proj", "down_proj"], top_layers=1,
-                          task_type="CAUSAL_LM")
+    cfg = LoraConfig(r=4, alpha=8, dropout=0.1, target_modules=["q_proj", "down_proj"], top_layers=1)
+    peft_model = apply_lora(lm, cfg, task_type="CAUSAL_LM")
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert len(trainable) == 4 and all(f".layers.{n_layers - 1}." in n for n in trainable)  # 2 modules x A, B
     dropouts = [m for m in peft_model.modules() if isinstance(m, nn.Dropout) and m.p == 0.1]
@@ -55,5 +56,15 @@ def test_add_lora_puts_fast_dropout_adapters_only_in_the_top_layers():
 
 def test_lora_target_regex_rejects_more_layers_than_the_backbone_has():
     lm, _ = load_backbone("tiny-qwen3")
-    with pytest.raises(Exception, match="top_layers must be in 0..2"):
+    with pytest.raises(ConfigError, match="top_layers must be in 0..2"):
         lora_target_regex(lm, ["q_proj"], 3)
+
+
+def test_one_lora_config_checks_its_values_and_names_missing_modules():
+    with pytest.raises(ConfigError, match="r >= 1"):
+        LoraConfig(r=0)
+    with pytest.raises(ConfigError, match="dropout"):
+        LoraConfig(dropout=1.5)
+    lm, _ = load_backbone("tiny-qwen3")
+    with pytest.raises(ConfigError, match="^lora: "):
+        apply_lora(lm, LoraConfig(target_modules=["no_such_proj"]))

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from notellm.training.losses import CollaborativeSFTLoss, GenerativeContrastiveLoss, NoteLLMLoss
+from notellm.losses import CollaborativeSFTLoss, GenerativeContrastiveLoss, NoteLLMLoss
 
 
 def test_gcl_equals_hand_computed_value():

@@ -11,9 +11,8 @@ import torch
 from notellm.data.synthetic_mm import SyntheticMMConfig, generate_synthetic_mm
 from notellm.models.multimodal import MultimodalSettings, NoteLLM2, add_multimodal_tokens
 from notellm.models.notellm import NoteLLMConfig
-from notellm.training.losses import GenerativeContrastiveLoss
-from notellm.training.multimodal_trainer import (MaskedGenerativeContrastiveLoss, MultimodalLoss,
-                                                 MultimodalTrainConfig, MultimodalTrainer)
+from notellm.losses import GenerativeContrastiveLoss, MaskedGenerativeContrastiveLoss, MultimodalLoss
+from notellm.training.multimodal import MultimodalRecipe, MultimodalTrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +36,15 @@ def test_vision_tower_changes_after_a_step_only_when_trained(backbone, data, tmp
     settings = MultimodalSettings(train_vision=train_vision)
     model = NoteLLM2(copy.deepcopy(lm), tokenizer, NoteLLMConfig("tiny-qwen3", dim=16, max_length=96), settings)
     cfg = MultimodalTrainConfig(notes=str(data["notes"]), train_pairs=str(data["train_pairs"]),
-                                output_dir=str(tmp_path / "run"), multimodal=settings, batch_pairs=4, lr=1e-2,
+                                output_dir=str(tmp_path / "run"), multimodal=settings, batch_size=4, lr=1e-2,
                                 bf16="false", model=model.config)
-    trainer = MultimodalTrainer(cfg, model=model)
-    trainer.module.train()
+    recipe = MultimodalRecipe(cfg, model=model)
+    module = recipe.build()
+    module.train()
     tower_before = copy.deepcopy(model.tower.state_dict())
     connector_before = copy.deepcopy(model.connector.state_dict())
-    optimizer = trainer._optimizer()
-    out = trainer.module(**trainer.collate([0, 1, 2, 3], epoch=0))
+    optimizer = torch.optim.AdamW(recipe.param_groups(module), lr=cfg.lr)
+    out = module(**recipe.collate([0, 1, 2, 3], epoch=0))
     assert out["image_contrastive"] > 0  # the mICL image loss is part of the objective
     out["loss"].backward()
     optimizer.step()
@@ -100,7 +100,7 @@ eval_ks: [1, 3]
 output_dir: {tmp_path / 'run'}
 model: {{backbone: tiny-qwen3, dim: 16, max_length: 96}}
 multimodal: {{micl: true, late_fusion: true, vision_tower: tiny-clip}}
-batch_pairs: 4
+batch_size: 4
 max_steps: 2
 bf16: false
 save_every: 0
@@ -133,7 +133,7 @@ def test_shipped_configs_select_and_fill_the_multimodal_trainer(name):
     from pathlib import Path
 
     from notellm.config import load_config
-    from notellm.training.multimodal_trainer import is_multimodal_config
+    from notellm.training.multimodal import is_multimodal_config
 
     path = Path(__file__).resolve().parents[1] / "configs" / name
     assert is_multimodal_config(str(path))

@@ -64,10 +64,11 @@ def test_long_note_keeps_compression_token(model):
 
 
 def test_save_load_round_trip_gives_same_vectors(tmp_path, model):
-    from notellm.training.notellm_trainer import LoraSettings, apply_lora
+    from notellm.models.lora import LoraConfig
+    from notellm.training.notellm import add_notellm_lora
 
     trained = build_notellm(NoteLLMConfig(backbone="tiny-qwen3", dim=16, max_length=64))
-    apply_lora(trained, LoraSettings(r=4, alpha=8))
+    add_notellm_lora(trained, LoraConfig(r=4, alpha=8))
     with torch.no_grad():  # make the adapter non-trivial
         for name, p in trained.lm.named_parameters():
             if "lora_B" in name:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,32 +11,42 @@ import torch
 
 from notellm.data.schema import empty_note, notes_to_table, write_notes
 from notellm.errors import DataError
-from notellm.models.regression import LoraSpec, build_regressor, position_ids_from_mask
-from notellm.training.popularity import (
-    PopularityConfig,
-    collate,
-    fit_regressor,
-    load_model,
-    predict_fit,
-    predict_table,
-    save_fit,
-)
+from notellm.data.popularity import PreparedData
+from notellm.inference.popularity import collate, load_model, predict_table
+from notellm.models.folder import saving
+from notellm.models.lora import LoraConfig
+from notellm.models.regression import build_regressor, position_ids_from_mask
+from notellm.training.engine import Engine
+from notellm.training.popularity import PopularityConfig, PopularityRecipe
 
 TEXTS = ["帖子标题：早起\n\n帖子内容：六点起床跑步", "短", "帖子标题：手机\n\n帖子内容：放下手机一周后我的变化很大，真的很大",
          "今天吃了什么", "周末去爬山看日出", "戒掉短视频的第十天", "宿舍好物分享", "考研上岸经验"]
 TARGETS = np.array([3.0, 0.5, 8.0, 1.0, 5.0, 6.5, 2.0, 7.0])
 
 
-def tiny_cfg(**train) -> PopularityConfig:
-    cfg = PopularityConfig()
+def tiny_cfg(tmp, **train) -> PopularityConfig:
+    base = dict(output_dir=str(tmp / "run"), bf16="false", log_every=1000, save_every=0,
+                lora=LoraConfig(r=4, alpha=8, dropout=0.0))
+    cfg = PopularityConfig(**{**base, **train})
     cfg.model.backbone = "tiny-qwen3"
     cfg.model.max_length = 32
-    cfg.model.lora = LoraSpec(r=4, alpha=8, dropout=0.0, top_layers=0)
-    cfg.train.bf16 = "false"
-    cfg.train.log_every = 1000
-    for k, v in train.items():
-        setattr(cfg.train, k, v)
     return cfg
+
+
+def prepared(texts=TEXTS, targets=TARGETS) -> PreparedData:
+    """The 8 texts as notes (note i published at i:00 UTC) with the given targets, all training notes."""
+    from notellm.data.popularity import note_texts
+
+    table = _notes([(t, "") for t in texts])
+    return PreparedData(table, "<test>", np.asarray(targets, dtype=float), np.zeros(len(texts), dtype=bool),
+                        note_texts(table), None, None, None, ["a"] * len(texts), table.column("note_id").to_pylist())
+
+
+def fit(cfg: PopularityConfig, data: PreparedData | None = None) -> PopularityRecipe:
+    data = data or prepared()
+    recipe = PopularityRecipe(cfg, data, rows=np.arange(len(data.texts)), score_rows=None)
+    Engine(recipe).run()
+    return recipe
 
 
 def _randomise_adapters(model, seed=0):
@@ -48,7 +59,7 @@ def _randomise_adapters(model, seed=0):
 
 
 def test_head_pools_the_last_real_token_with_left_or_right_padding():
-    model, tok = build_regressor("tiny-qwen3", 0, LoraSpec(r=4, alpha=8, dropout=0.0, top_layers=1), seed=0)
+    model, tok = build_regressor("tiny-qwen3", 0, LoraConfig(r=4, alpha=8, dropout=0.0, top_layers=1), seed=0)
     _randomise_adapters(model)
     model.eval()
     ids = [tok(t)["input_ids"] for t in TEXTS[:3]]
@@ -67,15 +78,19 @@ def test_head_pools_the_last_real_token_with_left_or_right_padding():
     assert position_ids_from_mask(torch.tensor([[0, 0, 1, 1, 1]])).tolist() == [[0, 0, 0, 1, 2]]
 
 
-def test_lora_training_lowers_the_loss_on_a_fixed_batch():
-    cfg = tiny_cfg(epochs=40, batch_size=8, lr=3e-3, head_lr=3e-3, loss="mse", warmup_ratio=0.0, head_init="zeros")
-    fit = fit_regressor(cfg, TEXTS, TARGETS)  # 8 notes, batch 8: every step sees the same batch
-    losses = fit.info["losses"]
+def test_lora_training_lowers_the_loss_on_a_fixed_batch(tmp_path):
+    import json
+
+    cfg = tiny_cfg(tmp_path, epochs=40, batch_size=8, lr=3e-3, head_lr=3e-3, loss="mse", warmup_ratio=0.0,
+                   head_init="zeros", log_every=1)
+    recipe = fit(cfg)  # 8 notes, batch 8: every step sees the same batch
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
     assert len(losses) == 40
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3])
-    lora_b = [p for n, p in fit.model.named_parameters() if "lora_B" in n]
+    lora_b = [p for n, p in recipe.model.named_parameters() if "lora_B" in n]
     assert lora_b and all(float(p.detach().abs().sum()) > 0 for p in lora_b)  # the adapters trained, not just the head
-    pred = predict_fit(fit, cfg, TEXTS, None)
+    pred = recipe.predict(np.arange(8))
     assert np.mean(np.abs(pred - TARGETS)) < np.mean(np.abs(TARGETS.mean() - TARGETS))
 
 
@@ -92,27 +107,28 @@ def _notes(rows):
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     """A tiny model with one head feature (hour), trained a few steps and saved."""
-    cfg = tiny_cfg(epochs=3, batch_size=4)
+    cfg = tiny_cfg(tmp_path_factory.mktemp("pop"), epochs=3, batch_size=4)
     cfg.model.features = ["hour"]
-    feats = np.arange(8, dtype=float)[:, None]
-    fit = fit_regressor(cfg, TEXTS, TARGETS, feats)
-    _randomise_adapters(fit.model, seed=1)
-    out = save_fit(fit, cfg, tmp_path_factory.mktemp("pop") / "model", [f"n{i}" for i in range(8)])
-    return out, fit, cfg
+    recipe = fit(cfg)
+    _randomise_adapters(recipe.model, seed=1)
+    out = Path(cfg.output_dir) / "model"
+    with saving(out) as folder:  # save the randomised adapters: pooling and merging are then really tested
+        recipe.save(recipe.module, folder, {})
+    return out, recipe, cfg
 
 
 def test_saved_model_describes_itself_and_predicts_the_same(saved_model):
-    out, fit, cfg = saved_model
+    out, recipe, cfg = saved_model
     loaded = load_model(out)
     meta = loaded.meta
     assert meta["backbone"] == "tiny-qwen3" and meta["target"]["log"] == "natural"
     assert meta["target"]["formula"] == "1*ln(likes+1) + 0.5*ln(collects+1) + 0.2*ln(comments+1)"
     assert meta["target"]["mean"] == pytest.approx(TARGETS.mean())
-    assert meta["features"]["names"] == ["hour"] and meta["features"]["mean"] == pytest.approx([3.5])
+    assert meta["features"]["names"] == ["hour"] and meta["features"]["mean"] == pytest.approx([11.5])  # local hours 8..15
     assert (out / "adapter" / "adapter_config.json").exists() and (out / "head.safetensors").exists()
     table = _notes([(t, "") for t in TEXTS])
-    # hour of note i is i UTC = i + 8 in Shanghai
-    expected = predict_fit(fit, cfg, [f"帖子标题：{t}\n\n帖子内容：" for t in TEXTS], np.arange(8.0)[:, None] + 8)
+    # the same notes (hour of note i is i UTC = i + 8 in Shanghai) score the same from memory and from disk
+    expected = recipe.predict(np.arange(8))
     got = predict_table(loaded, table, bf16="false")
     assert got == pytest.approx(expected, abs=1e-4)  # merged LoRA weights, same scores
 

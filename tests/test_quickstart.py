@@ -10,7 +10,7 @@ from notellm.cli import app
 def test_quickstart_runs_all_stages_and_resumes(tmp_path):
     out = tmp_path / "qs"
     args = ["quickstart", "--out", str(out), "--backbone", "tiny-qwen3", "--notes", "400", "--train-minutes", "0.05",
-            "--batch-pairs", "4"]
+            "--batch-size", "4"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     for name in ("notes", "events", "pairs", "train_pairs", "test_pairs"):

@@ -335,13 +335,14 @@ def test_create_app_from_paths_loads_the_folders(world, tmp_path):
 def test_a_trained_popularity_model_folder_is_served(world, tmp_path):
     from notellm.config import load_config
     from notellm.data.schema import empty_note
-    from notellm.training.popularity import PopularityConfig, load_model, predict_table, prepare_data, train
+    from notellm.inference.popularity import load_model, predict_table
+    from notellm.training.popularity import PopularityConfig, prepare, train
 
     rows = [dict(r, likes=10 * i, collects=i, comments=i % 3) for i, r in enumerate(toy_notes())]
     cfg = load_config(PopularityConfig, None, [
-        "model.backbone=tiny-qwen3", "split.kind=random", "train.batch_size=16", "model.max_length=24",
-        "model.lora.top_layers=1", "train.bf16=false", f"output_dir={tmp_path}"])
-    model_dir = train(cfg, data=prepare_data(cfg, notes_to_table(rows), "toy"))
+        "model.backbone=tiny-qwen3", "split.kind=random", "batch_size=16", "model.max_length=24",
+        "lora.top_layers=1", "bf16=false", f"output_dir={tmp_path}"])
+    model_dir = train(cfg, data=prepare(cfg, notes_to_table(rows), "toy"))
     note = {"title": "火锅分享", "content": "今天吃到一家超好吃的火锅", "hashtags": ["美食"]}
     expected = predict_table(load_model(model_dir), notes_to_table([{**empty_note("x"), **note}]))[0]
     with TestClient(create_app_from_paths(popularity_model=str(model_dir))) as c:

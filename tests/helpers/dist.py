@@ -7,8 +7,9 @@ import torch
 from helpers.toy import toy_notes
 from notellm.models.notellm import NoteLLMConfig, build_notellm
 from notellm.models.prompts import build_prompt
-from notellm.training.losses import NoteLLMLoss
-from notellm.training.notellm_trainer import LoraSettings, TrainModule, apply_lora
+from notellm.losses import NoteLLMLoss
+from notellm.models.lora import LoraConfig
+from notellm.training.notellm import TrainModule, add_notellm_lora
 
 N_PAIRS = 8
 # note keys of the 16 rows (a0, b0, a1, b1, ...): some notes repeat, inside one process's half and across halves,
@@ -18,7 +19,7 @@ KEYS = torch.tensor([0, 1, 2, 3, 4, 5, 0, 6, 7, 8, 2, 9, 10, 1, 11, 12])
 
 def make_module() -> TrainModule:
     model = build_notellm(NoteLLMConfig(backbone="tiny-qwen3", dim=16, max_length=64), seed=0)
-    apply_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0))
+    add_notellm_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0))
     torch.manual_seed(1)
     with torch.no_grad():  # non-zero B so that every LoRA matrix gets a gradient
         for name, p in model.lm.named_parameters():

@@ -34,12 +34,13 @@ _GROUP_HELP = {
     "eval": "Evaluate models and baselines exactly as the papers measure.",
     "popularity": "Predict a note's popularity (RedNoob): train, predict, eval.",
     "coldstart": "Cold-start popularity from a user's past posts (MultiSmpLLM, IDPOP): sft, align, eval.",
+    "config": "Show every config key of a trainer with its default and meaning.",
 }
 _MODULES = [
     ("quickstart", None), ("data", "data"), ("demo", "data"), ("split", "data"), ("pairs", None),
     ("models", "models"), ("train", None), ("embed", None), ("index", "index"), ("recommend", None),
     ("eval_recall", "eval"), ("eval_generation", "eval"), ("tag", None), ("popularity", "popularity"),
-    ("coldstart", "coldstart"), ("serve", None),
+    ("coldstart", "coldstart"), ("serve", None), ("plot", None), ("config_show", "config"),
 ]
 
 _groups: dict[str, typer.Typer] = {}

@@ -12,12 +12,13 @@ from notellm.errors import NotellmError
 console = Console(stderr=True)
 
 
-def run_cli(app: typer.Typer) -> int:
-    """Run the app; print NotellmError (bad input, bad config) as one clear line instead of a traceback."""
+def run_cli(app: typer.Typer, args: list[str] | None = None) -> int:
+    """Run the app (on `args`, default sys.argv); print NotellmError (bad input, bad config) as one clear line
+    instead of a traceback."""
     try:
-        app(standalone_mode=False)
+        app(args=args, standalone_mode=False)
     except NotellmError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        print_error(str(exc))
         return 2
     except typer.Exit as exc:
         return exc.exit_code
@@ -34,6 +35,17 @@ def run_cli(app: typer.Typer) -> int:
     return 0
 
 
+def print_error(message: str) -> None:
+    """One line on stderr, never wrapped (scripts grep it; a person can copy it)."""
+    from rich.markup import escape
+
+    message = " ".join(str(message).split())
+    if console.is_terminal:
+        console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
+    else:
+        sys.stderr.write(f"error: {message}\n")
+
+
 def progress():
     """A rich progress bar with rate and ETA, on stderr."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -44,3 +56,45 @@ def progress():
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
         disable=not sys.stderr.isatty() and False,
     )
+
+
+class ProgressCallback:
+    """The training engine's events on the console: a bar per phase (by steps, or by time for a time-capped
+    run), and the logged records as lines, so a run shows life from its first second even without a TTY."""
+
+    def __init__(self) -> None:
+        self.bar = progress()
+        self.task = None
+        self.started = False
+
+    def on_phase(self, name: str, total: float | None = None, unit: str = "") -> None:
+        if not self.started:
+            self.bar.start()
+            self.started = True
+        if self.task is not None:
+            self.bar.update(self.task, visible=False)
+            self.bar.stop_task(self.task)
+        self.task = self.bar.add_task(name, total=total)
+        if not sys.stderr.isatty():
+            console.print(f"[bold]{name}[/]" + (f" ({total:g} {unit})" if total else ""))
+
+    def on_progress(self, completed: float, description: str | None = None) -> None:
+        if self.task is not None:
+            self.bar.update(self.task, completed=completed, **({"description": description} if description else {}))
+
+    def on_log(self, record: dict) -> None:
+        shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+                         if not isinstance(v, (dict, list)))
+        console.log(shown, highlight=False)
+
+    def on_end(self) -> None:
+        if self.started:
+            self.bar.stop()
+            self.started = False
+
+
+def load_cli_config(cls, config: str | None, overrides: list[str] | None):
+    """A config class from a YAML file and key=value overrides (errors name where each key came from)."""
+    from notellm.config import load_config
+
+    return load_config(cls, config, overrides or [])

@@ -8,19 +8,18 @@ from typing import List, Optional
 
 import typer
 
-from notellm.cli.common import console
+from notellm.cli.common import ProgressCallback, console, load_cli_config
 
 app = typer.Typer(no_args_is_help=True)
 
 CONFIG = typer.Argument(..., help="YAML config (configs/popularity_*.yaml)")
-OVERRIDES = typer.Argument(None, help="key=value overrides, e.g. split.kind=time train.epochs=2")
+OVERRIDES = typer.Argument(None, help="key=value overrides, e.g. split.kind=time epochs=2 model.backbone=tiny-qwen3")
 
 
 def _config(config: str, overrides: Optional[List[str]]):
-    from notellm.config import load_config
     from notellm.training.popularity import PopularityConfig
 
-    return load_config(PopularityConfig, config, overrides or [])
+    return load_cli_config(PopularityConfig, config, overrides)
 
 
 def _log(message: str) -> None:
@@ -44,17 +43,23 @@ def _parse_features(items: Optional[List[str]]) -> dict[str, float]:
 
 @app.command("train")
 def train(config: str = CONFIG, overrides: Optional[List[str]] = OVERRIDES) -> None:
-    """LoRA + regression head on the split's training notes -> OUTPUT/model (adapter, head, metadata); scores the test notes."""
+    """LoRA + regression head on the split's training notes -> OUTPUT/model (adapter, head, card with the held-out
+    test error). Resumable: a rerun continues from the last checkpoint. `notellm config show popularity` lists
+    every key."""
     from notellm.config import save_config
     from notellm.data.popularity import describe_target
+    from notellm.models.folder import read_card
     from notellm.training.popularity import train as run_train
 
     cfg = _config(config, overrides)
-    cfg.check()
     console.print(f"[bold]target[/] {cfg.target.name}: {describe_target(cfg.target.resolved())} (natural log); "
                   f"split {cfg.split.kind}; backbone {cfg.model.backbone}")
     save_config(cfg, Path(cfg.output_dir) / "config.yaml")
-    path = run_train(cfg, log=_log)
+    path = run_train(cfg, [ProgressCallback()])
+    heldout = read_card(path).get("heldout")
+    if heldout:
+        console.print(f"test MAE {heldout['mae']:.3f} RMSE {heldout['rmse']:.3f} R2 {heldout['r2']:.3f} "
+                      f"Spearman {heldout['spearman']:.3f} on {heldout['notes']} notes")
     console.print(f"[green]saved[/] {path}")
 
 
@@ -77,7 +82,7 @@ def predict(
     from notellm.data.text import parse_hashtags, strip_hashtags
     from notellm.errors import DataError
     from notellm.io import write_parquet
-    from notellm.training.popularity import load_model, predict_table
+    from notellm.inference.popularity import load_model, predict_table
 
     if (notes is None) == (title is None and content is None):
         raise DataError("give either --notes PARQUET or --title/--content for one note")
@@ -129,7 +134,7 @@ def evaluate(
     from notellm.training.popularity import evaluate as run_eval
 
     cfg = _config(config, overrides)
-    report = run_eval(cfg, model_dir=model, stack=stack, log=_log)
+    report = run_eval(cfg, model_dir=model, stack=stack, log=_log, callbacks=[ProgressCallback()])
     table = Table(title=f"{report['split']} split: {report['train_notes']} train / {report['test_notes']} test notes, "
                         f"target {report['target']}, note age {'on' if report['use_age'] else 'off'}, "
                         f"author history {'on' if report['use_history'] else 'off'} (95% bootstrap intervals)")

@@ -17,7 +17,7 @@ def quickstart(
     notes: int = typer.Option(3000, help="demo notes to generate"),
     backbone: str = typer.Option("gemma-3-270m", help="backbone (the offline default, any HF id or folder)"),
     train_minutes: float = typer.Option(4.0, help="wall-clock budget of the LoRA training run (0: skip training)"),
-    batch_pairs: int = typer.Option(8, help="pairs per training step"),
+    batch_size: int = typer.Option(8, help="pairs per training step"),
     seed: int = typer.Option(0),
 ) -> None:
     """Run every stage on a generated demo corpus and print zero-shot vs trained Recall@K.
@@ -32,7 +32,7 @@ def quickstart(
     test_pairs = data["test_pairs"]
     results = {"zero-shot (PromptEOL-style, before [EMB])": _recall(f"zero-shot:{backbone}", data, root / "emb_zero")}
     if train_minutes > 0:
-        model_dir = _train(root, data, backbone, train_minutes, batch_pairs, seed)
+        model_dir = _train(root, data, backbone, train_minutes, batch_size, seed)
         results["NoteLLM (GCL + CSFT, LoRA)"] = _recall(str(model_dir), data, root / "emb_trained")
     table = Table(title=f"I2I Recall@K on the demo corpus's new notes ({test_pairs.name})")
     ks = next(iter(results.values())).ks
@@ -89,17 +89,19 @@ def _recall(model: str, data: dict[str, Path], out: Path):
     return report
 
 
-def _train(root: Path, data: dict[str, Path], backbone: str, minutes: float, batch_pairs: int, seed: int) -> Path:
+def _train(root: Path, data: dict[str, Path], backbone: str, minutes: float, batch_size: int, seed: int) -> Path:
+    from notellm.cli.common import ProgressCallback
     from notellm.models.notellm import NoteLLMConfig
-    from notellm.training.notellm_trainer import NoteLLMTrainer, TrainConfig
+    from notellm.training.engine import Engine
+    from notellm.training.notellm import NoteLLMRecipe, NoteLLMTrainConfig
 
     model_dir = root / "train" / "model"
     if (model_dir / "notellm.json").exists():
         return model_dir
-    cfg = TrainConfig(notes=str(data["notes"]), train_pairs=str(data["train_pairs"]), output_dir=str(root / "train"),
-                      model=NoteLLMConfig(backbone=backbone), batch_pairs=batch_pairs, max_minutes=minutes,
-                      lr=1e-4, save_every=20, log_every=10, seed=seed,
-                      scheduler="constant_with_warmup", warmup_steps=5)  # the run ends by time, not by schedule
+    cfg = NoteLLMTrainConfig(notes=str(data["notes"]), train_pairs=str(data["train_pairs"]),
+                             output_dir=str(root / "train"), model=NoteLLMConfig(backbone=backbone),
+                             batch_size=batch_size, time_budget_min=minutes, lr=1e-4, save_every=20, log_every=10,
+                             seed=seed, scheduler="constant_with_warmup", warmup_steps=5)  # ends by time
     console.print(f"[bold]training[/] LoRA for up to {minutes:g} min (resumes if interrupted)")
-    NoteLLMTrainer(cfg).train()
+    Engine(NoteLLMRecipe(cfg), [ProgressCallback()]).run()
     return model_dir

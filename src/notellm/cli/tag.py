@@ -89,13 +89,11 @@ def _llm(model: str, n_tags: int, beams: int, constrain: bool, categories: str |
 
 def _card(model: str) -> dict | None:
     """A trained model's card (notellm.json); None for zero-shot:<backbone> and plain backbones."""
-    import json
     from pathlib import Path
 
-    from notellm.models.notellm import MODEL_CARD
+    from notellm.models.folder import read_card
 
-    card = Path(model) / MODEL_CARD
-    return json.loads(card.read_text(encoding="utf-8")) if card.exists() else None
+    return read_card(model) if (Path(model) / "notellm.json").is_file() else None
 
 
 def _category_levels(model: str) -> int:

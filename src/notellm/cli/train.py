@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from notellm.cli.common import console
+from notellm.cli.common import ProgressCallback, console, load_cli_config
 
 app = typer.Typer()
 
@@ -18,26 +18,24 @@ def train(
 ) -> None:
     """Train NoteLLM: contrastive learning on co-occurring note pairs + hashtag/category generation.
 
-    Runs again with the same output_dir resume from the last checkpoint. For several GPUs or machines:
+    A `multimodal:` section trains NoteLLM-2 (image + text). Runs again with the same output_dir resume from the
+    last checkpoint; a changed config is refused (resume=force continues anyway). `notellm config show train`
+    lists every key. For several GPUs or machines:
     `accelerate launch --config_file configs/accelerate/deepspeed_zero2.yaml -m notellm.cli train ...`;
     several CPU processes: `torchrun --nproc_per_node 2 -m notellm.cli train ...`.
     """
-    from notellm.config import load_config
-    from notellm.training.notellm_trainer import NoteLLMTrainer, TrainConfig
-
-    config_cls, trainer_cls = TrainConfig, NoteLLMTrainer
-    # NoteLLM-2 (issue 7): a `multimodal:` section (in the file or an override) trains the image + text model
-    from notellm.training.multimodal_trainer import is_multimodal_config
+    from notellm.training.engine import Engine
+    from notellm.training.multimodal import MultimodalRecipe, MultimodalTrainConfig, is_multimodal_config
+    from notellm.training.notellm import NoteLLMRecipe, NoteLLMTrainConfig
 
     if is_multimodal_config(config, overrides or []):
-        from notellm.training.multimodal_trainer import MultimodalTrainConfig as config_cls
-        from notellm.training.multimodal_trainer import MultimodalTrainer as trainer_cls
-    cfg = load_config(config_cls, config, overrides or [])
-    trainer = trainer_cls(cfg)
-    console.print(f"[bold]training[/] {cfg.objective} on {len(trainer.items)} items, "
-                  f"{trainer.total_steps()} steps, backbone {cfg.model.backbone}, "
-                  f"{'LoRA' if cfg.lora.enabled else 'full'}, bf16={trainer.bf16}")
-    summary = trainer.train()
+        recipe = MultimodalRecipe(load_cli_config(MultimodalTrainConfig, config, overrides))
+    else:
+        recipe = NoteLLMRecipe(load_cli_config(NoteLLMTrainConfig, config, overrides))
+    cfg = recipe.args
+    console.print(f"[bold]training[/] {recipe.kind} ({cfg.objective}), backbone {cfg.model.backbone}, "
+                  f"{'LoRA' if cfg.lora.enabled else 'full'} -> {cfg.output_dir}")
+    summary = Engine(recipe, [ProgressCallback()]).run()
     console.print(f"[green]saved[/] {cfg.output_dir}/model  ({summary['steps']} steps, {summary['seconds']:.0f} s)")
     if "validation" in summary:
         console.print({k: round(v, 4) for k, v in summary["validation"].items()})

@@ -291,3 +291,157 @@ def examples_to_table(examples: Sequence[ColdStartExample]) -> pa.Table:
 
 def examples_from_table(table: pa.Table) -> list[ColdStartExample]:
     return [ColdStartExample(**row) for row in table.to_pylist()]
+
+
+# ---- the instruction set of a source --------------------------------------------------------------------
+COLDSTART_SOURCES = ("hackernews", "demo", "notes")
+
+
+@dataclass
+class DataSourceConfig:
+    source: str = "hackernews"          # hackernews | demo | notes (a Note-table parquet)
+    path: str | None = None             # CSV for hackernews, parquet for notes
+    demo_notes: int = 3000
+    demo_seed: int = 0
+    main_users: int | None = 120        # users giving SFT train (post n-1) and test (post n) questions
+    preference_users: int | None = 80   # disjoint users giving the alignment prompts
+    seed: int = 0
+    instructions: InstructionConfig = field(default_factory=InstructionConfig)
+
+    def __post_init__(self):
+        from notellm.errors import ConfigError
+
+        if isinstance(self.instructions, dict):
+            self.instructions = InstructionConfig(**self.instructions)
+        if self.source not in COLDSTART_SOURCES:
+            raise ConfigError(f"data.source must be one of {list(COLDSTART_SOURCES)}, not {self.source!r}")
+
+
+def load_notes(cfg: DataSourceConfig) -> tuple[pa.Table, str]:
+    """The Note table and a name for error messages."""
+    from notellm.errors import ConfigError
+
+    if cfg.source == "hackernews":
+        from notellm.data.readers import read_hackernews
+
+        if not cfg.path:
+            raise ConfigError("data.path must name the Hacker News CSV (hacker_news.csv)")
+        return read_hackernews(cfg.path), str(cfg.path)
+    if cfg.source == "demo":
+        from notellm.data.demo import generate_demo
+
+        corpus = generate_demo(cfg.demo_notes, seed=cfg.demo_seed, n_users=0)  # notes only, no click events
+        return corpus.notes, f"<demo n={cfg.demo_notes} seed={cfg.demo_seed}>"
+    from notellm.data.schema import read_notes
+
+    if not cfg.path:
+        raise ConfigError("data.path must name a Note-table parquet")
+    return read_notes(cfg.path), str(cfg.path)
+
+
+@dataclass
+class InstructionSet:
+    train: list[ColdStartExample]
+    test: list[ColdStartExample]
+    preference: list[ColdStartExample]
+    notes: pa.Table
+    summary: dict[str, Any]
+
+
+def make_instruction_set(table: pa.Table, cfg: DataSourceConfig, source: str = "<notes>") -> InstructionSet:
+    from notellm.errors import ConfigError
+
+    icfg = cfg.instructions
+    if icfg.min_posts < max(icfg.shots) + 2:
+        raise ConfigError(f"min_posts ({icfg.min_posts}) must be >= max(shots) + 2 = {max(icfg.shots) + 2}")
+    users, skips = group_user_posts(table, icfg, source)
+    if not users:
+        raise DataError(f"no user has >= {icfg.min_posts} posts", file=source, field="author_id")
+    main, pref = split_users(users, cfg.main_users, cfg.preference_users, cfg.seed)
+    train = build_instructions(table, main, icfg, "train", source)
+    test = build_instructions(table, main, icfg, "test", source)
+    preference = build_instructions(table, pref, icfg, "test", source)
+    summary = dict(
+        source=source, notes=len(table), eligible_users=len(users), main_users=len(main),
+        preference_users=len(pref), skipped=skips.describe(), shots=icfg.shots,
+        train_questions=len(train), test_questions=len(test), preference_prompts=len(preference),
+    )
+    return InstructionSet(train, test, preference, table, summary)
+
+
+INSTRUCTIONS_FILE = "instructions.parquet"
+
+
+def write_instruction_set(data: InstructionSet, out_dir) -> None:
+    from pathlib import Path
+
+    from notellm.io import write_json, write_parquet
+
+    rows = data.train + data.test + data.preference
+    kinds = ["main"] * (len(data.train) + len(data.test)) + ["preference"] * len(data.preference)
+    write_json(data.summary, Path(out_dir) / "users.json")
+    write_parquet(examples_to_table(rows).append_column("users", pa.array(kinds)), Path(out_dir) / INSTRUCTIONS_FILE)
+
+
+def read_instruction_set(out_dir) -> tuple[list[ColdStartExample], list[ColdStartExample], list[ColdStartExample]]:
+    """(train, test, preference) questions written by `write_instruction_set`."""
+    from pathlib import Path
+
+    from notellm.errors import NotellmError
+
+    path = Path(out_dir) / INSTRUCTIONS_FILE
+    if not path.exists():
+        raise NotellmError(f"{path} does not exist: run `notellm coldstart sft` first")
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    users = table.column("users").to_pylist()
+    examples = examples_from_table(table.drop_columns(["users"]))
+    train = [e for e, u in zip(examples, users) if u == "main" and e.split == "train"]
+    test = [e for e, u in zip(examples, users) if u == "main" and e.split == "test"]
+    pref = [e for e, u in zip(examples, users) if u == "preference"]
+    return train, test, pref
+
+
+# ---- tokens ---------------------------------------------------------------------------------------------
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    prompt_ids: list[int]
+    answer_ids: list[int]
+    truncated: bool = False
+
+
+def encode(tokenizer, prompt: str, answer: str, max_length: int) -> Encoded:
+    """Prompt tokens (with the tokenizer's BOS) and answer tokens + EOS; an over-long prompt keeps its first
+    token (BOS) and its last tokens (the question is at the end)."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] if answer else []
+    room = max_length - len(answer_ids)
+    truncated = len(prompt_ids) > room
+    if truncated:
+        prompt_ids = prompt_ids[:1] + prompt_ids[len(prompt_ids) - (room - 1):]
+    return Encoded(prompt_ids, answer_ids, truncated)
+
+
+def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
+    """Left-padded batch of prompt+answer. Labels are -100 except on answer tokens; every sequence ends at
+    the last column, so logits for the last `n_keep` positions cover every answer."""
+    import torch
+
+    seqs = [e.prompt_ids + e.answer_ids for e in items]
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
+    for i, (item, seq) in enumerate(zip(items, seqs)):
+        start = width - len(seq)
+        input_ids[i, start:] = torch.tensor(seq)
+        attention[i, start:] = 1
+        if item.answer_ids:
+            labels[i, width - len(item.answer_ids):] = torch.tensor(item.answer_ids)
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    n_keep = max(len(e.answer_ids) for e in items) + 1
+    return dict(input_ids=input_ids, attention_mask=attention, position_ids=position_ids, labels=labels, n_keep=n_keep)

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -148,6 +150,4 @@ class ImageReader:
 
 
 def _console_warning(message: str) -> None:
-    from notellm.cli.common import console
-
-    console.log(f"[yellow]{message}[/]")
+    logging.getLogger("notellm.images").warning(message)

@@ -363,3 +363,91 @@ def feature_frame(table: pa.Table, names: Sequence[str], targets: np.ndarray | N
     if not parts:
         return pd.DataFrame(index=range(table.num_rows))
     return pd.concat(parts, axis=1)[names]
+
+
+# ------------------------------------------------------------------------------------- a prepared split
+POPULARITY_SOURCES = ("mediacrawler", "weibo", "notes", "demo")
+
+
+@dataclass
+class DataConfig:
+    source: str = "mediacrawler"       # mediacrawler (xhs_note.csv) | weibo (folder of CSVs) | notes (parquet) |
+                                       # demo (`notellm data demo` notes, generated)
+    path: str = ""                     # the file or folder of the source (demo: unused)
+    timezone: str = "Asia/Shanghai"    # local time for hour / weekday features
+    as_of: str | None = None           # crawl time for note age when the table has no extra.crawled_at
+    demo_notes: int = 2000             # demo: how many notes
+    demo_seed: int = 0
+
+    def __post_init__(self):
+        if self.source not in POPULARITY_SOURCES:
+            raise ConfigError(f"data.source must be one of {list(POPULARITY_SOURCES)}, not {self.source!r}")
+
+
+def load_notes(cfg: DataConfig) -> tuple[pa.Table, str]:
+    """The Note table of the configured source, and a name for messages."""
+    if cfg.source == "demo":
+        from notellm.data.demo import generate_demo
+
+        return generate_demo(cfg.demo_notes, seed=cfg.demo_seed, n_users=0).notes, \
+            f"<demo n={cfg.demo_notes} seed={cfg.demo_seed}>"
+    if not cfg.path:
+        raise ConfigError(f"data.path is empty (data.source={cfg.source} reads a file)")
+    if cfg.source == "mediacrawler":
+        from notellm.data.readers import read_mediacrawler
+
+        return read_mediacrawler(cfg.path), str(cfg.path)
+    if cfg.source == "weibo":
+        from notellm.data.readers import read_weibo
+
+        return read_weibo(cfg.path), str(cfg.path)
+    from notellm.data.schema import read_notes
+
+    return read_notes(cfg.path), str(cfg.path)
+
+
+@dataclass
+class PreparedData:
+    """Everything the popularity models share: the table, target, test mask, inputs and feature blocks."""
+
+    table: pa.Table
+    source: str
+    y: np.ndarray
+    test: np.ndarray                   # bool mask
+    texts: list[str]
+    hand: pd.DataFrame
+    age: pd.DataFrame | None           # None when the source has no crawl time
+    history: pd.DataFrame
+    authors: list[Any]
+    note_ids: list[str]
+
+    @property
+    def train_idx(self) -> np.ndarray:
+        return np.flatnonzero(~self.test)
+
+    @property
+    def test_idx(self) -> np.ndarray:
+        return np.flatnonzero(self.test)
+
+
+def prepare_data(data: DataConfig, target: TargetConfig, split: SplitConfig, history: HistoryConfig,
+                 content_chars: int = 600, table: pa.Table | None = None, source: str = "<notes>") -> PreparedData:
+    """Read the source (or take `table`), compute the target, the split and every feature block."""
+    split.check()
+    if table is None:
+        table, source = load_notes(data)
+    y = target_values(table, target.resolved(), source)
+    test = split_mask(table, split, source)
+    if test.all() or not test.any():
+        raise DataError(f"the {split.kind} split leaves {int(test.sum())} of {len(test)} notes for test",
+                        file=source)
+    hand = feature_frame(table, HAND_FEATURES, timezone=data.timezone, source=source)
+    try:
+        age = feature_frame(table, AGE_FEATURES, as_of=data.as_of, source=source)
+    except DataError:
+        if data.as_of is not None:
+            raise
+        age = None  # no crawl time in the data: models that need note age say so when asked for it
+    hist = feature_frame(table, history_feature_names(history), y, history=history, source=source)
+    return PreparedData(table, source, y, test, note_texts(table, content_chars, source), hand, age, hist,
+                        table.column("author_id").to_pylist(), table.column("note_id").to_pylist())

@@ -95,7 +95,13 @@ def read_table_with(path: str | Path, kind: str, required: Sequence[str]) -> pa.
     path = Path(path)
     if not path.exists():
         raise DataError(f"{kind} table does not exist", file=str(path))
-    table = pq.read_table(path)
+    if path.is_dir() and not any(path.glob("*.parquet")):
+        raise DataError(f"expected a Parquet {kind} table, found a folder without .parquet files", file=str(path))
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"not a readable Parquet {kind} table ({first})", file=str(path)) from None
     missing = [c for c in required if c not in table.column_names]
     if missing:
         raise DataError(f"not a {kind} table: missing column(s) {missing}", file=str(path))
@@ -108,7 +114,20 @@ def read_notes(path: str | Path) -> pa.Table:
     for name in NOTE_COLUMNS:  # tolerate tables written by other tools that omit optional columns
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(len(table), NOTE_SCHEMA.field(name).type))
-    return table.select(NOTE_COLUMNS).cast(NOTE_SCHEMA)
+    try:
+        return table.select(NOTE_COLUMNS).cast(NOTE_SCHEMA)
+    except (pa.ArrowException, ValueError) as exc:
+        bad = next((f.name for f in NOTE_SCHEMA if not _castable(table.column(f.name), f.type)), None)
+        raise DataError(f"a column does not have the Note table's type ({str(exc).splitlines()[0]})",
+                        file=str(path), field=bad) from None
+
+
+def _castable(column: pa.ChunkedArray, target: pa.DataType) -> bool:
+    try:
+        column.cast(target)
+        return True
+    except (pa.ArrowException, ValueError):
+        return False
 
 
 def read_events(path: str | Path) -> pa.Table:

@@ -19,16 +19,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from notellm.device import bf16_supported
 from notellm.errors import DataError, NotellmError
 from notellm.io import atomic_path, write_json
 
 ZERO_SHOT_PREFIX = "zero-shot:"  # `zero-shot:<backbone>[@pooling]`: an untrained NoteLLM (PromptEOL-style)
-
-
-def bf16_supported() -> bool:
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def embed_notes(model, notes: Sequence[dict[str, Any]], batch_size: int = 32, bf16: bool = False,

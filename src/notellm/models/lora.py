@@ -1,6 +1,7 @@
-"""LoRA for every notellm model: which projections get adapters, and a dropout in front of them that is fast on CPUs.
+"""LoRA for every notellm model: one config (`LoraConfig`, the `lora:` section of every training config), one
+applier (`apply_lora`), and a dropout in front of the adapters that is fast on CPUs.
 
-All four trainers (NoteLLM, NoteLLM-2, popularity, cold start) wrap their backbone here, so "LoRA in the top N
+All four model kinds (NoteLLM, NoteLLM-2, popularity, cold start) wrap their backbone here, so "LoRA in the top N
 layers" and the dropout speed-up mean the same thing everywhere.
 """
 
@@ -8,14 +9,39 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from notellm.errors import NotellmError
+from notellm.errors import ConfigError, NotellmError
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoraConfig:
+    """The `lora:` section of every training config."""
+
+    enabled: bool = True              # false: train every weight (full fine-tuning)
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+    top_layers: int = 0               # adapters only in the last N decoder layers (0: all); backward stops there
+    train_emb_token: bool = False     # NoteLLM: train the [EMB] input row too (peft trainable tokens). Off by
+                                      # default: with before_emb pooling the row only feeds CSFT, and on
+                                      # tied-embedding models (Gemma) its gradient costs a vocabulary x hidden
+                                      # matmul, +27% a step
+
+    def __post_init__(self):
+        if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1 or self.top_layers < 0:
+            raise ConfigError(f"lora: r >= 1, alpha > 0, 0 <= dropout < 1 and top_layers >= 0 are needed "
+                              f"(got r={self.r}, alpha={self.alpha}, dropout={self.dropout}, "
+                              f"top_layers={self.top_layers})")
+        if not self.target_modules:
+            raise ConfigError("lora.target_modules is empty")
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -33,7 +59,7 @@ def lora_target_regex(model: nn.Module, target_modules: Sequence[str], top_layer
     (backward then stops at the lowest adapted layer, which is where the speed comes from)."""
     n = len(decoder_layers(model))
     if not 0 <= top_layers <= n:
-        raise NotellmError(f"lora top_layers must be in 0..{n} for this backbone, got {top_layers}")
+        raise ConfigError(f"lora.top_layers must be in 0..{n} for this backbone ({n} layers), got {top_layers}")
     layers = range(n - top_layers, n) if top_layers else range(n)
     names = "|".join(re.escape(m) for m in target_modules)
     return rf"(.*\.)?layers\.({'|'.join(str(i) for i in layers)})\.(.*\.)?({names})"
@@ -71,16 +97,22 @@ def use_fast_dropout(model: nn.Module) -> int:
     return swapped
 
 
-def add_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: Sequence[str],
-             top_layers: int = 0, task_type: str | None = None, trainable_token_indices: list[int] | None = None):
-    """Wrap `model` with LoRA adapters (peft) on `target_modules`, in all layers or the top `top_layers`."""
-    from peft import LoraConfig, get_peft_model
+def apply_lora(model: nn.Module, cfg: LoraConfig, task_type: str | None = None,
+               trainable_token_indices: list[int] | None = None) -> nn.Module:
+    """Wrap `model` (a causal LM or a bare decoder) with peft LoRA adapters as `cfg` says; only the adapters
+    (and the trainable token rows, if any) require grad afterwards. Returns the peft model."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
 
-    targets = lora_target_regex(model, target_modules, top_layers) if top_layers else list(target_modules)
+    targets = lora_target_regex(model, cfg.target_modules, cfg.top_layers) if cfg.top_layers \
+        else list(cfg.target_modules)
     kwargs = {"trainable_token_indices": trainable_token_indices} if trainable_token_indices else {}
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type=task_type,
-                        **kwargs)
-    peft_model = get_peft_model(model, config)
+    config = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                            task_type=task_type, **kwargs)
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as exc:  # e.g. no module named like target_modules in this backbone
+        raise ConfigError(f"lora: {exc}") from None
     use_fast_dropout(peft_model)
     return peft_model
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from notellm.errors import ConfigError, NotellmError
-from notellm.models.notellm import MODEL_CARD, NoteLLM, NoteLLMConfig, _accepts_replace, load_card_lm, load_head
+from notellm.models.notellm import NoteLLM, NoteLLMConfig, _accepts_replace, load_card_lm, load_head
 from notellm.models.prompts import (EMB_TOKEN, IMG_EMB_TOKEN, IMG_TOKEN, TASK_EMBED, NotePrompt, PromptConfig,
                                     build_prompt)
 
@@ -552,13 +552,15 @@ class NoteLLM2(NoteLLM):
         return super().card({"multimodal": multimodal, "img_emb_token": IMG_EMB_TOKEN, "img_token": IMG_TOKEN,
                              **(extra or {})})
 
-    def save(self, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    kind = "notellm2"
+
+    def write_to(self, out: Path, extra: dict[str, Any] | None = None) -> None:
         """NoteLLM's folder plus `vision_tower/` (config, weights, image processor) and `multimodal.safetensors`
         (connector, vision map, fusion gate). The tower is always saved: a random or fine-tuned tower has no
         other source."""
         from safetensors.torch import save_file
 
-        out = super().save(out_dir, extra)
+        super().write_to(out, extra)
         if self.tower is not None:
             self.tower.save_pretrained(out / TOWER_DIR)
             if self.processor is not None:
@@ -567,7 +569,6 @@ class NoteLLM2(NoteLLM):
                      for name in ("connector", "vision_map", "fusion") if getattr(self, name) is not None
                      for k, v in getattr(self, name).state_dict().items()}
             save_file(state, str(out / MULTIMODAL_FILE))
-        return out
 
 
 def build_notellm2(config: NoteLLMConfig, settings: MultimodalSettings, dtype: str = "float32",
@@ -581,11 +582,13 @@ def build_notellm2(config: NoteLLMConfig, settings: MultimodalSettings, dtype: s
 
 
 def is_multimodal_model(model_dir: str | Path) -> bool:
-    """True for a model folder whose card has a `multimodal` section."""
-    card = Path(model_dir) / MODEL_CARD
-    if not card.is_file():
+    """True for a NoteLLM-2 model folder."""
+    from notellm.models.folder import ModelFolderError, model_kind
+
+    try:
+        return model_kind(model_dir) == "notellm2"
+    except ModelFolderError:
         return False
-    return "multimodal" in json.loads(card.read_text(encoding="utf-8"))
 
 
 def load_notellm2(model_dir: str | Path, dtype: str = "float32", merge_lora: bool = True,
@@ -593,8 +596,10 @@ def load_notellm2(model_dir: str | Path, dtype: str = "float32", merge_lora: boo
     """Load a folder written by `NoteLLM2.save` (or `notellm train` with a `multimodal:` section)."""
     from safetensors.torch import load_file
 
+    from notellm.models.folder import expect_kind
+
     model_dir = Path(model_dir)
-    card = json.loads((model_dir / MODEL_CARD).read_text(encoding="utf-8"))
+    card = expect_kind(model_dir, "notellm2")
     config = NoteLLMConfig(**card["config"])
     known = MultimodalSettings.__dataclass_fields__
     settings = MultimodalSettings(**{k: v for k, v in card["multimodal"].items() if k in known})

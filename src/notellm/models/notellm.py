@@ -21,7 +21,6 @@ from torch import nn
 from notellm.models.prompts import EMB_TOKEN, TASK_EMBED, NotePrompt, PromptConfig, build_prompt
 
 POOLINGS = ("before_emb", "emb", "last", "mean")
-MODEL_CARD = "notellm.json"
 HEAD_FILE = "head.safetensors"
 
 
@@ -199,15 +198,27 @@ class NoteLLM(nn.Module):
         return self(batch["input_ids"], batch["attention_mask"], batch["emb_pos"])["embeddings"]
 
     # ---- saving ----------------------------------------------------------------------------------------
+    kind = "notellm"
+
     def card(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {"format": "notellm/1", "config": asdict(self.config), "emb_token": EMB_TOKEN, **(extra or {})}
+        return {"backbone": self.config.backbone, "config": asdict(self.config), "emb_token": EMB_TOKEN,
+                **(extra or {})}
 
     def save(self, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """A self-describing folder: notellm.json, the LoRA adapter or full weights, the head, the tokenizer."""
+        """A self-describing folder (notellm.json, the LoRA adapter or full weights, the head, the tokenizer),
+        written whole: a kill while saving leaves the previous folder."""
+        from notellm.models.folder import saving
+
+        with saving(out_dir) as tmp:
+            self.write_to(tmp, extra)
+        return Path(out_dir)
+
+    def write_to(self, out: Path, extra: dict[str, Any] | None = None) -> None:
+        """Write the model folder's files into `out` (an empty folder; `save` renames it into place)."""
         from safetensors.torch import save_file
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        from notellm.models.folder import write_card
+
         is_peft = hasattr(self.lm, "peft_config")
         if is_peft:
             # not the resized embedding matrix (vocabulary x hidden, ~650 MB for Gemma): loading adds [EMB] again
@@ -219,9 +230,7 @@ class NoteLLM(nn.Module):
         head = {k: v.detach().float().contiguous() for k, v in self.proj.state_dict().items()}
         head.update(feat_mean=self.feat_mean.float().contiguous(), feat_std=self.feat_std.float().contiguous())
         save_file(head, str(out / HEAD_FILE))
-        card = self.card({"weights": "lora" if is_peft else "full", **(extra or {})})
-        (out / MODEL_CARD).write_text(json.dumps(card, ensure_ascii=False, indent=2), encoding="utf-8")
-        return out
+        write_card(out, self.kind, self.card({"weights": "lora" if is_peft else "full", **(extra or {})}))
 
 
 def build_notellm(config: NoteLLMConfig, dtype: str = "float32", seed: int = 0) -> NoteLLM:
@@ -274,13 +283,10 @@ def load_card_lm(model_dir: Path, card: dict[str, Any], config: NoteLLMConfig, d
 
 def load_notellm(model_dir: str | Path, dtype: str = "float32", merge_lora: bool = True) -> NoteLLM:
     """Load a folder written by `NoteLLM.save` (or by `notellm train`)."""
-    from notellm.errors import NotellmError
+    from notellm.models.folder import expect_kind
 
     model_dir = Path(model_dir)
-    card_path = model_dir / MODEL_CARD
-    if not card_path.exists():
-        raise NotellmError(f"{model_dir} is not a notellm model folder (no {MODEL_CARD})")
-    card = json.loads(card_path.read_text(encoding="utf-8"))
+    card = expect_kind(model_dir, "notellm")
     config = NoteLLMConfig(**card["config"])
     lm, tokenizer = load_card_lm(model_dir, card, config, dtype, merge_lora, add_emb_token)
     model = NoteLLM(lm, tokenizer, config, emb_token_id=tokenizer.convert_tokens_to_ids(EMB_TOKEN))

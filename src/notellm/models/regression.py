@@ -11,14 +11,13 @@ state; optional numeric features are concatenated to that state before the head.
 - LoRA (peft) can be limited to the top N decoder layers: backward then stops there, which is most of the
   saving on a CPU.
 
-A trained model is a folder: `adapter/` (peft LoRA of the decoder), `head.safetensors`, and
-`popularity_model.json` (backbone id and seed, LoRA settings, input format, target definition, feature
-names, normalisation statistics of target and features, training summary).
+A trained model is a folder (`models.folder`): `adapter/` (peft LoRA of the decoder), `head.safetensors`, and
+the card `notellm.json` (kind `popularity`: backbone id and seed, LoRA settings, input format, target
+definition, feature names, normalisation statistics of target and features, held-out error, training summary).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from notellm.errors import NotellmError
-from notellm.io import atomic_path, read_json, write_json
-from notellm.models.lora import DEFAULT_TARGET_MODULES, add_lora
-
-META_FILE = "popularity_model.json"
-
-
-@dataclass
-class LoraSpec:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
-    top_layers: int = 0          # LoRA only on the last N decoder layers (0: all layers)
+from notellm.models.lora import LoraConfig, apply_lora
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -106,17 +93,17 @@ class NoteRegressor(nn.Module):
         return (score, pooled) if return_pooled else score
 
 
-def apply_lora(model: NoteRegressor, spec: LoraSpec) -> NoteRegressor:
+def add_regressor_lora(model: NoteRegressor, lora: LoraConfig) -> NoteRegressor:
     """Wrap the decoder with LoRA adapters; freeze everything else but the head."""
     for p in model.decoder.parameters():
         p.requires_grad_(False)
-    model.decoder = add_lora(model.decoder, spec.r, spec.alpha, spec.dropout, spec.target_modules, spec.top_layers)
+    model.decoder = apply_lora(model.decoder, lora)
     for p in model.head.parameters():
         p.requires_grad_(True)
     return model
 
 
-def build_regressor(backbone: str, n_features: int = 0, lora: LoraSpec | None = None, seed: int = 0,
+def build_regressor(backbone: str, n_features: int = 0, lora: LoraConfig | None = None, seed: int = 0,
                     dtype: str = "float32"):
     """(NoteRegressor, tokenizer) from a backbone name (see models.backbone); LoRA applied when given."""
     from notellm.models.backbone import load_backbone
@@ -126,34 +113,33 @@ def build_regressor(backbone: str, n_features: int = 0, lora: LoraSpec | None = 
     hidden = causal_lm.config.get_text_config().hidden_size if hasattr(causal_lm.config, "get_text_config") \
         else causal_lm.config.hidden_size
     model = NoteRegressor(decoder, hidden, n_features)
-    if lora is not None:
-        apply_lora(model, lora)
+    if lora is not None and lora.enabled:
+        add_regressor_lora(model, lora)
     return model, tokenizer
 
 
-def save_regressor(model: NoteRegressor, out_dir: str | Path, meta: dict[str, Any]) -> Path:
-    """Write adapter/, head.safetensors and the metadata JSON (written last: its presence means complete)."""
+def write_regressor(model: NoteRegressor, out: Path, card: dict[str, Any]) -> None:
+    """Write adapter/, head.safetensors and the card into `out` (a folder `models.folder.saving` renames)."""
     from safetensors.torch import save_file
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from notellm.models.folder import write_card
+
     if hasattr(model.decoder, "peft_config"):
         model.decoder.save_pretrained(str(out / "adapter"))
-    with atomic_path(out / "head.safetensors") as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}, str(tmp))
-    write_json(meta, out / META_FILE)
-    return out
+    else:
+        model.decoder.save_pretrained(str(out / "decoder"))
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}, str(out / "head.safetensors"))
+    write_card(out, "popularity", card)
 
 
 def load_regressor(model_dir: str | Path, merge: bool = False):
-    """(NoteRegressor in eval mode, tokenizer, metadata) for a folder written by save_regressor."""
+    """(NoteRegressor in eval mode, tokenizer, card) for a folder written by write_regressor."""
     from safetensors.torch import load_file
 
+    from notellm.models.folder import expect_kind
+
     model_dir = Path(model_dir)
-    meta_path = model_dir / META_FILE
-    if not meta_path.exists():
-        raise NotellmError(f"{model_dir} is not a trained popularity model (no {META_FILE})")
-    meta = read_json(meta_path)
+    meta = expect_kind(model_dir, "popularity")
     model, tokenizer = build_regressor(meta["backbone"], len(meta["features"]["names"]), None, meta.get("backbone_seed", 0))
     if (model_dir / "adapter").is_dir():
         from peft import PeftModel
@@ -161,6 +147,10 @@ def load_regressor(model_dir: str | Path, merge: bool = False):
         model.decoder = PeftModel.from_pretrained(model.decoder, str(model_dir / "adapter"))
         if merge:  # one matrix per projection (faster), but under bf16 autocast W + BA is rounded to 8 bits
             model.decoder = model.decoder.merge_and_unload()  # of mantissa and most of the small BA is lost
+    elif (model_dir / "decoder").is_dir():
+        from transformers import AutoModel
+
+        model.decoder = AutoModel.from_pretrained(str(model_dir / "decoder"))
     model.head.load_state_dict(load_file(str(model_dir / "head.safetensors")))
     model.eval()
     for p in model.parameters():

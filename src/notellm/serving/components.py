@@ -37,21 +37,21 @@ class PopularityLike(Protocol):
 
 
 class PopularityPredictor:
-    """A trained popularity model folder (notellm.training.popularity) as `.predict(notes)`.
+    """A trained popularity model folder (written by `notellm popularity train`) as `.predict(notes)`.
 
     A draft has no publish time: it is taken as published now. A model trained with note-age features cannot
     score drafts (their age is undefined); its DataError names the feature and the API returns it as a 422.
     """
 
     def __init__(self, model_dir: str | Path):
-        from notellm.training.popularity import load_model
+        from notellm.inference.popularity import load_model
 
         self.model_dir = str(model_dir)
         self.loaded = load_model(model_dir)
 
     def predict(self, notes: Sequence[dict[str, Any]]) -> np.ndarray:
         from notellm.data.schema import notes_to_table
-        from notellm.training.popularity import predict_table
+        from notellm.inference.popularity import predict_table
 
         now = datetime.now(timezone.utc).replace(microsecond=0)
         rows = [{**n, "published_at": n.get("published_at") or now} for n in notes]

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from notellm.training.losses import global_sum
+from notellm.losses.contrastive import global_sum
 
 
 def _rows(batch: dict[str, torch.Tensor], start: int, stop: int) -> dict[str, torch.Tensor]:

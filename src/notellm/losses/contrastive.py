@@ -1,11 +1,7 @@
-"""NoteLLM's losses as small modules (sentence-transformers style), each testable on its own.
+"""Contrastive losses: Generative Contrastive Learning (GCL, NoteLLM) and its masked form (mICL's image loss).
 
-- GenerativeContrastiveLoss (GCL): symmetric in-batch InfoNCE over co-occurring note pairs, learnable scale.
-- CollaborativeSFTLoss (CSFT): next-token loss on answer tokens only.
-- NoteLLMLoss: L = (L_cl + a * L_gen) / (1 + a).
-
-Both losses give the same value and gradients whether the global batch is on one process or spread over
-several (embeddings are gathered WITH gradient; token counts are summed over processes).
+Both take embeddings of B pairs (rows a_i, b_i) and give the same value and gradients whether the global batch
+is on one process or spread over several (embeddings are gathered WITH gradient).
 """
 
 from __future__ import annotations
@@ -110,44 +106,25 @@ class GenerativeContrastiveLoss(nn.Module):
         return F.cross_entropy(logits, partner)
 
 
-class CollaborativeSFTLoss(nn.Module):
-    """Mean next-token cross-entropy over answer tokens (labels != -100) of the global batch.
+class MaskedGenerativeContrastiveLoss(GenerativeContrastiveLoss):
+    """GCL over the pairs flagged valid only (the mICL image loss: a pair counts when both notes have an image
+    vector). Invalid rows are neither queries nor negatives. With every pair valid it equals GCL."""
 
-    `logits` are the LM's predictions at the positions in `labels` already shifted (logits[k] predicts
-    labels[k]); pass only answer positions to avoid materialising the full vocabulary for every token.
-    Normalised by the global number of answer tokens, times the world size, so that the mean of the
-    processes' losses is the global mean.
-    """
-
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        mask = labels != -100
-        total = F.cross_entropy(logits[mask].float(), labels[mask], reduction="sum")
-        count = global_sum(mask.sum().to(logits.device)).clamp(min=1)
-        world = dist.get_world_size() if distributed() else 1
-        return total * world / count
-
-
-class NoteLLMLoss(nn.Module):
-    """L = (L_cl + a * L_gen) / (1 + a); a = 0.01 in the reference code."""
-
-    def __init__(self, gen_weight: float = 0.01, init_log_scale: float = 3.0, max_scale: float = 100.0):
-        super().__init__()
-        self.gen_weight = gen_weight
-        self.contrastive = GenerativeContrastiveLoss(init_log_scale, max_scale)
-        self.generative = CollaborativeSFTLoss()
-
-    def forward(self, emb_a, emb_b, answer_logits=None, answer_labels=None,
-                keys: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        l_cl = self.contrastive(emb_a, emb_b, keys)
-        l_gen = self.generation_term(answer_logits, answer_labels, l_cl.device)
-        return {"loss": self.combine(l_cl, l_gen), "contrastive": l_cl.detach(), "generative": l_gen.detach(),
-                "scale": self.contrastive.scale.detach()}
-
-    def generation_term(self, answer_logits, answer_labels, device: torch.device) -> torch.Tensor:
-        """L_gen, or 0 when there are no answers or generation is switched off (a = 0)."""
-        if answer_logits is None or self.gen_weight == 0:
-            return torch.zeros((), device=device)
-        return self.generative(answer_logits, answer_labels)
-
-    def combine(self, l_cl: torch.Tensor, l_gen: torch.Tensor) -> torch.Tensor:
-        return (l_cl + self.gen_weight * l_gen) / (1 + self.gen_weight)
+    def forward(self, emb_a: torch.Tensor, emb_b: torch.Tensor, pair_valid: torch.Tensor | None = None) -> torch.Tensor:
+        # one process with every pair valid: plain GCL. With a process group every process takes the masked
+        # path, so all of them make the same collective calls.
+        if pair_valid is None or (bool(pair_valid.all()) and not distributed()):
+            return super().forward(emb_a, emb_b)
+        local = torch.stack([emb_a, emb_b], dim=1).reshape(-1, emb_a.shape[-1]).float()
+        local = F.normalize(local, dim=-1)
+        valid = pair_valid.repeat_interleave(2)
+        everyone, offset = gather_with_grad(local)
+        valid_all, _ = gather_with_grad(valid.float())
+        logits = (local @ everyone.T) * self.scale
+        logits = logits.masked_fill(~valid_all.bool()[None, :], float("-inf"))
+        rows = torch.arange(local.shape[0], device=local.device)
+        logits[rows, rows + offset] = float("-inf")
+        if not bool(valid.any()):
+            return local.sum() * 0.0  # keeps every parameter in the graph (DDP), contributes nothing
+        partner = (rows + offset) ^ 1
+        return F.cross_entropy(logits[valid], partner[valid])

@@ -1,0 +1,209 @@
+"""Popularity prediction with a trained RedNoob-style model folder (LoRA LLM + regression head).
+
+    loaded = load_model("runs/popularity_xhs/model")
+    scores = predict_table(loaded, notes_table)        # on the target's scale (e.g. WLAES)
+
+Inputs are rebuilt exactly as in training from the folder's card: the note text (title, hashtags, content cut
+to `content_chars`), tokenised and cut to `max_length` with the fixed `suffix` kept at the end; the head's extra
+features computed from the table and standardised with the training statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from notellm.data.popularity import HistoryConfig, feature_frame, history_feature_names, note_texts, target_values
+from notellm.device import autocast, resolve_bf16, resolve_device
+from notellm.errors import ConfigError, DataError
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class Standardizer:
+    mean: list[float]
+    std: list[float]
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> "Standardizer":
+        x = np.asarray(x, dtype=float).reshape(len(x), -1)
+        with np.errstate(invalid="ignore"):
+            mean = np.nan_to_num(np.nanmean(x, axis=0)) if len(x) else np.zeros(x.shape[1])
+            std = np.nan_to_num(np.nanstd(x, axis=0)) if len(x) else np.ones(x.shape[1])
+        std = np.where(std > 0, std, 1.0)
+        return cls(mean.tolist(), std.tolist())
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Standardise; NaN (a feature that does not exist for a note, e.g. no earlier post) -> 0, the mean."""
+        z = (np.asarray(x, dtype=float).reshape(len(x), -1) - np.asarray(self.mean)) / np.asarray(self.std)
+        return np.nan_to_num(z, nan=0.0)
+
+
+# ---- tokenising ------------------------------------------------------------------------------------------
+def encode_texts(tokenizer, texts: Sequence[str], max_length: int, suffix: str = "") -> tuple[list[list[int]], int]:
+    """Token ids per text, cut to `max_length` with `suffix` always kept at the end; and how many were cut."""
+    suffix_ids = tokenizer(suffix, add_special_tokens=False)["input_ids"] if suffix else []
+    room = max_length - len(suffix_ids)
+    if room < 2:
+        raise ConfigError(f"model.max_length {max_length} leaves no room beside the suffix ({len(suffix_ids)} tokens)")
+    ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"] if len(texts) else []
+    truncated = sum(len(x) > room for x in ids)
+    return [list(x[:room]) + suffix_ids for x in ids], truncated
+
+
+def collate(ids: Sequence[Sequence[int]], pad_id: int, side: str = "right"):
+    """(input_ids, attention_mask) padded to the longest row of this batch only."""
+    import torch
+
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        sl = slice(0, len(row)) if side == "right" else slice(width - len(row), width)
+        input_ids[i, sl] = torch.tensor(row, dtype=torch.long)
+        mask[i, sl] = 1
+    return input_ids, mask
+
+
+# ---- forward passes --------------------------------------------------------------------------------------
+def pooled_states(model, ids: Sequence[Sequence[int]], pad_id: int, *, batch_size: int = 16, device: str = "cpu",
+                  bf16: bool = False, padding_side: str = "right",
+                  on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """Last-real-token states (float32, N x hidden) without gradients, in batches of similar length."""
+    import torch
+
+    order = np.argsort([-len(x) for x in ids], kind="stable")
+    out: np.ndarray | None = None
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            input_ids, mask = collate([ids[i] for i in idx], pad_id, padding_side)
+            with autocast(device, bf16):
+                pooled = model.pooled(input_ids.to(device), mask.to(device))
+            if out is None:
+                out = np.empty((len(ids), pooled.shape[-1]), dtype=np.float32)
+            out[idx] = pooled.float().cpu().numpy()
+            if on_batch:
+                on_batch(len(idx))
+    if out is None:
+        return np.empty((0, 0), dtype=np.float32)
+    return out
+
+
+def head_scores(model, pooled: np.ndarray, features: np.ndarray | None) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        feats = None if features is None else torch.tensor(features, dtype=torch.float32)
+        return model.score(torch.tensor(pooled), feats).cpu().numpy().astype(float)
+
+
+def predict_scores(model, tokenizer, texts: Sequence[str], features: np.ndarray | None, *, target_norm: Standardizer,
+                   feature_norm: Standardizer | None, max_length: int, suffix: str = "", batch_size: int = 16,
+                   bf16: str | bool = "auto", device: str = "auto", padding_side: str = "right",
+                   return_pooled: bool = False, on_batch: Callable[[int], None] | None = None):
+    """Scores on the target's scale for `texts` (sorted by length into batches, returned in input order)."""
+    device = resolve_device(device)
+    model.to(device).eval()
+    ids, _ = encode_texts(tokenizer, texts, max_length, suffix)
+    pooled = pooled_states(model, ids, tokenizer.pad_token_id, batch_size=batch_size, device=device,
+                           bf16=resolve_bf16(bf16, device), padding_side=padding_side, on_batch=on_batch)
+    model.to("cpu")
+    scores = head_scores(model, pooled, None if feature_norm is None else feature_norm.transform(features))
+    scores = scores * target_norm.std[0] + target_norm.mean[0]
+    return (scores, pooled) if return_pooled else scores
+
+
+# ---- a model folder --------------------------------------------------------------------------------------
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    meta: dict[str, Any]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.meta["features"]["names"])
+
+    @property
+    def target_norm(self) -> Standardizer:
+        return Standardizer([self.meta["target"]["mean"]], [self.meta["target"]["std"]])
+
+    @property
+    def feature_norm(self) -> Standardizer | None:
+        f = self.meta["features"]
+        return Standardizer(f["mean"], f["std"]) if f["names"] else None
+
+    @property
+    def heldout(self) -> dict[str, Any] | None:
+        """The model's error on its held-out test notes, as saved at training time (None for older folders)."""
+        return self.meta.get("heldout")
+
+
+def load_model(model_dir: str | Path) -> LoadedModel:
+    from notellm.models.regression import load_regressor
+
+    model, tokenizer, meta = load_regressor(model_dir)
+    return LoadedModel(model, tokenizer, meta)
+
+
+def table_features(loaded: LoadedModel, table: pa.Table, source: str, as_of: str | None = None,
+                   overrides: dict[str, float] | None = None) -> np.ndarray | None:
+    """The head's features for a Note table: computed as in training; `overrides` set a feature for every
+    row. A feature that cannot be computed for a row is a DataError naming the row and feature."""
+    names = loaded.feature_names
+    if not names:
+        return None
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise DataError(f"the model has no feature(s) {unknown}; it uses {names}", field=unknown[0])
+    f = loaded.meta["features"]
+    needed = [n for n in names if n not in overrides]
+    frame = pd.DataFrame(index=range(table.num_rows))
+    if needed:
+        targets = target_values(table, loaded.meta["target"]["weights"], source, missing="nan")
+        frame = feature_frame(table, needed, targets, timezone=f["timezone"], as_of=as_of,
+                              history=HistoryConfig(**f["history"]), source=source)
+        history = set(history_feature_names(HistoryConfig(**f["history"])))
+        for name in needed:
+            if name in history:
+                continue  # no earlier note is a valid state (count 0), standardised to the training mean
+            bad = np.flatnonzero(frame[name].isna().to_numpy())
+            if len(bad):
+                cause = "published_at is missing" if table.column("published_at")[int(bad[0])].as_py() is None \
+                    else "the value cannot be computed"
+                raise DataError(f"feature {name!r} is undefined for this note ({cause})", file=source,
+                                row=int(bad[0]) + 1, field=name)
+    for name, value in overrides.items():
+        frame[name] = float(value)
+    return frame[names].to_numpy(dtype=float)
+
+
+def predict_table(loaded: LoadedModel, table: pa.Table, source: str = "<notes>", as_of: str | None = None,
+                  feature_overrides: dict[str, float] | None = None, bf16: str = "auto", batch_size: int = 16,
+                  rows: Sequence[int] | None = None, return_pooled: bool = False,
+                  on_batch: Callable[[int], None] | None = None):
+    """Scores for the table's rows (or only `rows`; features such as author history still see all rows)."""
+    meta = loaded.meta
+    feats = table_features(loaded, table, source, as_of, feature_overrides)
+    texts = note_texts(table, meta["input"]["content_chars"], source)
+    if rows is not None:
+        rows = np.asarray(rows, dtype=int)
+        feats = None if feats is None else feats[rows]
+        texts = [texts[i] for i in rows]
+    return predict_scores(loaded.model, loaded.tokenizer, texts, feats, target_norm=loaded.target_norm,
+                          feature_norm=loaded.feature_norm, max_length=meta["input"]["max_length"],
+                          suffix=meta["input"]["suffix"], batch_size=batch_size, bf16=bf16,
+                          padding_side=meta["input"].get("padding_side", "right"), return_pooled=return_pooled,
+                          on_batch=on_batch)
