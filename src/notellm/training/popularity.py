@@ -208,7 +208,8 @@ class PopularityRecipe(Recipe):
 
     def before_training(self, engine: Engine, module: nn.Module) -> dict[str, Any]:
         """Ridge probe: the head starts from a ridge fit (alpha by GCV) on the frozen backbone's states of a
-        bounded, fixed sample of the training notes."""
+        bounded, fixed sample of the training notes. Under a time budget the probe stops reading notes after a
+        quarter of it (at least 32 notes), so most of the budget goes to training steps."""
         if self.args.head_init != "ridge":
             return {}
         from sklearn.linear_model import RidgeCV
@@ -216,12 +217,22 @@ class PopularityRecipe(Recipe):
         started = time.time()
         n = min(self.args.probe_max_notes, len(self.ids))
         sample = np.sort(np.random.default_rng([self.args.seed, 3]).permutation(len(self.ids))[:n])
+        sample = sample[np.argsort([-len(self.ids[i]) for i in sample], kind="stable")]  # batches of like length
+        deadline = started + 0.25 * 60 * self.args.time_budget_min if self.args.time_budget_min else None
         phase = engine.phase("ridge probe on frozen states", n, "notes")
         self.model.eval()
-        states = pooled_states(self.model, [self.ids[i] for i in sample], self.tokenizer.pad_token_id,
-                               batch_size=self.args.eval_batch_size, device=str(engine.device), bf16=engine.bf16,
-                               padding_side=self.args.padding_side, on_batch=phase.advance)
+        states, batch = [], self.args.eval_batch_size
+        for start in range(0, n, batch):
+            rows = sample[start:start + batch]
+            states.append(pooled_states(self.model, [self.ids[i] for i in rows], self.tokenizer.pad_token_id,
+                                        batch_size=batch, device=str(engine.device), bf16=engine.bf16,
+                                        padding_side=self.args.padding_side))
+            phase.advance(len(rows))
+            if deadline is not None and time.time() > deadline and start + batch >= 32:
+                break
         self.model.train()
+        states = np.concatenate(states)
+        sample = sample[:len(states)]
         with torch.no_grad():
             feats = None if self.f_std is None else self.f_std[sample]
             x = self.model.head_input(torch.tensor(states), feats).numpy()
@@ -229,7 +240,7 @@ class PopularityRecipe(Recipe):
         with torch.no_grad():
             self.model.head.weight.copy_(torch.tensor(ridge.coef_, dtype=torch.float32)[None, :])
             self.model.head.bias.fill_(float(ridge.intercept_))
-        self.probe = {"probe_alpha": float(ridge.alpha_), "probe_notes": n,
+        self.probe = {"probe_alpha": float(ridge.alpha_), "probe_notes": len(sample),
                       "probe_seconds": round(time.time() - started, 1)}
         return self.probe
 
