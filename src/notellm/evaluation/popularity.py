@@ -52,6 +52,10 @@ class EvalConfig:
     stack_max_notes: int = 0           # cross-fit on at most this many training notes (0: all); the rest get no
                                        # LLM score and the stacks are fitted on the notes that have one
     stack_embedding_dims: int = 0      # PCA dims of the LLM's pooled states added to the stack (0: score only)
+    llm_features: str = "none"         # none | zero-shot:<backbone>[@pooling] | a NoteLLM model folder: its note
+                                       # embeddings become LightGBM features (PCA, kNN target, ridge score)
+    llm_pca_dims: int = 32             # PCA components of the embeddings (fitted on training notes only)
+    llm_knn: int = 20                  # neighbours of the kNN-target feature (0: none)
 
 
 @dataclass
@@ -129,8 +133,9 @@ def gbdt_blocks(data: PreparedData, use_age: bool, use_history: bool) -> pd.Data
 
 def baseline_predictions(ecfg: EvalConfig, split_kind: str, data: PreparedData, llm: LLMScores | None = None,
                          use_age: bool | None = None, use_history: bool | None = None,
-                         log: Log = _quiet) -> dict[str, np.ndarray]:
-    """Test predictions of every baseline (and of the LLM and the stack when `llm` is given)."""
+                         log: Log = _quiet, note_vectors: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Test predictions of every baseline (and of the LLM and the stack when `llm` is given; and of LightGBM with
+    LLM embedding features when `note_vectors`, one row per note of `data`, are given)."""
     use_age = ecfg.use_age if use_age is None else use_age
     use_history = ecfg.use_history if use_history is None else use_history
     tr, te = data.train_idx, data.test_idx
@@ -158,11 +163,98 @@ def baseline_predictions(ecfg: EvalConfig, split_kind: str, data: PreparedData, 
     preds["LightGBM hand+TF-IDF"] = _lgbm(ecfg, x_tr, y_tr, x_te, ecfg.seed)
     x_tr["tfidf_ridge"], x_te["tfidf_ridge"] = text.ridge_oof, text.ridge_test
     preds["LightGBM all, no LLM"] = _lgbm(ecfg, x_tr, y_tr, x_te, ecfg.seed)
+    if note_vectors is not None:
+        emb = embedding_features(ecfg, note_vectors[tr], note_vectors[te], y_tr, folds)
+        if ecfg.llm_knn:
+            preds["kNN target (LLM embeddings)"] = emb.test["llm_knn_mean"].to_numpy()
+        preds["ridge (LLM embeddings)"] = emb.test["llm_ridge"].to_numpy()
+        preds["LightGBM all + LLM embeddings"] = _lgbm(ecfg, pd.concat([x_tr, emb.train], axis=1), y_tr,
+                                                       pd.concat([x_te, emb.test], axis=1), ecfg.seed)
     if llm is not None:
         preds["LoRA LLM"] = llm.test
         if llm.oof is not None:
             preds.update(stack_predictions(ecfg, x_tr, x_te, y_tr, llm, folds))
     return preds
+
+
+@dataclass
+class EmbeddingFeatures:
+    train: pd.DataFrame     # cross-fitted where a feature uses targets
+    test: pd.DataFrame
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def knn_target(query: np.ndarray, keys: np.ndarray, targets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean target, mean cosine) of each query's k nearest keys."""
+    sims = _unit(query) @ _unit(keys).T
+    k = min(k, keys.shape[0])
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    rows = np.arange(len(query))[:, None]
+    return targets[top].mean(1), sims[rows, top].mean(1)
+
+
+def embedding_features(ecfg: EvalConfig, train_vectors: np.ndarray, test_vectors: np.ndarray, y_train: np.ndarray,
+                       folds: np.ndarray) -> EmbeddingFeatures:
+    """LightGBM features from note embeddings: PCA components (fitted on training notes; no targets involved),
+    the mean target of the k nearest training notes and a ridge score on the embeddings. The two that use
+    targets are cross-fitted over `folds` for training rows, so no training note sees its own target."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import RidgeCV
+
+    # z-scored with training statistics: LLM states are dominated by a few massive dimensions
+    mean, std = train_vectors.mean(0), train_vectors.std(0)
+    std = np.where(std > 0, std, 1.0)
+    train_vectors, test_vectors = (train_vectors - mean) / std, (test_vectors - mean) / std
+    dims = max(1, min(ecfg.llm_pca_dims, train_vectors.shape[1], len(train_vectors) - 1))
+    pca = PCA(dims, random_state=0).fit(train_vectors)
+    cols = [f"llm_pc{i}" for i in range(dims)]
+    train = pd.DataFrame(pca.transform(train_vectors), columns=cols)
+    test = pd.DataFrame(pca.transform(test_vectors), columns=cols)
+    ridge_oof = np.empty(len(y_train))
+    knn_oof, sim_oof = np.empty(len(y_train)), np.empty(len(y_train))
+    alphas = np.logspace(-1, 4, 11)
+    for k in np.unique(folds):
+        fit, hold = folds != k, folds == k
+        ridge_oof[hold] = RidgeCV(alphas=alphas).fit(train_vectors[fit], y_train[fit]).predict(train_vectors[hold])
+        if ecfg.llm_knn:
+            knn_oof[hold], sim_oof[hold] = knn_target(train_vectors[hold], train_vectors[fit], y_train[fit],
+                                                      ecfg.llm_knn)
+    train["llm_ridge"] = ridge_oof
+    test["llm_ridge"] = RidgeCV(alphas=alphas).fit(train_vectors, y_train).predict(test_vectors)
+    if ecfg.llm_knn:
+        train["llm_knn_mean"], train["llm_knn_sim"] = knn_oof, sim_oof
+        test["llm_knn_mean"], test["llm_knn_sim"] = knn_target(test_vectors, train_vectors, y_train, ecfg.llm_knn)
+    return EmbeddingFeatures(train, test)
+
+
+def llm_note_vectors(spec: str, data: PreparedData, cache_dir: str | Path | None = None,
+                     on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """Embeddings of every note of `data` by a NoteLLM folder or `zero-shot:<backbone>[@pooling]` (the note
+    prompt of `notellm embed`), cached in `cache_dir` by model and note ids."""
+    import hashlib
+    import json
+
+    from notellm.inference.embed import Embedder
+
+    key = hashlib.sha256(json.dumps([spec, data.note_ids]).encode("utf-8")).hexdigest()[:16]
+    cache = Path(cache_dir) / f"llm-vectors-{key}.npy" if cache_dir else None
+    if cache is not None and cache.is_file():
+        vectors = np.load(cache, allow_pickle=False)
+        if vectors.shape[0] == len(data.note_ids):
+            return vectors
+    notes = data.table.select(["note_id", "title", "content", "hashtags", "category", "image_paths"]).to_pylist()
+    vectors = Embedder(spec).encode(notes, on_batch=on_batch)
+    if cache is not None:
+        from notellm.io import atomic_path
+
+        with atomic_path(cache, suffix=".npy") as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, vectors.astype(np.float32), allow_pickle=False)
+    return vectors
 
 
 def stack_predictions(ecfg: EvalConfig, x_tr: pd.DataFrame, x_te: pd.DataFrame, y_tr: np.ndarray, llm: LLMScores,

@@ -408,7 +408,13 @@ def evaluate(cfg: PopularityConfig, model_dir: str | Path | None = None, stack: 
     data = data or prepare(cfg)
     if stack and llm is None:
         llm = cross_fit_llm(cfg, data, callbacks=callbacks, log=log)
-    preds = baseline_predictions(cfg.eval, cfg.split.kind, data, llm, log=log)
+    vectors = None
+    if cfg.eval.llm_features != "none":
+        from notellm.evaluation.popularity import llm_note_vectors
+
+        log(f"note embeddings by {cfg.eval.llm_features}")
+        vectors = llm_note_vectors(cfg.eval.llm_features, data, Path(cfg.output_dir) / "features")
+    preds = baseline_predictions(cfg.eval, cfg.split.kind, data, llm, log=log, note_vectors=vectors)
     if model_dir is not None:
         check_no_overlap(model_dir, data)
         loaded = load_model(model_dir)
