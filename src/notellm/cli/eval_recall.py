@@ -16,7 +16,12 @@ def recall(
     notes: str = typer.Option(..., help="Note table (Parquet) holding the test notes"),
     pairs: str = typer.Option(..., help="test Pair table (note_a, note_b, score)"),
     embeddings: Optional[str] = typer.Option(None, help="embeddings folder (notellm embed)"),
-    baseline: Optional[str] = typer.Option(None, help="tfidf-word | tfidf-char | bm25 | e5"),
+    baseline: Optional[str] = typer.Option(None, help="tfidf-word | tfidf-char | bm25 | e5 (with --embeddings: "
+                                                      "fused with them, a hybrid retriever)"),
+    fusion: str = typer.Option("rrf", help="how --embeddings and --baseline are fused: rrf (reciprocal ranks) | "
+                                           "weighted (z-scored scores, --dense-weight)"),
+    dense_weight: float = typer.Option(0.5, help="weight of the embeddings in --fusion weighted (the baseline "
+                                                 "gets 1 - it); choose it on validation pairs, not the test"),
     ks: Optional[str] = typer.Option(None, help="comma-separated K, e.g. 10,50,100 (default: 10,50,100,1k,... < pool)"),
     pool: str = typer.Option("pairs", help="candidates: 'pairs' (notes of the test pairs), 'notes' (every note of "
                                            "--notes), or a Note table / text file of note ids"),
@@ -27,8 +32,12 @@ def recall(
     from notellm.errors import NotellmError
     from notellm.evaluation.recall import evaluate_recall
 
-    if (embeddings is None) == (baseline is None):
-        raise NotellmError("give exactly one of --embeddings and --baseline")
+    if embeddings is None and baseline is None:
+        raise NotellmError("give --embeddings, --baseline, or both (a hybrid of the two)")
+    if fusion not in ("rrf", "weighted"):
+        raise NotellmError(f"--fusion must be rrf or weighted, got '{fusion}'")
+    if not 0.0 <= dense_weight <= 1.0:
+        raise NotellmError(f"--dense-weight must be in [0, 1], got {dense_weight}")
     try:
         k_list = [int(k) for k in ks.split(",")] if ks else None
     except ValueError:
@@ -39,18 +48,27 @@ def recall(
         if baseline not in BASELINES:
             raise NotellmError(f"unknown baseline '{baseline}'; choose from {', '.join(BASELINES)}")
     candidates = _pool(pool, notes)
+    dense = None
     if embeddings is not None:
+        from notellm.evaluation.recall import VectorScorer
         from notellm.inference.embed import read_embeddings
 
         ids, vectors, meta = read_embeddings(embeddings)
-        source, name = (ids, vectors), f"{meta.get('model', embeddings)} ({meta.get('pooling', '?')})"
-        report = evaluate_recall(notes, pairs, source, ks=k_list, buckets=buckets, pool=candidates, name=name)
+        dense = VectorScorer(ids, vectors, name=f"{meta.get('model', embeddings)} ({meta.get('pooling', '?')})")
+    if baseline is None:
+        report = evaluate_recall(notes, pairs, dense, ks=k_list, buckets=buckets, pool=candidates, name=dense.name)
     else:
         from notellm.evaluation.baselines import make_baseline
+        from notellm.inference.fusion import FusedScorer
 
-        with console.status(f"scoring with {baseline}"):
-            report = evaluate_recall(notes, pairs, lambda rows: make_baseline(baseline, rows), ks=k_list,
-                                     buckets=buckets, pool=candidates)
+        def scorer(rows):
+            lexical = make_baseline(baseline, rows)
+            if dense is None:
+                return lexical
+            return FusedScorer([dense, lexical], fusion, [dense_weight, 1.0 - dense_weight])
+
+        with console.status(f"scoring with {baseline}" + (f" fused with {embeddings}" if dense else "")):
+            report = evaluate_recall(notes, pairs, scorer, ks=k_list, buckets=buckets, pool=candidates)
     console.print(report.table())
     for what, why in report.skipped.items():
         console.print(f"[yellow]{what} not reported:[/] {why}")

@@ -21,8 +21,13 @@ def recommend(
     k: int = typer.Option(10, "-k", help="how many notes"),
     category: Optional[str] = typer.Option(None, help="keep notes of this category (any level), e.g. 美食"),
     as_json: bool = typer.Option(False, "--json", help="print JSON to stdout instead of a table"),
+    hybrid_notes: Optional[str] = typer.Option(None, "--hybrid-notes",
+                                               help="Note table (Parquet) of the indexed notes: fuse the dense "
+                                                    "neighbours with BM25 over their text (hybrid retrieval)"),
+    fusion: str = typer.Option("rrf", help="with --hybrid-notes: rrf | weighted (--dense-weight)"),
+    dense_weight: float = typer.Option(0.5, help="with --fusion weighted: weight of the dense scores"),
 ) -> None:
-    """Recommend the k notes most similar (cosine) to a note."""
+    """Recommend the k notes most similar (cosine) to a note, or by dense + BM25 fused (--hybrid-notes)."""
     import json
 
     from rich.table import Table
@@ -32,16 +37,30 @@ def recommend(
 
     if (note_id is None) == (note_json is None):
         raise NotellmError("give exactly one of --note-id and --note-json")
+    if fusion not in ("rrf", "weighted"):
+        raise NotellmError(f"--fusion must be rrf or weighted, got '{fusion}'")
     idx = load_index(index)
     if note_id is not None:
-        hits = idx.neighbours_of(note_id, k=k, category=category)
-        source = note_id
+        vector, exclude, source = idx.vector_of(note_id), {note_id}, note_id
     else:
         if model is None:
             raise NotellmError("--note-json needs --model (the model that made the index's embeddings)")
-        vector = _embed_new_note(note_json, model, idx)
-        hits = idx.neighbours_of_vector(vector, k=k, category=category)
-        source = "the given note"
+        note = _parse_note(note_json)
+        vector, exclude, source = _embed_new_note(note, model, idx), set(), "the given note"
+    if hybrid_notes is None:
+        hits = idx.neighbours_of_vector(vector, k=k, exclude=exclude, category=category)
+    else:
+        from notellm.inference.fusion import hybrid_neighbours
+
+        lexical, texts = _lexical(hybrid_notes, idx)
+        query_text = texts.get(note_id) if note_id is not None else _note_text(note)
+        if query_text is None:
+            from notellm.errors import DataError
+
+            raise DataError(f"note '{note_id}' is not in the Note table", file=hybrid_notes, field="note_id")
+        hits = hybrid_neighbours(idx, vector, query_text, lexical, k=k, exclude=exclude, category=category,
+                                 method=fusion, weights=[dense_weight, 1.0 - dense_weight])
+        source += f" (dense + BM25, {fusion})"
     titles = idx.titles()
     categories = idx.categories() if idx.notes is not None and "category" in idx.notes.column_names else {}
     rows = [{"rank": r, "note_id": i, "score": round(s, 4), "title": titles.get(i), "category": categories.get(i)}
@@ -60,12 +79,11 @@ def recommend(
     console.print(table)
 
 
-def _embed_new_note(note_json: str, model: str, idx):
+def _parse_note(note_json: str) -> dict:
     import json
 
     from notellm.data.schema import empty_note
     from notellm.errors import DataError
-    from notellm.inference.embed import load_embedder
 
     try:
         given = json.loads(note_json)
@@ -73,7 +91,33 @@ def _embed_new_note(note_json: str, model: str, idx):
         raise DataError(f"--note-json is not valid JSON: {exc}", field="note-json") from exc
     if not isinstance(given, dict):
         raise DataError("--note-json must be a JSON object with title and content", field="note-json")
-    note = {**empty_note(str(given.get("note_id", "new"))), **given}
+    return {**empty_note(str(given.get("note_id", "new"))), **given}
+
+
+def _note_text(note: dict) -> str:
+    from notellm.inference.lexical import note_text
+
+    return note_text(note)
+
+
+def _lexical(notes_path: str, idx):
+    """A BM25 collection over the indexed notes' text, read from their Note table."""
+    from notellm.data.schema import read_notes
+    from notellm.errors import DataError
+    from notellm.inference.lexical import BM25Scorer
+
+    indexed = set(idx.ids)
+    texts = {str(row["note_id"]): _note_text(row) for row in read_notes(notes_path).to_pylist()
+             if str(row["note_id"]) in indexed}
+    if not texts:
+        raise DataError("none of the index's notes are in this Note table", file=notes_path, field="note_id")
+    return BM25Scorer(texts), texts
+
+
+def _embed_new_note(note: dict, model: str, idx):
+    from notellm.errors import DataError
+    from notellm.inference.embed import load_embedder
+
     embedder = load_embedder(model)
     dim = embedder.meta.get("dim")
     if dim is not None and dim != idx.dim:

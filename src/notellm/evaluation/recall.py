@@ -178,6 +178,24 @@ def recall_at_k(query_ids: Sequence[str], partner_ids: Sequence[str], pool_ids: 
     return recall_from_ranks(partner_ranks(query_ids, partner_ids, pool_ids, scores), ks)
 
 
+def choose_dense_weight(query_ids: Sequence[str], partner_ids: Sequence[str], pool_ids: Sequence[str],
+                        dense: ScoreSource, lexical: Scorer, ks: Iterable[int] = (10, 50, 100),
+                        grid: Sequence[float] = tuple(np.linspace(0, 1, 11))) -> tuple[float, dict[float, float]]:
+    """The weight of the dense scores in a weighted dense + lexical fusion that maximises mean R@K on
+    validation pairs (never the test pairs): (best weight, mean recall per weight tried)."""
+    from notellm.inference.fusion import FusedScorer
+
+    dense = as_scorer(dense)
+    ks = list(ks)
+    tried = {}
+    for w in grid:
+        fused = FusedScorer([dense, lexical], "weighted", [float(w), 1.0 - float(w)])
+        recall = recall_at_k(query_ids, partner_ids, pool_ids, fused, ks)
+        tried[round(float(w), 4)] = float(np.mean(list(recall.values())))
+    best = max(tried, key=lambda w: (tried[w], -abs(w - 0.5)))  # ties: the more even mix
+    return best, tried
+
+
 def default_ks(pool_size: int, ks: Iterable[int] = DEFAULT_KS) -> list[int]:
     """The standard K that a pool of this size allows (K < pool size; R@K is 1 by definition otherwise)."""
     return [k for k in ks if k < pool_size] or [max(1, pool_size - 1)]
