@@ -4,7 +4,8 @@ Stages (each cached under --out, so a killed run continues where it stopped):
   data      read_movielens -> pairs (window 20, 1/N_u, s >= 0.01, top 10) -> item split (rng 0, 20% new items)
   methods   tfidf-word, tfidf-char, bm25, e5, zero-shot Gemma (before [EMB] / mean), zero-shot-std (the state
             before [EMB] z-scored with training-note statistics as NoteLLM does, no projection), NoteLLM (trained with
-            `notellm train configs/notellm_movielens.yaml`), GCL-only ablation (objective=gcl)
+            `notellm train configs/notellm_movielens.yaml`), GCL-only ablation (objective=gcl); hybrid-zero-shot-std
+            and hybrid-notellm fuse those vectors with BM25 by reciprocal ranks (a trained run is reused)
 Every method is scored by notellm.evaluation.recall.evaluate_recall on the same test pairs and pool.
 
     python benchmarks/movielens_i2i.py --methods tfidf-word,tfidf-char,bm25,e5,zero-shot,notellm
@@ -67,16 +68,31 @@ def baseline_report(name: str, paths: dict[str, Path]):
                            ks=[10, 50, 100], buckets=False, name=name, pool=test_items(paths))
 
 
-def embedding_report(model: str, paths: dict[str, Path], out: Path, name: str):
+def with_bm25(embed_fn):
+    """The hybrid retriever: `embed_fn`'s vectors fused with BM25 by reciprocal ranks (no tuning on test)."""
+    from notellm.evaluation.baselines import make_baseline
+    from notellm.evaluation.recall import VectorScorer
+    from notellm.inference.fusion import FusedScorer
+
+    def scorer(notes):
+        dense = VectorScorer([str(n["note_id"]) for n in notes], embed_fn(notes), name="dense")
+        return FusedScorer([dense, make_baseline("bm25", notes)], "rrf")
+    return scorer
+
+
+def embedding_report(model: str, paths: dict[str, Path], out: Path, name: str, hybrid: bool = False):
     from notellm.evaluation.recall import evaluate_recall
     from notellm.inference.embed import Embedder
 
-    embedder = Embedder(model)
-    return evaluate_recall(paths["notes"], paths["test_pairs"], embedder.encode, ks=[10, 50, 100],
-                           buckets=False, name=name, pool=test_items(paths))
+    embed = Embedder(model).encode
+    return evaluate_recall(paths["notes"], paths["test_pairs"], with_bm25(embed) if hybrid else embed,
+                           ks=[10, 50, 100], buckets=False, name=name, pool=test_items(paths))
 
 
-def standardized_zero_shot_report(paths: dict[str, Path], backbone: str):
+_VECTORS: dict = {}
+
+
+def standardized_zero_shot_report(paths: dict[str, Path], backbone: str, hybrid: bool = False):
     """The untrained backbone with NoteLLM's per-feature standardisation (same 256 training notes, same prompt as
     configs/notellm_movielens.yaml) and no projection: what training adds beyond centring the features."""
     import pyarrow.parquet as pq
@@ -95,7 +111,12 @@ def standardized_zero_shot_report(paths: dict[str, Path], backbone: str):
     ids = set(pairs["note_a"].to_pylist()) | set(pairs["note_b"].to_pylist())
     model.fit_standardizer([store[i] for i in standardizer_ids(ids, settings.get("seed", 0))])
     bf16 = bf16_supported()
-    return evaluate_recall(paths["notes"], paths["test_pairs"], lambda notes: embed_notes(model, notes, bf16=bf16),
+    def embed(notes):
+        key = (backbone, tuple(str(n["note_id"]) for n in notes))
+        if key not in _VECTORS:  # the plain and hybrid rows share one embedding pass
+            _VECTORS[key] = embed_notes(model, notes, bf16=bf16)
+        return _VECTORS[key]
+    return evaluate_recall(paths["notes"], paths["test_pairs"], with_bm25(embed) if hybrid else embed,
                            ks=[10, 50, 100], buckets=False, name="zero-shot-std", pool=test_items(paths))
 
 
@@ -132,16 +153,20 @@ def main() -> None:
                 name = f"{args.backbone} zero-shot ({pooling})"
                 results[name] = embedding_report(f"zero-shot:{args.backbone}@{pooling}", paths, out, name)
             continue
-        elif method == "zero-shot-std":
-            report = standardized_zero_shot_report(paths, args.backbone)
-            method = f"{args.backbone} zero-shot (before_emb, standardised)"
-        elif method in ("notellm", "gcl"):
+        elif method in ("zero-shot-std", "hybrid-zero-shot-std"):
+            hybrid = method.startswith("hybrid")
+            report = standardized_zero_shot_report(paths, args.backbone, hybrid)
+            method = f"{args.backbone} zero-shot (before_emb, standardised)" + (" + BM25 (RRF)" if hybrid else "")
+        elif method in ("notellm", "gcl", "hybrid-notellm"):
+            hybrid = method == "hybrid-notellm"
+            method = "notellm" if hybrid else method
             run = out / method
             train("configs/notellm_movielens.yaml",
                   [f"output_dir={run}", f"notes={paths['notes']}", f"train_pairs={paths['train_pairs']}",
                    f"model.backbone={args.backbone}", *(["objective=gcl"] if method == "gcl" else []), *overrides])
-            label = "NoteLLM GCL + CSFT" if method == "notellm" else "GCL only (no CSFT)"
-            report = embedding_report(str(run / "model"), paths, out, label)
+            label = ("NoteLLM GCL + CSFT" if method == "notellm" else "GCL only (no CSFT)") + \
+                (" + BM25 (RRF)" if hybrid else "")
+            report = embedding_report(str(run / "model"), paths, out, label, hybrid)
             method = label
         else:
             raise SystemExit(f"unknown method {method}")
