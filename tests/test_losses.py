@@ -44,6 +44,43 @@ def test_gcl_masks_other_copies_of_a_note_by_key():
     assert unmasked.item() == pytest.approx(0.8942642, abs=1e-6)  # distinct keys: the plain GCL value
 
 
+def test_gcl_hard_negatives_are_extra_columns_masked_where_they_are_a_rows_own_note():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[0.6, 0.8], [-1.0, 0.0]])
+    h = torch.tensor([[0.0, 2.0], [1.0, 0.0]])  # h0 = (0, 1) is a new note; h1 = (1, 0) is another copy of a0
+    keys, h_keys = torch.tensor([1, 2, 3, 4]), torch.tensor([5, 1])
+    loss = GenerativeContrastiveLoss(init_log_scale=0.0)(a, b, keys, negatives=h, negative_keys=h_keys)
+    # every row gets h0 as an extra negative; h1 (note 1 = a0) is masked for a0 and for its partner b0 only.
+    # cosines with h0: a0 0, b0 .8, a1 1, b1 0; with h1: a1 0, b1 -1
+    rows = [
+        -0.6 + math.log(math.exp(0.6) + math.exp(0.0) + math.exp(-1.0) + math.exp(0.0)),
+        -0.6 + math.log(math.exp(0.6) + math.exp(0.8) + math.exp(-0.6) + math.exp(0.8)),
+        -0.0 + math.log(math.exp(0.0) + math.exp(0.0) + math.exp(0.8) + math.exp(1.0) + math.exp(0.0)),
+        -0.0 + math.log(math.exp(0.0) + math.exp(-1.0) + math.exp(-0.6) + math.exp(0.0) + math.exp(-1.0)),
+    ]
+    assert loss.item() == pytest.approx(sum(rows) / 4, abs=1e-6)
+    h.requires_grad_(True)
+    GenerativeContrastiveLoss()(a, b, keys, negatives=h, negative_keys=h_keys).backward()
+    assert h.grad.abs().sum() > 0  # the mined negatives are trained against, not only counted
+
+
+def test_gcl_false_negative_margin_masks_negatives_closer_than_the_positive():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[0.6, 0.8], [-1.0, 0.0]])
+    # margin .1: a0 (positive .6) keeps all (0, -1); b0 (positive .6) masks a1 (.8 > .7); a1 (positive 0) masks
+    # b0 (.8); b1 (positive 0) keeps all (-1, -.6)
+    loss = GenerativeContrastiveLoss(init_log_scale=0.0)(a, b, false_negative_margin=0.1)
+    rows = [
+        -0.6 + math.log(math.exp(0.6) + math.exp(0.0) + math.exp(-1.0)),
+        -0.6 + math.log(math.exp(0.6) + math.exp(-0.6)),
+        -0.0 + math.log(math.exp(0.0) + math.exp(0.0)),
+        -0.0 + math.log(math.exp(0.0) + math.exp(-1.0) + math.exp(-0.6)),
+    ]
+    assert loss.item() == pytest.approx(sum(rows) / 4, abs=1e-6)
+    wide = GenerativeContrastiveLoss(init_log_scale=0.0)(a, b, false_negative_margin=5.0)
+    assert wide.item() == pytest.approx(0.8942642, abs=1e-6)  # nothing is that close: plain GCL
+
+
 def test_gcl_is_symmetric_and_scale_is_learnable_and_clamped():
     torch.manual_seed(0)
     a, b = torch.randn(4, 8), torch.randn(4, 8)

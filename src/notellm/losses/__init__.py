@@ -2,7 +2,7 @@
 
 | loss | module | inputs | used by |
 |---|---|---|---|
-| GCL (in-batch InfoNCE, learnable scale) | `GenerativeContrastiveLoss` | embeddings of B pairs (a_i, b_i), optional note keys | NoteLLM, NoteLLM-2 |
+| GCL (in-batch InfoNCE, learnable scale) | `GenerativeContrastiveLoss` | embeddings of B pairs (a_i, b_i), optional note keys, optional hard negatives + their keys, optional false-negative margin | NoteLLM, NoteLLM-2 |
 | masked GCL (mICL image loss) | `MaskedGenerativeContrastiveLoss` | image embeddings of B pairs, per-pair validity | NoteLLM-2 |
 | CSFT (next-token CE on answers) | `CollaborativeSFTLoss` | answer-position logits, their labels | NoteLLM, NoteLLM-2 |
 | GCL + CSFT: (L_cl + a L_gen)/(1+a) | `NoteLLMLoss` | the inputs of both | NoteLLM |

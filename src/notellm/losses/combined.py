@@ -23,9 +23,10 @@ class NoteLLMLoss(nn.Module):
         self.contrastive = GenerativeContrastiveLoss(init_log_scale, max_scale)
         self.generative = CollaborativeSFTLoss()
 
-    def forward(self, emb_a, emb_b, answer_logits=None, answer_labels=None,
-                keys: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        l_cl = self.contrastive(emb_a, emb_b, keys)
+    def forward(self, emb_a, emb_b, answer_logits=None, answer_labels=None, keys: torch.Tensor | None = None,
+                negatives: torch.Tensor | None = None, negative_keys: torch.Tensor | None = None,
+                false_negative_margin: float | None = None) -> dict[str, torch.Tensor]:
+        l_cl = self.contrastive(emb_a, emb_b, keys, negatives, negative_keys, false_negative_margin)
         l_gen = self.generation_term(answer_logits, answer_labels, l_cl.device)
         return {"loss": self.combine(l_cl, l_gen), "contrastive": l_cl.detach(), "generative": l_gen.detach(),
                 "scale": self.contrastive.scale.detach()}

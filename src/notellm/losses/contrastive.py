@@ -95,15 +95,42 @@ class GenerativeContrastiveLoss(nn.Module):
             state_dict[key] = state_dict[key].reshape(1)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, emb_a: torch.Tensor, emb_b: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, emb_a: torch.Tensor, emb_b: torch.Tensor, keys: torch.Tensor | None = None,
+                negatives: torch.Tensor | None = None, negative_keys: torch.Tensor | None = None,
+                false_negative_margin: float | None = None) -> torch.Tensor:
+        """`negatives`: mined hard negatives, any number of extra notes that are negatives of every row (their
+        `negative_keys` mask them where they are a row's own note or partner). `false_negative_margin`: a
+        negative whose cosine to a row exceeds the row's positive cosine + margin is masked, as it is more
+        likely an unlabelled positive than a negative (Qwen3-Embedding's rule)."""
         local = torch.stack([emb_a, emb_b], dim=1).reshape(-1, emb_a.shape[-1]).float()
         local = F.normalize(local, dim=-1)
         everyone, offset = gather_with_grad(local)
-        logits = (local @ everyone.T) * self.scale
-        masked = same_note_mask(keys, offset, local.shape[0], everyone.shape[0], local.device)
-        logits = logits.masked_fill(masked, float("-inf"))
         partner = (torch.arange(local.shape[0], device=local.device) + offset) ^ 1  # interleaved: 2k <-> 2k+1
+        masked = same_note_mask(keys, offset, local.shape[0], everyone.shape[0], local.device)
+        if negatives is not None:
+            extra, _ = gather_with_grad(F.normalize(negatives.float(), dim=-1))
+            masked = torch.cat([masked, self._negative_mask(keys, negative_keys, offset, local.shape[0],
+                                                            extra.shape[0], local.device)], dim=1)
+            everyone = torch.cat([everyone, extra])
+        cosines = local @ everyone.T
+        if false_negative_margin is not None:
+            rows = torch.arange(local.shape[0], device=local.device)
+            positive = cosines[rows, partner].detach()
+            too_close = cosines.detach() > positive[:, None] + false_negative_margin
+            too_close[rows, partner] = False
+            masked = masked | too_close
+        logits = (cosines * self.scale).masked_fill(masked, float("-inf"))
         return F.cross_entropy(logits, partner)
+
+    @staticmethod
+    def _negative_mask(keys, negative_keys, offset: int, n_local: int, n_extra: int,
+                       device: torch.device) -> torch.Tensor:
+        """[n_local, n_extra] True where a hard negative is the row's own note or its partner's."""
+        if keys is None or negative_keys is None:
+            return torch.zeros(n_local, n_extra, dtype=torch.bool, device=device)
+        everyone, extra = gather_keys(keys), gather_keys(negative_keys)
+        rows = torch.arange(n_local, device=device) + offset
+        return (extra[None, :] == everyone[rows][:, None]) | (extra[None, :] == everyone[rows ^ 1][:, None])
 
 
 class MaskedGenerativeContrastiveLoss(GenerativeContrastiveLoss):

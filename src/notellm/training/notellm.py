@@ -55,6 +55,11 @@ class NoteLLMTrainConfig(TrainingArgs):
                                         # if the scale moves faster than the weights
     batch_size: int = 16                # pairs per process per micro-step (2x notes); csft: notes
     grad_cache_chunk: int = 0           # > 0: GradCache with chunks of this many notes (huge in-batch negatives)
+    hard_negatives: str = "none"        # none | bm25 | an embeddings folder (notellm embed): one mined negative
+                                        # per pair, an extra column of every row's GCL softmax
+    hard_negative_depth: int = 30       # each anchor's negative is drawn per epoch from its top N mined notes
+    hard_negative_skip: int = 0         # leave out the N best-ranked (the likeliest unlabelled positives)
+    false_negative_margin: float | None = None  # mask negatives whose cosine exceeds the positive's + this
     eval_every: int = 0                 # Recall@K on val_pairs every N steps (0: only at the end)
     eval_ks: list[int] = field(default_factory=lambda: [10, 50, 100])
 
@@ -76,6 +81,8 @@ class NoteLLMTrainConfig(TrainingArgs):
             raise ConfigError("grad_cache_chunk and eval_every must be >= 0")
         if any(k < 1 for k in self.eval_ks):
             raise ConfigError(f"eval_ks must be positive, got {self.eval_ks}")
+        if self.hard_negatives != "none" and (self.objective == "csft" or self.grad_cache_chunk):
+            raise ConfigError("hard_negatives needs a contrastive objective without grad_cache_chunk")
 
 
 # ---- data ------------------------------------------------------------------------------------------------
@@ -115,18 +122,22 @@ def standardizer_ids(note_ids: set[str], seed: int, n: int = 256) -> list[str]:
 class TrainModule(nn.Module):
     """Model + loss in one module, so DDP / DeepSpeed / FSDP see every trainable parameter (incl. the scale)."""
 
-    def __init__(self, model: NoteLLM, loss: NoteLLMLoss, objective: str):
+    def __init__(self, model: NoteLLM, loss: NoteLLMLoss, objective: str, false_negative_margin: float | None = None):
         super().__init__()
         self.model, self.loss, self.objective = model, loss, objective
+        self.false_negative_margin = false_negative_margin
 
-    def forward(self, input_ids, attention_mask, emb_pos, labels, note_keys=None) -> dict[str, torch.Tensor]:
+    def forward(self, input_ids, attention_mask, emb_pos, labels, note_keys=None, negative_keys=None,
+                n_negatives: int = 0) -> dict[str, torch.Tensor]:
         out = self.model(input_ids, attention_mask, emb_pos, labels if self.objective != "gcl" else None)
         if self.objective == "csft":
             l_gen = self.loss.generative(out["answer_logits"], out["answer_labels"])
             return {"loss": l_gen, "generative": l_gen.detach(), "contrastive": torch.zeros(()),
                     "scale": self.loss.contrastive.scale.detach()}
         emb = out["embeddings"]
-        return self.loss(emb[0::2], emb[1::2], out.get("answer_logits"), out.get("answer_labels"), note_keys)
+        pairs = emb.shape[0] - n_negatives  # rows: a0, b0, a1, b1, ..., then the mined negatives
+        return self.loss(emb[0:pairs:2], emb[1:pairs:2], out.get("answer_logits"), out.get("answer_labels"),
+                         note_keys, emb[pairs:] if n_negatives else None, negative_keys, self.false_negative_margin)
 
 
 def add_notellm_lora(model: NoteLLM, settings: LoraConfig, token_ids: list[int] | None = None) -> None:
@@ -163,13 +174,21 @@ class NoteLLMRecipe(Recipe):
         self.store = NoteStore(self.args.notes)
         self.items = list(self.store.rows) if self.args.objective == "csft" else read_pairs(self.args.train_pairs,
                                                                                             self.store)
+        self.negatives: dict[str, list[str]] = {}
+        if self.args.hard_negatives != "none":
+            from notellm.training.negatives import mine_hard_negatives
+
+            a = self.args
+            self.negatives = mine_hard_negatives(self.items, self.store.rows, a.hard_negatives,
+                                                 a.hard_negative_depth, a.hard_negative_skip)
+            self._negative_fallback = sorted({n for pair in self.items for n in pair})
 
     def build(self, engine: Engine | None = None) -> nn.Module:
         self.bf16 = engine.bf16 if engine is not None else False
         self.read_items()
         self.model = self._given_model or self.build_model()
         self.loss_fn = self.make_loss()
-        self.module = TrainModule(self.model, self.loss_fn, self.args.objective)
+        self.module = TrainModule(self.model, self.loss_fn, self.args.objective, self.args.false_negative_margin)
         return self.module
 
     def make_loss(self) -> nn.Module:
@@ -215,10 +234,24 @@ class NoteLLMRecipe(Recipe):
     def collate(self, indices: list[int], epoch: int) -> dict[str, Any]:
         prompts = [self.prompt(self.store[note_id], index, side, epoch)
                    for index in indices for side, note_id in enumerate(item_notes(self.items[index]))]
+        negatives = self.draw_negatives(indices, epoch)
+        prompts += [build_prompt(self.store[n], TASK_EMBED, self.args.model.prompt) for n in negatives]
         batch = self.model.encode_prompts(prompts, with_answers=self.args.objective != "gcl")
         if self.args.objective != "csft":
             batch["note_keys"] = self.note_keys(indices)
+        if negatives:
+            batch["negative_keys"] = torch.tensor([self.store.keys[n] for n in negatives], dtype=torch.long)
+            batch["n_negatives"] = len(negatives)
         return batch
+
+    def draw_negatives(self, indices: list[int], epoch: int) -> list[str]:
+        """One mined negative per pair (drawn per epoch, the same on resume)."""
+        if self.args.hard_negatives == "none":
+            return []
+        from notellm.training.negatives import draw_negative
+
+        return [draw_negative(self.negatives.get(self.items[i][0], []), self._negative_fallback, self.args.seed,
+                              epoch, int(i)) for i in indices]
 
     def note_keys(self, indices: list[int]) -> torch.Tensor:
         """One integer per note of the batch, in row order: the loss masks other copies of a note."""
