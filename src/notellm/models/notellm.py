@@ -133,9 +133,25 @@ class NoteLLM(nn.Module):
 
     # ---- forward ---------------------------------------------------------------------------------------
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Last-layer hidden states, without computing vocabulary logits."""
+        """Last-layer hidden states, without computing vocabulary logits (the frozen bottom layers' part from
+        `frozen_cache` when training has set one: see models/frozen_cache.py)."""
+        cache = getattr(self, "frozen_cache", None)
+        if cache is not None and not torch.is_inference_mode_enabled():  # inference tensors cannot be cached
+            return cache.last_hidden_state(input_ids, attention_mask)
         decoder = self.lm.get_decoder()
         return decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def use_frozen_cache(self, max_gb: float = 4.0) -> bool:
+        """Cache the frozen bottom layers' hidden states per prompt (LoRA in the top layers only); False when
+        the lowest layer trains, so there is nothing to cache."""
+        from notellm.models.frozen_cache import FrozenLayerCache, frozen_bottom_layers
+
+        decoder = self.lm.get_decoder()
+        frozen = frozen_bottom_layers(decoder)
+        # a plain attribute, not a submodule: never part of the state dict, never saved
+        object.__setattr__(self, "frozen_cache", FrozenLayerCache(decoder, frozen, int(max_gb * 2**30))
+                           if frozen else None)
+        return bool(frozen)
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor, emb_pos: torch.Tensor) -> torch.Tensor:
         rows = torch.arange(hidden.shape[0], device=hidden.device)

@@ -40,9 +40,9 @@ class MultimodalTrainConfig(NoteLLMTrainConfig):
         if self.grad_cache_chunk:
             raise ConfigError("grad_cache_chunk is not supported for the multimodal model (the mICL image loss "
                               "would be left out); use grad_accum or smaller batches")
-        if self.hard_negatives != "none" or self.false_negative_margin is not None:
-            raise ConfigError("hard_negatives and false_negative_margin are not supported for the multimodal "
-                              "model yet")
+        if self.hard_negatives != "none" or self.false_negative_margin is not None or self.cache_frozen_layers:
+            raise ConfigError("hard_negatives, false_negative_margin and cache_frozen_layers are not supported "
+                              "for the multimodal model yet")
 
 
 def is_multimodal_config(path: str | None, overrides: Sequence[str] = ()) -> bool:

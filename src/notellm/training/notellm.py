@@ -60,11 +60,15 @@ class NoteLLMTrainConfig(TrainingArgs):
     hard_negative_depth: int = 30       # each anchor's negative is drawn per epoch from its top N mined notes
     hard_negative_skip: int = 0         # leave out the N best-ranked (the likeliest unlabelled positives)
     false_negative_margin: float | None = None  # mask negatives whose cosine exceeds the positive's + this
+    cache_frozen_layers: bool = False   # with lora.top_layers: compute the frozen bottom layers once per distinct
+                                        # prompt and train only the top (models/frozen_cache.py)
+    frozen_cache_gb: float = 4.0        # memory for those cached hidden states (least recently used dropped)
     eval_every: int = 0                 # Recall@K on val_pairs every N steps (0: only at the end)
     eval_ks: list[int] = field(default_factory=lambda: [10, 50, 100])
 
     renamed: ClassVar[dict[str, str]] = {**TrainingArgs.renamed}
     resumable_changes: ClassVar[tuple[str, ...]] = (*TrainingArgs.resumable_changes, "eval_every", "eval_ks",
+                                                    "cache_frozen_layers", "frozen_cache_gb",
                                                     "val_pairs")
 
     def __post_init__(self):
@@ -81,6 +85,8 @@ class NoteLLMTrainConfig(TrainingArgs):
             raise ConfigError("grad_cache_chunk and eval_every must be >= 0")
         if any(k < 1 for k in self.eval_ks):
             raise ConfigError(f"eval_ks must be positive, got {self.eval_ks}")
+        if self.cache_frozen_layers and (self.gradient_checkpointing or not self.lora.enabled):
+            raise ConfigError("cache_frozen_layers needs LoRA (with lora.top_layers) and no gradient_checkpointing")
         if self.hard_negatives != "none" and (self.objective == "csft" or self.grad_cache_chunk):
             raise ConfigError("hard_negatives needs a contrastive objective without grad_cache_chunk")
 
@@ -136,8 +142,12 @@ class TrainModule(nn.Module):
                     "scale": self.loss.contrastive.scale.detach()}
         emb = out["embeddings"]
         pairs = emb.shape[0] - n_negatives  # rows: a0, b0, a1, b1, ..., then the mined negatives
-        return self.loss(emb[0:pairs:2], emb[1:pairs:2], out.get("answer_logits"), out.get("answer_labels"),
+        terms = self.loss(emb[0:pairs:2], emb[1:pairs:2], out.get("answer_logits"), out.get("answer_labels"),
                          note_keys, emb[pairs:] if n_negatives else None, negative_keys, self.false_negative_margin)
+        cache = getattr(self.model, "frozen_cache", None)
+        if cache is not None:
+            terms["cache_hit_rate"] = torch.tensor(cache.stats()["cache_hit_rate"])
+        return terms
 
 
 def add_notellm_lora(model: NoteLLM, settings: LoraConfig, token_ids: list[int] | None = None) -> None:
@@ -187,6 +197,11 @@ class NoteLLMRecipe(Recipe):
         self.bf16 = engine.bf16 if engine is not None else False
         self.read_items()
         self.model = self._given_model or self.build_model()
+        if self.args.cache_frozen_layers and not self.model.use_frozen_cache(self.args.frozen_cache_gb):
+            import logging
+
+            logging.getLogger(__name__).warning("cache_frozen_layers: the lowest decoder layer trains "
+                                                "(set lora.top_layers), so nothing is cached")
         self.loss_fn = self.make_loss()
         self.module = TrainModule(self.model, self.loss_fn, self.args.objective, self.args.false_negative_margin)
         return self.module
