@@ -55,7 +55,8 @@ def test_folder_without_head_and_a_mismatched_head(tmp_path):
     plain.save(tmp_path / "plain")
     assert not (tmp_path / "plain" / SCORE_HEAD_FILE).exists()
     loaded = load_notellm(tmp_path / "plain")
-    assert loaded.score_head is None and "popularity_head" not in json.loads((tmp_path / "plain" / "notellm.json").read_text())
+    card = json.loads((tmp_path / "plain" / "notellm.json").read_text())
+    assert loaded.score_head is None and "popularity_head" not in card
     with pytest.raises(ValueError, match="no popularity head"):
         loaded.embed_and_score(toy_notes()[:1])
     loaded.add_popularity_head(target_mean=1.5, target_std=0.5)  # zero weights: the target mean until trained

@@ -338,9 +338,14 @@ def preference_stats(table: pa.Table, acfg: AlignConfig) -> dict[str, Any]:
     finite = margin[np.isfinite(margin)]
     chosen, rejected = table.column("chosen").to_pylist(), table.column("rejected").to_pylist()
     ids = zip(table.column("chosen_ids").to_pylist(), table.column("rejected_ids").to_pylist())
-    top_c, top_r = Counter(c.strip() for c in chosen).most_common(1)[0], Counter(r.strip() for r in rejected).most_common(1)[0]
-    q = lambda v: [round(float(x), 4) for x in np.quantile(v, [0.0, 0.1, 0.5, 0.9, 1.0])] if len(v) else []  # noqa: E731
-    out = dict(pairs=len(table), margin_quantiles_0_10_50_90_100=q(finite), rejected_unparseable=int((~np.isfinite(margin)).sum()),
+    top_c = Counter(c.strip() for c in chosen).most_common(1)[0]
+    top_r = Counter(r.strip() for r in rejected).most_common(1)[0]
+
+    def q(values) -> list[float]:
+        return [round(float(x), 4) for x in np.quantile(values, [0.0, 0.1, 0.5, 0.9, 1.0])] if len(values) else []
+
+    out = dict(pairs=len(table), margin_quantiles_0_10_50_90_100=q(finite),
+               rejected_unparseable=int((~np.isfinite(margin)).sum()),
                margin_below_0_1=float((finite < 0.1).mean()) if len(finite) else 0.0,
                one_token_apart=float(np.mean([_one_token_apart(a, b) for a, b in ids])),
                top_chosen=top_c[0], top_chosen_share=top_c[1] / len(chosen),
