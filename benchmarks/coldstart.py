@@ -7,7 +7,13 @@ alignment prompts. One model is trained on 1-, 2- and 3-shot questions together;
 LightGBM (per k, L1 objective) uses per-user history features and is trained on the same labelled questions
 the LLM pipeline saw (main users' train questions + preference users' questions).
 
-    OMP_WAIT_POLICY=PASSIVE nice .venv/bin/python benchmarks/coldstart.py --datasets hackernews,demo
+    OMP_WAIT_POLICY=PASSIVE nice .venv/bin/python benchmarks/coldstart.py --datasets hackernews,demo \
+        --losses dpo,dpop,idpop --align-epochs 3 --align-minutes 12
+
+Prints the machine (CPU model, load average), the preference pairs' statistics (error margins, one-token-apart
+pairs, the most common chosen answer, IDPOP's mu), per model the non-number rate and how many distinct numbers
+it answered, and writes OUT/<dataset>/logprobs.png: the chosen / rejected answers' log-probability shift
+against the SFT reference over the alignment steps of every loss.
 
 Exits 0 with a message when ../shared is absent (the Hacker News part needs it).
 """
@@ -37,9 +43,10 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     from notellm.config import load_config, save_config
     from notellm.training.coldstart import ColdStartConfig, evaluate, train_alignment, train_sft
 
-    overrides = [f"output_dir={args.out}/{name}", f"threads={args.threads}"]
+    overrides = [f"output_dir={args.out}/{name}", f"threads={args.threads}", "log_every=1"]
     for key, value in (("data.main_users", args.main_users), ("data.preference_users", args.preference_users),
-                       ("epochs", args.sft_epochs), ("align.epochs", args.align_epochs)):
+                       ("epochs", args.sft_epochs), ("align.epochs", args.align_epochs),
+                       ("align.time_budget_min", args.align_minutes)):
         if value is not None:  # otherwise the YAML's value
             overrides.append(f"{key}={value}")
     if name == "hackernews":
@@ -64,9 +71,29 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     t = time.time()
     metrics = evaluate(cfg, ["sft"] + [f"align-{loss}" for loss in args.losses], log=log)
     times["eval"] = time.time() - t
+    plot = plot_alignment(out, args.losses)
     sizes = json.loads((out / "users.json").read_text())
     pref = json.loads((out / "preference.json").read_text())
-    return dict(metrics=metrics, times=times, sizes=sizes, preference=pref, shots=cfg.data.instructions.shots)
+    steps = {loss: _last_step(out / f"align-{loss}") for loss in args.losses}
+    return dict(metrics=metrics, times=times, sizes=sizes, preference=pref, shots=cfg.data.instructions.shots,
+                align_steps=steps, plot=str(plot) if plot else None)
+
+
+def _last_step(run: Path) -> int | None:
+    from notellm.evaluation.plots import read_log, series
+
+    try:
+        return max(series(read_log(run)).get("loss", {0: 0}))
+    except Exception:  # noqa: BLE001 (a finished stage kept by --resume from an older run may lack its log)
+        return None
+
+
+def plot_alignment(out: Path, losses: list[str]) -> Path | None:
+    """chosen / rejected log-probability shift and margin of each alignment run, one picture."""
+    from notellm.evaluation.plots import plot_runs
+
+    runs = {loss.upper(): out / f"align-{loss}" for loss in losses if (out / f"align-{loss}" / "log.jsonl").is_file()}
+    return plot_runs(runs, out / "logprobs.png") if runs else None
 
 
 def print_table(name: str, res: dict) -> None:
@@ -75,10 +102,13 @@ def print_table(name: str, res: dict) -> None:
     print(f"\n## {name}: {s['eligible_users']} authors with >= 5 posts; {s['main_users']} main users "
           f"({s['train_questions']} train / {s['test_questions']} test questions), {s['preference_users']} "
           f"preference users ({p['prompts']} prompts -> {p['pairs']} pairs; skipped {p['skipped']})")
+    if "stats" in p:
+        print("preference pairs: " + json.dumps(p["stats"]))
+    print("alignment steps: " + json.dumps(res.get("align_steps", {})) + f"; log-probability plot: {res.get('plot')}")
     head = ("| model | " + " | ".join(f"{k}-shot MAE | {k}-shot SRC | {k}-shot non-num" for k in shots)
-            + " | all MAE | all SRC | all MAE - SFT [95% CI] |")
+            + " | all MAE | all SRC | all MAE - SFT [95% CI] | distinct answers | top answer (share) |")
     print(head)
-    print("|" + "---|" * (1 + 3 * len(shots) + 3))
+    print("|" + "---|" * (1 + 3 * len(shots) + 5))
     for key, per in res["metrics"].items():
         cells = []
         for k in shots:
@@ -87,6 +117,9 @@ def print_table(name: str, res: dict) -> None:
         diff = per["all"].get("mae_filled_minus_sft")
         cells += [f"{per['all']['mae']:.3f}", f"{per['all']['src']:.3f}",
                   f"{diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]" if diff else ""]
+        a = per["all"]
+        cells += [str(a.get("distinct_answers", "")),
+                  f"{a['top_answer']:.2f} ({a['top_answer_share']:.0%})" if "top_answer" in a else ""]
         print(f"| {MODEL_ROWS.get(key, key)} | " + " | ".join(cells) + " |")
     print("stage seconds (this invocation): " + ", ".join(f"{k} {v:.0f}" for k, v in res["times"].items())
           + f", total {sum(res['times'].values()):.0f}")
@@ -95,11 +128,12 @@ def print_table(name: str, res: dict) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="hackernews,demo")
-    ap.add_argument("--losses", default="dpo,idpop", help="alignment runs, e.g. dpo,dpop,idpop")
+    ap.add_argument("--losses", default="dpo,dpop,idpop", help="alignment runs, e.g. dpo,dpop,idpop")
     ap.add_argument("--main-users", type=int, default=None, help="default: the config's data.main_users")
     ap.add_argument("--preference-users", type=int, default=None)
     ap.add_argument("--sft-epochs", type=float, default=None)
     ap.add_argument("--align-epochs", type=float, default=None)
+    ap.add_argument("--align-minutes", type=float, default=None, help="time budget of each alignment run")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_coldstart"))
     ap.add_argument("--override", action="append", default=[], help="extra config override key=value (repeatable)")
@@ -113,6 +147,9 @@ def main() -> int:
         names.remove("hackernews")
     if not names:
         return 0
+    from notellm.device import machine_summary
+
+    print(f"machine: {machine_summary()}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     results = {}
     for name in names:
         try:
@@ -121,6 +158,7 @@ def main() -> int:
             print(f"{name}: skipped, cannot import what it needs ({exc})")
             continue
         print_table(name, results[name])
+        print(f"load average after {name}: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
     return 0

@@ -208,6 +208,28 @@ def test_pick_pair_chooses_the_smaller_error_and_skips_ties():
     assert cs.pick_pair(["-", "n/a"], 2.0) == "unparseable"
 
 
+def test_preference_stats_report_margins_one_digit_pairs_and_mu():
+    import pyarrow as pa
+
+    from notellm.losses.preference import idpop_mu
+
+    ids = lambda text: [ord(ch) for ch in text]  # noqa: E731 (one id per character, as Gemma's digits)
+    pairs = [(" 0.69", " 1.69", 0.0, 1.0), (" 0.69", " 3.00", 0.05, 2.0), (" 1.10", " 0.69", 0.1, 0.3)]
+    table = pa.Table.from_pylist([dict(chosen=c, rejected=r, chosen_ids=ids(c), rejected_ids=ids(r), err_chosen=ec,
+                                       err_rejected=er) for c, r, ec, er in pairs])
+    acfg = cs.AlignConfig(beta=0.1, lam=0.5, alpha=1.0, delta=0.5)
+    stats = cs.preference_stats(table, acfg)
+    assert stats["pairs"] == 3 and stats["margin_quantiles_0_10_50_90_100"][2] == pytest.approx(1.0)
+    assert stats["margin_quantiles_0_10_50_90_100"][0] == pytest.approx(0.2) and stats["margin_below_0_1"] == 0.0
+    assert stats["one_token_apart"] == pytest.approx(1 / 3)  # only 0.69 vs 1.69
+    assert (stats["top_chosen"], stats["top_chosen_share"]) == ("0.69", pytest.approx(2 / 3))
+    assert (stats["m_min"], stats["m_max"], stats["mu_max_possible"]) == (0.0, 2.0, 1.0)
+    mu = idpop_mu(torch.tensor([0.0, 0.05, 0.1]), torch.tensor([1.0, 2.0, 0.3]), 0.5, 1.0, 0.5, 0.0, 2.0)
+    assert stats["mu_over_beta_median"] == pytest.approx(float(mu.median()) / 0.1, rel=1e-5)
+    # the closest pair (errors 0.1 vs 0.3) gets the largest mu: the penalty is strongest where the pair says least
+    assert stats["mu_quantiles_0_10_50_90_100"][4] == pytest.approx(float(mu[2]), abs=1e-4)
+
+
 def test_score_predictions_counts_non_numbers():
     res = score_predictions([1.0, 2.0, 3.0, 4.0], [1.5, None, 5.0, 2.0], fallback=[0.0, 1.0, 0.0, 0.0])
     assert res["non_number"] == 1 and res["n"] == 4
@@ -216,6 +238,8 @@ def test_score_predictions_counts_non_numbers():
     assert res["mae_filled"] == pytest.approx((0.5 + 1.0 + 2.0 + 2.0) / 4)
     constant = score_predictions([1.0, 2.0, 3.0], [2.0, 2.0, 2.0], fallback=[0.0] * 3)
     assert math.isnan(constant["src"]) and constant["mae"] == pytest.approx(2 / 3)
+    assert (constant["distinct_answers"], constant["top_answer"], constant["top_answer_share"]) == (1, 2.0, 1.0)
+    assert (res["distinct_answers"], res["top_answer_share"]) == (3, pytest.approx(1 / 3))
 
 
 def write_preference_pairs(cfg: cs.ColdStartConfig) -> None:

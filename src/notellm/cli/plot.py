@@ -1,22 +1,31 @@
-"""`notellm plot RUN_DIR`: a PNG of a training run's loss curves (and validation metrics)."""
+"""`notellm plot RUN_DIR [RUN_DIR ...]`: a PNG of training runs' loss curves (validation metrics, preference
+log-probability shifts)."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from notellm.cli.common import console
+from notellm.errors import ConfigError
 
 app = typer.Typer()
 
 
 @app.command("plot")
 def plot(
-    run_dir: str = typer.Argument(..., help="a training output_dir (holds log.jsonl)"),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="PNG to write (default RUN_DIR/curves.png)"),
+    run_dirs: List[str] = typer.Argument(..., help="training output_dirs (each holds log.jsonl)"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="PNG to write (default RUN_DIR/curves.png; "
+                                                                 "needed for several runs)"),
 ) -> None:
-    """Plot the loss terms by step, and validation Recall@K where the run logged it."""
-    from notellm.evaluation.plots import plot_run
+    """One run: its loss terms by step, validation Recall@K where logged, and for DPO / DPOP / IDPOP the chosen
+    and rejected answers' log-probability shift against the reference. Several runs: one line per run."""
+    from notellm.evaluation.plots import plot_run, plot_runs
 
-    console.print(f"[green]wrote[/] {plot_run(run_dir, out)}")
+    if len(run_dirs) == 1:
+        console.print(f"[green]wrote[/] {plot_run(run_dirs[0], out)}")
+        return
+    if not out:
+        raise ConfigError("several runs go into one picture: give --out FILE.png")
+    console.print(f"[green]wrote[/] {plot_runs(run_dirs, out)}")

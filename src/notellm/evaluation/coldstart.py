@@ -85,7 +85,11 @@ def lightgbm_predictions(
 def score_predictions(targets: Sequence[float], predictions: Sequence[float | None],
                       fallback: Sequence[float]) -> dict[str, Any]:
     """MAE and Spearman (SRC) on the answers that are numbers; non-numbers counted; MAE with non-numbers
-    replaced by `fallback` (the mean of the user's past scores) so every model is scored on every question."""
+    replaced by `fallback` (the mean of the user's past scores) so every model is scored on every question;
+    how many distinct numbers the model answered and the share of its most common one (a collapsed model
+    answers one constant: distinct 1, share 1)."""
+    from collections import Counter
+
     import numpy as np
 
     from notellm.evaluation.regression import regression_metrics
@@ -101,6 +105,11 @@ def score_predictions(targets: Sequence[float], predictions: Sequence[float | No
     else:
         res["mae"], res["src"] = float("nan"), float("nan")
     res["mae_filled"] = float(np.abs(filled - t).mean())
+    counts = Counter(round(float(v), 6) for v in p[ok])
+    res["distinct_answers"] = len(counts)
+    if counts:
+        value, n = counts.most_common(1)[0]
+        res["top_answer"], res["top_answer_share"] = value, n / int(ok.sum())
     return res
 
 

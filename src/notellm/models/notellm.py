@@ -4,6 +4,11 @@ The note's embedding is the last-layer hidden state at the position just before 
 as the reference code; `pooling="emb"` takes `[EMB]` itself, `"last"` the last prompt token, `"mean"` the mean
 over the prompt), projected by Linear(hidden, dim, bias=False) and L2-normalised. The same forward pass feeds
 the generation (CSFT) loss on the answer tokens that follow.
+
+A NoteLLM may also carry a popularity head (`add_popularity_head`): Linear(hidden, 1) on the same standardized
+pooled state, in the score's units, so one forward pass gives a note's embedding and its predicted popularity,
+and `lm.generate` on a hashtag / category prompt gives its tags: one folder for the three answers a platform
+asks about a note. The head is saved in its own file beside the projection, so folders without it are unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from notellm.models.prompts import EMB_TOKEN, TASK_EMBED, NotePrompt, PromptConf
 
 POOLINGS = ("before_emb", "emb", "last", "mean")
 HEAD_FILE = "head.safetensors"
+SCORE_HEAD_FILE = "score_head.safetensors"
 
 
 @dataclass
@@ -62,6 +68,27 @@ def _accepts_replace(tokenizer) -> bool:
     return "replace_extra_special_tokens" in inspect.signature(tokenizer.add_special_tokens).parameters
 
 
+class PopularityHead(nn.Module):
+    """score = (w . x + b) * target_std + target_mean on the standardized pooled state x: the linear layer
+    learns a z-scored target, the score comes out in the target's own units."""
+
+    def __init__(self, hidden: int, target_mean: float = 0.0, target_std: float = 1.0):
+        super().__init__()
+        if not target_std > 0:
+            raise ValueError(f"target_std must be > 0, got {target_std}")
+        self.linear = nn.Linear(hidden, 1)
+        self.register_buffer("target_mean", torch.tensor(float(target_mean)), persistent=False)
+        self.register_buffer("target_std", torch.tensor(float(target_std)), persistent=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(features.float()).squeeze(-1) * self.target_std + self.target_mean
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.linear.weight.detach().float().contiguous(),
+                "bias": self.linear.bias.detach().float().contiguous(),
+                "target_mean": self.target_mean.float().reshape(1), "target_std": self.target_std.float().reshape(1)}
+
+
 class NoteLLM(nn.Module):
     """Backbone LM + projection. `lm` may be a PEFT model (LoRA)."""
 
@@ -79,6 +106,16 @@ class NoteLLM(nn.Module):
         # so a projection of the raw state (random at first) keeps little of what tells notes apart.
         self.register_buffer("feat_mean", torch.zeros(hidden), persistent=False)
         self.register_buffer("feat_std", torch.ones(hidden), persistent=False)
+        self.score_head: PopularityHead | None = None
+
+    def add_popularity_head(self, target_mean: float = 0.0, target_std: float = 1.0, seed: int = 0) -> PopularityHead:
+        """Attach a popularity head (zero-initialised weight: it predicts target_mean until trained)."""
+        head = PopularityHead(self.feat_mean.numel(), target_mean, target_std)  # the pooled state's size
+        with torch.no_grad():
+            head.linear.weight.zero_()
+            head.linear.bias.zero_()
+        self.score_head = head.to(self.device)
+        return self.score_head
 
     @property
     def device(self) -> torch.device:
@@ -165,11 +202,15 @@ class NoteLLM(nn.Module):
         upto = (torch.arange(hidden.shape[1], device=hidden.device)[None, :] <= emb_pos[:, None]).to(hidden.dtype)
         return (hidden * upto[..., None]).sum(1) / upto.sum(1, keepdim=True)
 
-    def embed_hidden(self, pooled: torch.Tensor) -> torch.Tensor:
+    def standardized(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The pooled state as the projection and the popularity head read it."""
         pooled = pooled.to(self.proj.weight.dtype) if isinstance(self.proj, nn.Linear) else pooled.float()
         if self.config.standardize:  # a no-op until fit_standardizer runs (mean 0, std 1)
             pooled = (pooled - self.feat_mean.to(pooled.dtype)) / self.feat_std.to(pooled.dtype)
-        return F.normalize(self.proj(pooled).float(), dim=-1)
+        return pooled
+
+    def embed_hidden(self, pooled: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(self.standardized(pooled)).float(), dim=-1)
 
     @torch.no_grad()
     def fit_standardizer(self, notes: Sequence[dict[str, Any]], batch_size: int = 16) -> None:
@@ -192,9 +233,13 @@ class NoteLLM(nn.Module):
         self.train(was_training)
 
     def forward(self, input_ids, attention_mask, emb_pos, labels=None) -> dict[str, torch.Tensor]:
-        """Embeddings of every row and, when labels are given, logits at the answer positions only."""
+        """Embeddings of every row, its popularity score when the model has a head, and, when labels are given,
+        logits at the answer positions only."""
         hidden = self.hidden_states(input_ids, attention_mask)
-        out = {"embeddings": self.embed_hidden(self.pool(hidden, attention_mask, emb_pos))}
+        features = self.standardized(self.pool(hidden, attention_mask, emb_pos))
+        out = {"embeddings": F.normalize(self.proj(features).float(), dim=-1)}
+        if self.score_head is not None:
+            out["score"] = self.score_head(features)
         if labels is not None:
             # position k predicts token k+1: keep only positions whose next token is an answer token
             next_labels = labels[:, 1:]
@@ -212,6 +257,16 @@ class NoteLLM(nn.Module):
     def embed_notes(self, notes: Sequence[dict[str, Any]]) -> torch.Tensor:
         batch = self.encode_prompts(self.prompts_for(notes), with_answers=False)
         return self(batch["input_ids"], batch["attention_mask"], batch["emb_pos"])["embeddings"]
+
+    @torch.inference_mode()
+    def embed_and_score(self, notes: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embeddings, popularity scores) of `notes` from one forward pass."""
+        if self.score_head is None:
+            raise ValueError("this NoteLLM has no popularity head (add_popularity_head, or a folder saved with one)")
+        batch = {k: v.to(self.device) for k, v in
+                 self.encode_prompts(self.prompts_for(notes), with_answers=False).items()}
+        out = self(batch["input_ids"], batch["attention_mask"], batch["emb_pos"])
+        return out["embeddings"], out["score"]
 
     # ---- saving ----------------------------------------------------------------------------------------
     kind = "notellm"
@@ -246,7 +301,13 @@ class NoteLLM(nn.Module):
         head = {k: v.detach().float().contiguous() for k, v in self.proj.state_dict().items()}
         head.update(feat_mean=self.feat_mean.float().contiguous(), feat_std=self.feat_std.float().contiguous())
         save_file(head, str(out / HEAD_FILE))
-        write_card(out, self.kind, self.card({"weights": "lora" if is_peft else "full", **(extra or {})}))
+        info = {"weights": "lora" if is_peft else "full", **(extra or {})}
+        if self.score_head is not None:
+            save_file(self.score_head.tensors(), str(out / SCORE_HEAD_FILE))
+            info["popularity_head"] = {"file": SCORE_HEAD_FILE, "input": "standardized pooled state",
+                                       "target_mean": float(self.score_head.target_mean),
+                                       "target_std": float(self.score_head.target_std)}
+        write_card(out, self.kind, self.card(info))
 
 
 def build_notellm(config: NoteLLMConfig, dtype: str = "float32", seed: int = 0) -> NoteLLM:
@@ -275,6 +336,16 @@ def load_head(model: NoteLLM, model_dir: Path) -> None:
     if "feat_mean" in head:
         model.feat_mean.copy_(head["feat_mean"])
         model.feat_std.copy_(head["feat_std"])
+    if (model_dir / SCORE_HEAD_FILE).is_file():
+        from notellm.models.folder import ModelFolderError
+
+        tensors = load_file(str(model_dir / SCORE_HEAD_FILE))
+        size = model.feat_mean.numel()
+        if tuple(tensors["weight"].shape) != (1, size):
+            raise ModelFolderError(f"{model_dir / SCORE_HEAD_FILE}: popularity head of shape "
+                                   f"{tuple(tensors['weight'].shape)}, the backbone's pooled state has {size}")
+        score = model.add_popularity_head(float(tensors["target_mean"]), float(tensors["target_std"]))
+        score.linear.load_state_dict({"weight": tensors["weight"], "bias": tensors["bias"]})
 
 
 def load_card_lm(model_dir: Path, card: dict[str, Any], config: NoteLLMConfig, dtype: str, merge_lora: bool,

@@ -306,7 +306,8 @@ def build_preference_data(cfg: ColdStartConfig, engine: Engine | None = None) ->
     table = pa.Table.from_pylist(rows)
     write_parquet(table, path)
     summary = dict(prompts=len(examples), pairs=len(rows), skipped=skipped, n_samples=acfg.n_samples,
-                   temperature=acfg.temperature, seconds=round(time.time() - start, 1))
+                   temperature=acfg.temperature, seconds=round(time.time() - start, 1),
+                   stats=preference_stats(table, acfg))
     write_json(summary, out / "preference.json")
     return table
 
@@ -318,6 +319,42 @@ def pair_weights(table: pa.Table, acfg: AlignConfig) -> list[float]:
     m_min, m_max = error_range(err_c + err_r)
     mu = idpop_mu(torch.tensor(err_c), torch.tensor(err_r), acfg.lam, acfg.alpha, acfg.delta, m_min, m_max)
     return mu.tolist()
+
+
+def _one_token_apart(a: Sequence[int], b: Sequence[int]) -> bool:
+    return len(a) == len(b) and sum(x != y for x, y in zip(a, b)) == 1
+
+
+def preference_stats(table: pa.Table, acfg: AlignConfig) -> dict[str, Any]:
+    """What the alignment will learn from (written to preference.json): the error margin between rejected and
+    chosen, how many pairs differ in a single token (one digit), how concentrated the chosen answers are on
+    one text, and IDPOP's mu_j with the error range it is normalised by."""
+    import numpy as np
+    from collections import Counter
+
+    err_c = np.asarray(table.column("err_chosen").to_pylist(), dtype=float)
+    err_r = np.asarray(table.column("err_rejected").to_pylist(), dtype=float)
+    margin = err_r - err_c
+    finite = margin[np.isfinite(margin)]
+    chosen, rejected = table.column("chosen").to_pylist(), table.column("rejected").to_pylist()
+    ids = zip(table.column("chosen_ids").to_pylist(), table.column("rejected_ids").to_pylist())
+    top_c = Counter(c.strip() for c in chosen).most_common(1)[0]
+    top_r = Counter(r.strip() for r in rejected).most_common(1)[0]
+
+    def q(values) -> list[float]:
+        return [round(float(x), 4) for x in np.quantile(values, [0.0, 0.1, 0.5, 0.9, 1.0])] if len(values) else []
+
+    out = dict(pairs=len(table), margin_quantiles_0_10_50_90_100=q(finite),
+               rejected_unparseable=int((~np.isfinite(margin)).sum()),
+               margin_below_0_1=float((finite < 0.1).mean()) if len(finite) else 0.0,
+               one_token_apart=float(np.mean([_one_token_apart(a, b) for a, b in ids])),
+               top_chosen=top_c[0], top_chosen_share=top_c[1] / len(chosen),
+               top_rejected=top_r[0], top_rejected_share=top_r[1] / len(rejected))
+    m_min, m_max = error_range(list(err_c) + list(err_r))
+    mu = np.asarray(pair_weights(table, acfg))
+    out.update(m_min=m_min, m_max=m_max, mu_quantiles_0_10_50_90_100=q(mu), mu_max_possible=acfg.lam / acfg.delta,
+               mu_over_beta_median=float(np.median(mu)) / acfg.beta)
+    return out
 
 
 # ---- alignment -------------------------------------------------------------------------------------------
