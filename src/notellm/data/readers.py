@@ -11,8 +11,10 @@ Policies, the same in every reader:
   an unreadable image.
 - Bad rows (`on_bad_rows`): a row with the wrong number of columns, a missing or duplicate note id
   -> "error" (default: DataError naming file, row and field) or "skip" (counted and reported, first row kept
-  for duplicates). A count that is not a number, an unreadable time, a file that is not valid UTF-8 are
-  always errors naming file, row and field (or the byte offset).
+  for duplicates). A bad cell (a count that is not a number, an unreadable time or one outside 1900-2200,
+  an `extra` that is not a JSON object) -> "error" (DataError naming file, row, field and value) or
+  "skip": that cell is left empty (null, never a made-up value), the row is kept, and the report counts
+  it by field with the first rows and values. A file that is not valid text is always an error.
 - Events and pairs naming a note that is not in the note table (`unknown_notes`): "skip" (default: counted
   and reported with file and rows), "error", or "keep" (when the notes come from elsewhere).
 - Every returned table carries a report (rows, skips with reasons and example rows, merged duplicates) in
@@ -303,61 +305,157 @@ def _id_text(value: Any) -> str:
     return clean_text(str(value))
 
 
-def _counts(values: pd.Series, rows: pd.Series, file: str, field_name: str) -> list[int | None]:
-    """Counts column-wise: plain numbers on the fast path, `1.5万` and junk through text.parse_count."""
+def _show(value: Any, limit: int = 40) -> str:
+    """A cell value as it appears in messages: repr, cut to `limit` characters."""
+    text = repr(value.item() if isinstance(value, np.generic) else value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass
+class _Cells:
+    """What a reader does with a cell it cannot read (`on_bad_rows`): "error" raises a DataError naming file,
+    row, field and value; "skip" leaves that cell empty (null) and counts it in the report by field, with the
+    rows and values of the first few. Never a made-up value in its place."""
+
+    policy: str = "error"
+    report: ReadReport | None = None
+
+    def bad(self, file: str, row: int, field_name: str, value: Any, expected: str) -> None:
+        if self.policy != "skip" or self.report is None:
+            raise DataError(f"{_show(value)} is not {expected}", file=file, row=int(row), field=field_name)
+        self.report.skip(f"bad value in '{field_name}' (cell left empty)", file, [int(row)], [_show(value)])
+
+
+_RAISE = _Cells()
+# published times outside this range are typos or unit mix-ups (and would overflow Parquet's milliseconds)
+_MIN_SECONDS = -2_208_988_800  # 1900-01-01
+_MAX_SECONDS = 7_258_118_400   # 2200-01-01
+_TIME_RANGE = "a time between 1900 and 2200"
+_OFFSET = re.compile(r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?|\s(?:UTC|GMT))$")
+
+
+def _counts(values: pd.Series, rows: pd.Series, file: str, field_name: str, cells: _Cells = _RAISE) -> list[int | None]:
+    """Counts column-wise: plain numbers on the fast path, `1.5万` / `1w+` and junk through text.parse_count."""
     number = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-    good = np.isfinite(number) & (number >= 0)
+    good = np.isfinite(number) & (number >= 0) & (number < 2**62)
     rounded = np.rint(np.where(good, number, 0)).astype(np.int64)
     out: list[int | None] = [int(x) if g else None for x, g in zip(rounded.tolist(), good.tolist())]
     raw = values.tolist()
     row_numbers = rows.tolist()
     for i in np.flatnonzero(~good).tolist():
         try:
-            out[i] = parse_count(raw[i])
-        except ValueError:
-            raise DataError(f"{raw[i]!r} is not a count", file=file, row=row_numbers[i], field=field_name) from None
+            out[i] = _count_value(raw[i])
+        except (ValueError, TypeError, OverflowError):
+            cells.bad(file, row_numbers[i], field_name, raw[i], "a count")
     return out
 
 
-def _epoch_seconds(values: pd.Series, rows: pd.Series, file: str, field_name: str) -> list[int | None]:
+def _count_value(value: Any) -> int | None:
+    if isinstance(value, (np.integer, np.floating)):
+        value = value.item()
+    if isinstance(value, (list, tuple, dict, np.ndarray)):
+        raise ValueError("a list is not a count")
+    count = parse_count(value)
+    if count is not None and count >= 2**62:
+        raise ValueError("count too large")
+    return count
+
+
+def _bucketed(values: pd.Series) -> np.ndarray:
+    """Cells written as a bucket's lower bound (`1k+`, `1w+`, `10万+`, `100+`): the true count is larger."""
+    return np.array([isinstance(v, str) and clean_text(v).endswith("+") for v in values.tolist()], dtype=bool)
+
+
+def _epoch_seconds(values: pd.Series, rows: pd.Series, file: str, field_name: str,
+                   cells: _Cells = _RAISE) -> list[int | None]:
     """Unix times in s, ms, us or ns (told apart by size) -> whole seconds; empty -> None."""
     number = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     raw = values.tolist()
-    bad = np.flatnonzero(np.isnan(number) & np.array([not _is_missing(v) for v in raw], dtype=bool))
-    if len(bad):
-        i = int(bad[0])
-        raise DataError(f"{raw[i]!r} is not a unix time", file=file, row=int(rows.iloc[i]), field=field_name)
-    scale = np.select([number >= 1e17, number >= 1e14, number >= 1e11], [1e9, 1e6, 1e3], 1.0)
-    seconds = np.floor(number / scale)
-    return [None if math.isnan(s) else int(s) for s in seconds.tolist()]
+    row_numbers = rows.tolist()
+    present = np.array([not _is_missing(v) for v in raw], dtype=bool)
+    scale = np.select([np.abs(number) >= 1e17, np.abs(number) >= 1e14, np.abs(number) >= 1e11], [1e9, 1e6, 1e3], 1.0)
+    with np.errstate(invalid="ignore"):
+        seconds = np.floor(number / scale)
+    out: list[int | None] = [None] * len(raw)
+    for i, (s, here) in enumerate(zip(seconds.tolist(), present.tolist())):
+        if not here:
+            continue
+        if math.isnan(s):
+            cells.bad(file, row_numbers[i], field_name, raw[i], "a unix time")
+        elif not _MIN_SECONDS <= s < _MAX_SECONDS:
+            cells.bad(file, row_numbers[i], field_name, raw[i], _TIME_RANGE)
+        else:
+            out[i] = int(s)
+    return out
+
+
+def _check_timezone(tz: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(str(tz))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise DataError(f"unknown timezone {tz!r}: use an IANA name such as 'Asia/Shanghai' or 'UTC'",
+                        field="timezone") from None
+    return str(tz)
 
 
 def _datetimes(values: pd.Series, rows: pd.Series, file: str, field_name: str, *, fmt: str | None = None,
-               tz: str = "UTC") -> list[int | None]:
+               tz: str = "UTC", cells: _Cells = _RAISE, report: ReadReport | None = None,
+               tz_given: bool = True) -> list[int | None]:
     """Date-time text (naive ones read in `tz`; with an offset, converted) or unix times (s/ms) -> whole UTC
-    seconds; anything unreadable -> DataError naming the row."""
+    seconds. An unreadable or out-of-range cell goes to `cells`. With `report`, the number of naive times and
+    the zone they were read in are noted (and logged as a warning when the zone was assumed: `tz_given`)."""
     raw = values.tolist()
+    row_numbers = rows.tolist()
     present = np.array([not _is_missing(v) for v in raw], dtype=bool)
     numeric = pd.to_numeric(values, errors="coerce").notna().to_numpy() & present
     out: list[int | None] = [None] * len(raw)
     if numeric.any():
-        epochs = _epoch_seconds(values[numeric], rows[numeric], file, field_name)
+        epochs = _epoch_seconds(values[numeric], rows[numeric], file, field_name, cells)
         for i, seconds in zip(np.flatnonzero(numeric).tolist(), epochs):
             out[i] = seconds
-    texts = present & ~numeric
-    if texts.any():
-        subset = pd.Series([clean_text(v) for v, t in zip(raw, texts) if t], dtype=object)
-        # naive times are UTC by default: parse straight to UTC, converting those with an offset
-        parsed = pd.to_datetime(subset, format=fmt or "mixed", errors="coerce", utc=(tz == "UTC"))
-        failed = np.flatnonzero(parsed.isna().to_numpy())
-        if len(failed):
-            i = int(np.flatnonzero(texts)[failed[0]])
-            expect = f" (expected {fmt})" if fmt else ""
-            raise DataError(f"{raw[i]!r} is not a date-time{expect}", file=file, row=int(rows.iloc[i]),
-                            field=field_name)
-        for i, seconds in zip(np.flatnonzero(texts).tolist(), _to_utc_seconds(parsed, tz)):
-            out[i] = seconds
+    texts = np.flatnonzero(present & ~numeric).tolist()
+    if not texts:
+        return out
+    cleaned = [clean_text(raw[i]) if isinstance(raw[i], str) else str(raw[i]) for i in texts]
+    aware = [fmt is None and bool(_OFFSET.search(t)) for t in cleaned]
+    naive = len(aware) - sum(aware)
+    for want_aware in (True, False):
+        picked = [k for k, a in enumerate(aware) if a == want_aware]
+        if not picked:
+            continue
+        subset = pd.Series([cleaned[k] for k in picked], dtype=object)
+        try:
+            parsed = pd.to_datetime(subset, format=fmt or "mixed", errors="coerce", utc=want_aware)
+            seconds = _to_utc_seconds(parsed, tz)
+        except (ValueError, TypeError, OverflowError, pd.errors.OutOfBoundsDatetime):
+            seconds = [_one_datetime(cleaned[k], fmt, tz, want_aware) for k in picked]
+        for k, s in zip(picked, seconds):
+            i = texts[k]
+            if s is None:
+                expect = f" (expected {fmt})" if fmt else ""
+                cells.bad(file, row_numbers[i], field_name, raw[i], f"a date-time{expect}")
+            elif not _MIN_SECONDS <= s < _MAX_SECONDS:
+                cells.bad(file, row_numbers[i], field_name, raw[i], _TIME_RANGE)
+            else:
+                out[i] = s
+    if naive and report is not None:
+        note = (f"{naive:,} '{field_name}' values have no timezone: read as {tz}"
+                + ("" if tz_given else " (assumed; give --opt timezone=ZONE, e.g. Asia/Shanghai, if they are local)"))
+        report.notes.append(note)
+        if not tz_given:
+            log.warning("%s: %s", file, note)
     return out
+
+
+def _one_datetime(text: str, fmt: str | None, tz: str, aware: bool) -> int | None:
+    """The slow path for a batch pandas could not parse as a whole: one cell at a time."""
+    try:
+        parsed = pd.to_datetime(pd.Series([text], dtype=object), format=fmt or "mixed", errors="coerce", utc=aware)
+        return _to_utc_seconds(parsed, tz)[0]
+    except (ValueError, TypeError, OverflowError, pd.errors.OutOfBoundsDatetime):
+        return None
 
 
 def _to_utc_seconds(parsed: pd.Series, tz: str) -> list[int | None]:
@@ -710,10 +808,11 @@ def read_qilin(
     if missing:
         raise DataError(f"missing column(s) {missing} in the Qilin notes table", file=file)
     frame = _check_note_ids(frame, "note_idx", file, on_bad_rows, report)
+    cells = _Cells(on_bad_rows, report)
     rows = frame["_row"]
     split = [split_hashtags(c) for c in frame["note_content"].tolist()]
     counts = {
-        target: _counts(frame[source], rows, file, source) if source in frame.columns else [None] * len(frame)
+        target: _counts(frame[source], rows, file, source, cells) if source in frame.columns else [None] * len(frame)
         for target, source in (("likes", "accum_like_num"), ("collects", "accum_collect_num"),
                                ("comments", "accum_comment_num"), ("shares", "share_num"), ("impressions", "imp_num"))
     }
@@ -867,13 +966,14 @@ def read_mediacrawler(path: str | Path, *, on_bad_rows: str = "error") -> pa.Tab
     hashtags = [tags or _clean_tags(listed) for (_, tags), listed in zip(split, tag_lists)]
     image_refs = [_as_list(v) for v in column("image_list").tolist()]
     base = path.parent
-    counts = {target: _counts(column(source), rows, file, source) for target, source in (
+    cells = _Cells(on_bad_rows, report)
+    counts = {target: _counts(column(source), rows, file, source, cells) for target, source in (
         ("likes", "liked_count"), ("collects", "collected_count"), ("comments", "comment_count"),
         ("shares", "share_count"))}
     extra_frame = frame[[c for c in frame.columns if c not in _MEDIACRAWLER_MAPPED | _MEDIACRAWLER_DROPPED
                          and not c.startswith("_")]]
     derived = {"image_urls": [[r for r in refs if "://" in r] for refs in image_refs],
-               "crawled_at": _crawl_times(frame, rows, file)}
+               "crawled_at": _crawl_times(frame, rows, file, cells)}
     if "tag_list" in extra_frame.columns:
         extra_frame = extra_frame.drop(columns="tag_list")
         derived["tag_list"] = tag_lists
@@ -884,18 +984,18 @@ def read_mediacrawler(path: str | Path, *, on_bad_rows: str = "error") -> pa.Tab
         "hashtags": hashtags,
         "image_paths": _local_images(image_refs, [base]),
         "author_id": _optional_str(column("user_id")),
-        "published_at": _epoch_seconds(column("time"), rows, file, "time"),
+        "published_at": _epoch_seconds(column("time"), rows, file, "time", cells),
         **counts,
         "extra": _extra_json(extra_frame, derived),
     }, file)
     return _attach(notes, report)
 
 
-def _crawl_times(frame: pd.DataFrame, rows: pd.Series, file: str) -> list[str | None]:
+def _crawl_times(frame: pd.DataFrame, rows: pd.Series, file: str, cells: _Cells) -> list[str | None]:
     if "last_modify_ts" in frame.columns:
-        seconds = _epoch_seconds(frame["last_modify_ts"], rows, file, "last_modify_ts")
+        seconds = _epoch_seconds(frame["last_modify_ts"], rows, file, "last_modify_ts", cells)
     elif "crawl_date" in frame.columns:
-        seconds = _datetimes(frame["crawl_date"], rows, file, "crawl_date", tz="Asia/Shanghai")
+        seconds = _datetimes(frame["crawl_date"], rows, file, "crawl_date", tz="Asia/Shanghai", cells=cells)
     else:
         return [None] * len(frame)
     return [None if s is None else pd.Timestamp(s, unit="s", tz="UTC").isoformat() for s in seconds]
@@ -1076,6 +1176,7 @@ def read_hackernews(path: str | Path, *, tz: str = "America/New_York", on_bad_ro
     report = ReadReport(source=f"hackernews {file}")
     frame = _read_csv(path, required=("id", "title", "created_at"), on_bad_rows=on_bad_rows, report=report)
     frame = _check_note_ids(frame, "id", file, on_bad_rows, report)
+    cells = _Cells(on_bad_rows, report)
     rows = frame["_row"]
     n = len(frame)
     urls = _texts(frame["url"]) if "url" in frame.columns else [""] * n
@@ -1086,9 +1187,11 @@ def read_hackernews(path: str | Path, *, tz: str = "America/New_York", on_bad_ro
         "title": _texts(frame["title"]),
         "content": [t or u for t, u in zip(texts, urls)],
         "author_id": _optional_str(frame["author"]) if "author" in frame.columns else [None] * n,
-        "published_at": _datetimes(frame["created_at"], rows, file, "created_at", fmt="%m/%d/%Y %H:%M", tz=tz),
-        "likes": _counts(frame["num_points"], rows, file, "num_points") if "num_points" in frame.columns else [None] * n,
-        "comments": _counts(frame["num_comments"], rows, file, "num_comments")
+        "published_at": _datetimes(frame["created_at"], rows, file, "created_at", fmt="%m/%d/%Y %H:%M", tz=tz,
+                                   cells=cells),
+        "likes": _counts(frame["num_points"], rows, file, "num_points", cells)
+        if "num_points" in frame.columns else [None] * n,
+        "comments": _counts(frame["num_comments"], rows, file, "num_comments", cells)
         if "num_comments" in frame.columns else [None] * n,
         "extra": _extra_json(pd.DataFrame(index=range(n)), {"url": urls, "domain": domains}),
     }, file)
@@ -1131,15 +1234,16 @@ def read_weibo(folder_or_files: str | Path | Sequence[str | Path], *, year: int 
     files = _weibo_files(folder_or_files)
     report = ReadReport(source=f"weibo {files[0].parent if len(files) > 1 else files[0]} ({len(files)} files)")
     frames = []
+    cells = _Cells(on_bad_rows, report)
     for path in files:
         frame = _read_csv(path, required=("pub_time", "weibo_content", "weibo_url"), on_bad_rows=on_bad_rows,
                           report=report)
         frame["_file"] = str(path)
         for target, source in (("shares", "forward"), ("comments", "comment"), ("likes", "like")):
-            values = _counts(frame[source], frame["_row"], str(path), source) if source in frame.columns \
+            values = _counts(frame[source], frame["_row"], str(path), source, cells) if source in frame.columns \
                 else [None] * len(frame)
             frame[target] = pd.array(values, dtype="Int64")
-        frame["_published"] = _weibo_times(frame, str(path), year, tz)
+        frame["_published"] = _weibo_times(frame, str(path), year, tz, cells)
         frames.append(frame)
     frame = pd.concat(frames, ignore_index=True)
     frame["_key"] = [_canonical_url(u) for u in frame["weibo_url"].tolist()]
@@ -1199,28 +1303,17 @@ def _canonical_url(url: Any) -> str | None:
     return f"{parts.scheme or 'https'}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
-def _weibo_times(frame: pd.DataFrame, file: str, year: int, tz: str) -> list[int | None]:
-    wall = []
-    for raw, row in zip(frame["pub_time"].tolist(), frame["_row"].tolist()):
-        if _is_missing(raw):
-            wall.append(None)
-            continue
-        m = _WEIBO_TIME.search(str(raw))
+def _weibo_times(frame: pd.DataFrame, file: str, year: int, tz: str, cells: _Cells = _RAISE) -> list[int | None]:
+    """`5月12日 09:15` (no year: `year`), `2020年5月12日 09:15` or any date-time text, read as `tz`."""
+    wall: list[str | None] = []
+    for raw in frame["pub_time"].tolist():
+        m = None if _is_missing(raw) else _WEIBO_TIME.search(str(raw))
         if m:
             y, mo, d, h, mi = m.groups()
             wall.append(f"{y or year}-{int(mo):02d}-{int(d):02d} {int(h):02d}:{mi}")
-            continue
-        try:
-            wall.append(pd.Timestamp(clean_text(raw)).strftime("%Y-%m-%d %H:%M"))
-        except (ValueError, TypeError):
-            raise DataError(f"{raw!r} is not a time like '5月12日 09:15'", file=file, row=row, field="pub_time") from None
-    parsed = pd.to_datetime(pd.Series(wall, dtype=object), format="%Y-%m-%d %H:%M", errors="coerce")
-    bad = np.flatnonzero(parsed.isna().to_numpy() & np.array([w is not None for w in wall], dtype=bool))
-    if len(bad):
-        i = int(bad[0])
-        raise DataError(f"{frame['pub_time'].iloc[i]!r} is not a valid date", file=file,
-                        row=int(frame["_row"].iloc[i]), field="pub_time")
-    return _to_utc_seconds(parsed, tz)
+        else:
+            wall.append(raw)
+    return _datetimes(pd.Series(wall, dtype=object), frame["_row"], file, "pub_time", tz=tz, cells=cells)
 
 
 # -------------------------------------------------------------------------------------------- generic
@@ -1258,6 +1351,7 @@ def read_generic(path: str | Path, column_map: dict[str, str] | None = None, *, 
         raise DataError(f"no note id column: map one with --map note_id=COLUMN; the file has {available}",
                         file=file, field="note_id")
     frame = _check_note_ids(frame, source_of["note_id"], file, on_bad_rows, report)
+    cells = _Cells(on_bad_rows, report)
     rows = frame["_row"]
     n = len(frame)
 
@@ -1274,29 +1368,33 @@ def read_generic(path: str | Path, column_map: dict[str, str] | None = None, *, 
         "category": [_as_list(v) for v in values("category")],
         "image_paths": [_as_list(v) for v in values("image_paths")],
         "author_id": _optional_str(frame[source_of["author_id"]]) if "author_id" in source_of else [None] * n,
-        "published_at": _datetimes(frame[source_of["published_at"]], rows, file, source_of["published_at"])
+        "published_at": _datetimes(frame[source_of["published_at"]], rows, file, source_of["published_at"],
+                                   cells=cells, report=report, tz_given=False)
         if "published_at" in source_of else [None] * n,
     }
     for name in _COUNT_FIELDS:
-        columns[name] = _counts(frame[source_of[name]], rows, file, source_of[name]) if name in source_of else [None] * n
+        columns[name] = _counts(frame[source_of[name]], rows, file, source_of[name], cells) \
+            if name in source_of else [None] * n
     rest = [c for c in available if c not in source_of.values()] if keep_extra else []
     extra = _extra_json(frame[rest])
     if "extra" in source_of:  # a source that already has an extra JSON column: merge it in
-        extra = [_merge_extra(e, v, file, r) for e, v, r in zip(extra, values("extra"), rows.tolist())]
+        extra = [_merge_extra(e, v, file, r, cells) for e, v, r in zip(extra, values("extra"), rows.tolist())]
     columns["extra"] = extra
     return _attach(_note_table(columns, file), report)
 
 
-def _merge_extra(base: str, value: Any, file: str, row: int) -> str:
+def _merge_extra(base: str, value: Any, file: str, row: int, cells: _Cells = _RAISE) -> str:
     if _is_missing(value):
         return base
+    original = value
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
-            raise DataError("extra is not a JSON object", file=file, row=row, field="extra") from None
+        except (json.JSONDecodeError, RecursionError):
+            value = None
     if not isinstance(value, dict):
-        raise DataError("extra is not a JSON object", file=file, row=row, field="extra")
+        cells.bad(file, row, "extra", original, "a JSON object")
+        return base
     return json.dumps({**json.loads(base), **value}, ensure_ascii=False, default=str)
 
 
