@@ -63,9 +63,7 @@ def import_notes(
 ) -> None:
     """Read a source into the Note table (and its events / pairs); print what was read and skipped."""
     from notellm.data.readers import EVENT_FORMATS, PAIR_FORMATS, read_source
-    from notellm.data.schema import write_notes
     from notellm.errors import DataError
-    from notellm.io import write_parquet
 
     options = _options(opts or [])
     column_map = _pairs(maps or [], "--map")
@@ -79,11 +77,44 @@ def import_notes(
         raise DataError("--pairs-out needs format notellm-csv with --opt pairs_csv=PAIRS.csv")
     # the summary below shows every skip with its reason and rows; the readers' warnings would repeat them
     logging.getLogger("notellm.data.readers").setLevel(logging.ERROR)
+    # every input (notes and events / pairs) is read and checked before any output is touched
     result = read_source(fmt, path, **options)
-    _print_summary("notes", result.notes, write_notes(result.notes, out))
+    outputs = [("notes", result.notes, out)]
     for kind, table, target in (("events", result.events, events_out), ("pairs", result.pairs, pairs_out)):
         if table is not None:
-            _print_summary(kind, table, write_parquet(table, target) if target is not None else None)
+            outputs.append((kind, table, target))
+    written = _write_all([(kind, table, target) for kind, table, target in outputs if target is not None])
+    for kind, table, target in outputs:
+        _print_summary(kind, table, target if target in written else None)
+
+
+def _write_all(outputs: list[tuple[str, Any, Path]]) -> set[Path]:
+    """Write every table to a temporary file beside its target, and only when all are written rename them
+    into place, so a failure leaves every pre-existing output as it was."""
+    from contextlib import ExitStack
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from notellm.data.schema import note_table_for_writing
+    from notellm.errors import DataError
+    from notellm.io import atomic_path
+
+    targets = [Path(target).resolve() for _, _, target in outputs]
+    if len(set(targets)) < len(targets):
+        raise DataError(f"the outputs must be different files, got {[str(t) for _, _, t in outputs]}")
+    with ExitStack() as stack:
+        for kind, table, target in outputs:
+            tmp = stack.enter_context(atomic_path(target))
+            try:
+                if kind == "notes":
+                    table = note_table_for_writing(table)
+                pq.write_table(table, tmp)
+            except (pa.ArrowException, OverflowError, ValueError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise DataError(f"cannot write the {kind} table ({first}); nothing was replaced",
+                                file=str(target)) from None
+    return {target for _, _, target in outputs}
 
 
 def _print_summary(kind: str, table, target: Path | None) -> None:

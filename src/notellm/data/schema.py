@@ -86,8 +86,13 @@ def notes_to_table(rows: Iterable[dict[str, Any]], source: str = "<memory>") -> 
     return pa.table(columns, schema=NOTE_SCHEMA)
 
 
+def note_table_for_writing(table: pa.Table) -> pa.Table:
+    """The Note table as it is stored: NOTE_SCHEMA's columns and types."""
+    return table.cast(NOTE_SCHEMA)
+
+
 def write_notes(table: pa.Table, path: str | Path) -> Path:
-    return write_parquet(table.cast(NOTE_SCHEMA), path)
+    return write_parquet(note_table_for_writing(table), path)
 
 
 def read_table_with(path: str | Path, kind: str, required: Sequence[str]) -> pa.Table:
