@@ -390,7 +390,7 @@ def test_generic_jsonl_and_parquet(tmp_path):
 
 def test_read_source_dispatch(notellm_files, movielens_dir):
     assert set(FORMATS) == {"notellm-csv", "qilin", "mediacrawler", "movielens", "kuairec", "hackernews", "weibo",
-                            "csv", "jsonl", "parquet"}
+                            "csv", "tsv", "jsonl", "json", "parquet"}
     result = read_source("notellm-csv", notellm_files[0], pairs_csv=notellm_files[1])
     assert result.notes.num_rows == 3 and result.pairs.num_rows == 2 and result.events is None
     result = read_source("movielens", movielens_dir, min_rating=4.5)
@@ -438,12 +438,15 @@ def test_unknown_format_and_unmapped_columns(tmp_path):
 def test_non_utf8_file_names_file_and_byte_offset(tmp_path):
     path = write(tmp_path / "gbk.csv", "id,title\n1,中文\n", encoding="gbk")
     with pytest.raises(DataError) as err:
-        read_generic(path)
+        read_generic(path, encoding="utf-8")
     message = str(err.value)
     assert str(path) in message and "byte offset 11 (line 2)" in message and "UTF-8" in message
     with pytest.raises(DataError, match="byte offset"):
         read_mediacrawler(path)
     assert read_generic(path, {"note_id": "id"}, encoding="gbk").column("title").to_pylist() == ["中文"]
+    detected = read_generic(path, {"note_id": "id"})  # encoding=auto: GB18030 (a superset of GBK)
+    assert detected.column("title").to_pylist() == ["中文"]
+    assert "text encoding detected: gb18030" in read_report(detected)["notes"]
 
 
 def test_duplicate_note_ids(tmp_path):

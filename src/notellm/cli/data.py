@@ -12,7 +12,7 @@ from notellm.cli.common import console
 
 app = typer.Typer(no_args_is_help=True)
 
-_GENERIC = ("csv", "jsonl", "parquet")
+_GENERIC = ("csv", "tsv", "jsonl", "json", "parquet")
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:

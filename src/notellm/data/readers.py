@@ -48,7 +48,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from notellm.data.schema import EVENT_SCHEMA, NOTE_COLUMNS, PAIR_SCHEMA, notes_to_table
+from notellm.data.schema import (AUTHOR_COUNT_COLUMNS, EVENT_SCHEMA, NOTE_COLUMNS, OPTIONAL_NOTE_FIELDS,
+                                  PAIR_SCHEMA, notes_to_table)
 from notellm.data.text import (MAX_TAG_CHARS, MAX_TAGS, clean_text, parse_count, parse_open_hashtags,
                                parse_weibo_hashtags, split_hashtags, strip_open_hashtags, strip_weibo_hashtags)
 from notellm.errors import DataError
@@ -111,25 +112,111 @@ def _check_policy(name: str, value: str, allowed: Sequence[str]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ file input
-def _decode(path: Path, encoding: str = "utf-8") -> str:
-    """The whole file as text; invalid bytes are an error naming the byte offset and line."""
+def _decode(path: Path, encoding: str = "utf-8", report: ReadReport | None = None) -> str:
+    """The whole file as text; invalid bytes are an error naming the byte offset and line.
+
+    encoding="auto": a UTF-16/32 byte-order mark, else UTF-8, else GB18030 (a superset of GBK/GB2312, the
+    usual encoding of Chinese exports); the one used is noted in `report`."""
     if not path.is_file():
         raise DataError("file does not exist", file=str(path))
+    data = path.read_bytes()
+    if encoding == "auto":
+        codec, text = detect_encoding(data)
+        if codec is None:
+            raise _decode_error(path, data, "UTF-8 or GB18030", "give its encoding, e.g. --opt encoding=big5")
+        if report is not None and codec not in ("utf-8", "ascii"):
+            report.notes.append(f"text encoding detected: {codec}")
+        return text
     try:
         codec = codecs.lookup(encoding).name
     except LookupError:
         raise DataError(f"unknown text encoding {encoding!r}", file=str(path)) from None
-    data = path.read_bytes()
     try:
         return data.decode("utf-8-sig" if codec == "utf-8" else codec)
+    except UnicodeDecodeError:
+        raise _decode_error(path, data, encoding, "convert the file to UTF-8 (e.g. `iconv -f GBK -t UTF-8`) or "
+                                                  "give its encoding (--opt encoding=auto detects GB18030)") from None
+
+
+def _decode_error(path: Path, data: bytes, encoding: str, advice: str) -> DataError:
+    codec = "utf-8" if encoding == "UTF-8 or GB18030" else encoding
+    try:
+        data.decode(codec)
+        start = 0
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        bad = data[exc.start: exc.start + 4]
-        raise DataError(
-            f"not valid {encoding}: byte {bad[:1]!r} at byte offset {exc.start} (line {line}); convert the "
-            f"file to UTF-8 (e.g. `iconv -f GBK -t UTF-8`) or give its encoding",
-            file=str(path),
-        ) from None
+        start = exc.start
+    except LookupError:
+        start = 0
+    line = data.count(b"\n", 0, start) + 1
+    return DataError(f"not valid {encoding}: byte {data[start:start + 1]!r} at byte offset {start} (line {line}); "
+                     f"{advice}", file=str(path))
+
+
+def detect_encoding(data: bytes) -> tuple[str | None, str]:
+    """(codec, text) of `data`: by byte-order mark, else the first of UTF-8 and GB18030 that decodes it whole;
+    (None, "") when neither does."""
+    for bom, codec in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                       (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            try:
+                return codec, data.decode(codec)
+            except UnicodeDecodeError:
+                return None, ""
+    for codec in ("utf-8-sig", "gb18030"):
+        try:
+            text = data.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        if codec == "gb18030" and "\x00" in text:  # binary junk decodes as GB18030 too often
+            continue
+        return ("utf-8" if codec == "utf-8-sig" else codec), text
+    return None, ""
+
+
+DELIMITERS = {",": ",", "\t": "\t", "tab": "\t", "\\t": "\t", ";": ";", "|": "|", "comma": ",", "semicolon": ";",
+              "pipe": "|"}
+
+
+def _delimiter(value: str | None, path: Path, text: str) -> str:
+    """The delimiter asked for (`,`, `tab`/`\\t`, `;`, `|`), or for None: tab for .tsv, else detected."""
+    if value is not None:
+        if str(value) not in DELIMITERS:
+            raise DataError(f"delimiter must be one of {sorted(set(DELIMITERS))}, not {value!r}", field="delimiter")
+        return DELIMITERS[str(value)]
+    if path.suffix.lower() in (".tsv", ".tab"):
+        return "\t"
+    return detect_delimiter(text)
+
+
+def detect_delimiter(text: str, lines: int = 50) -> str:
+    """The delimiter under which the first lines split into the same number (> 1) of columns most often
+    (ties: `,` before tab, `;`, `|`); `,` when none does."""
+    sample = "\n".join(text.splitlines()[:lines])
+    best, best_score = ",", 0.0
+    for candidate in (",", "\t", ";", "|"):
+        if candidate not in sample:
+            continue
+        try:
+            widths = [len(r) for r in csv.reader(io.StringIO(sample, newline=""), delimiter=candidate) if r]
+        except csv.Error:
+            continue
+        if not widths:
+            continue
+        mode = max(set(widths), key=widths.count)
+        score = widths.count(mode) / len(widths) + (0.001 * min(mode, 50) if mode > 1 else -1.0)
+        if mode > 1 and score > best_score:
+            best, best_score = candidate, score
+    return best
+
+
+def _column_names(names: str | Sequence[str] | None) -> list[str] | None:
+    if names is None:
+        return None
+    listed = [n.strip() for n in names.split(",")] if isinstance(names, str) else [str(n).strip() for n in names]
+    if not listed or any(not n for n in listed) or len(set(listed)) < len(listed):
+        raise DataError(f"names must be distinct, non-empty column names, e.g. names=id,title,content; got {names!r}",
+                        field="names")
+    return listed
 
 
 def _bad_row(policy: str, report: ReadReport | None, file: str, row: int, reason: str, detail: str) -> None:
@@ -147,24 +234,47 @@ def _read_csv(
     report: ReadReport | None = None,
     join_split_lines: bool = False,
     encoding: str = "utf-8",
+    delimiter: str | None = ",",
+    header: bool | None = None,
 ) -> pd.DataFrame:
-    """All cells as str plus `_row` (data row from 1). `names` for files without a header line.
+    """All cells as str plus `_row` (data row from 1). `names` for files without a header line (with
+    header=True: names replace the file's header line). `delimiter` None: detected (tab for .tsv).
 
     `join_split_lines` repairs rows broken by an unquoted line break (KuaiRec): a short row whose pieces
     and the next row's add up to the right number of columns becomes one row again.
     """
     path = Path(path)
     file = str(path)
-    text = _decode(path, encoding)
+    text = _decode(path, encoding, report)
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise DataError(f"the file holds a NUL character (line {line}): not a text table", file=file)
+    delimiter = _delimiter(delimiter, path, text)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # Qilin cells hold whole embedding vectors
-    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return _parse_csv(text, file, csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), names=names,
+                          header=header, required=required, on_bad_rows=on_bad_rows, report=report,
+                          join_split_lines=join_split_lines)
+    except csv.Error as exc:
+        raise DataError(f"not a readable {'TSV' if delimiter == chr(9) else 'CSV'} file: {exc}", file=file) from None
+
+
+def _parse_csv(text: str, file: str, reader: Any, *, names: Sequence[str] | None, header: bool | None,
+               required: Sequence[str], on_bad_rows: str, report: ReadReport | None,
+               join_split_lines: bool) -> pd.DataFrame:
+    skip_header = header if header is not None else names is None
+    first = next(reader, None) if skip_header else None
     if names is None:
-        header = next(reader, None)
-        if header is None:
+        if first is None:
             raise DataError("empty file: no header line", file=file)
-        header = [clean_text(h) for h in header]
+        header = [clean_text(h) for h in first]
     else:
         header = list(names)
+    # a column without a name (pandas' index column) is called column_N (N from 1), as a person counts
+    header = [h if h else f"column_{i}" for i, h in enumerate(header, start=1)]
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise DataError(f"column name(s) {repeated} appear more than once in the header", file=file)
     missing = [c for c in required if c not in header]
     if missing:
         raise DataError(f"missing column(s) {missing}; the file has {header}", file=file)
@@ -178,7 +288,7 @@ def _read_csv(
         line, end = end + 1, reader.line_num  # the record's first line (a quoted field may span several)
         if not record:  # blank line
             continue
-        if names is not None and row == 0 and pending is None and [c.strip().lower() for c in record] == header:
+        if not skip_header and row == 0 and pending is None and [c.strip().lower() for c in record] == header:
             continue  # a header line in a file that should have none
         if pending is not None:
             pieces, first_row, first_line = pending
@@ -213,15 +323,17 @@ def _read_csv(
     return frame
 
 
-def _read_jsonl(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
+def _read_jsonl(path: Path, encoding: str = "utf-8", report: ReadReport | None = None) -> pd.DataFrame:
     records, rows = [], []
-    for number, line in enumerate(_decode(path, encoding).splitlines(), start=1):
+    for number, line in enumerate(_decode(path, encoding, report).splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"invalid JSON: {exc.msg} (column {exc.colno})", file=str(path), row=number) from None
+        except RecursionError:
+            raise DataError("invalid JSON: nested too deeply", file=str(path), row=number) from None
         if not isinstance(record, dict):
             raise DataError("each line must be a JSON object", file=str(path), row=number)
         records.append(record)
@@ -231,11 +343,13 @@ def _read_jsonl(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
     return frame
 
 
-def _read_json_array(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
+def _read_json_array(path: Path, encoding: str = "utf-8", report: ReadReport | None = None) -> pd.DataFrame:
     try:
-        data = json.loads(_decode(path, encoding))
+        data = json.loads(_decode(path, encoding, report))
     except json.JSONDecodeError as exc:
         raise DataError(f"invalid JSON: {exc.msg} (line {exc.lineno})", file=str(path)) from None
+    except RecursionError:
+        raise DataError("invalid JSON: nested too deeply", file=str(path)) from None
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
@@ -258,12 +372,15 @@ def _read_parquet(path: Path) -> pd.DataFrame:
 
 def _read_table_file(path: Path, fmt: str | None = None, encoding: str = "utf-8", **csv_options: Any) -> pd.DataFrame:
     fmt = fmt or _format_of(path)
-    if fmt == "csv":
+    if fmt in ("csv", "tsv"):
+        if fmt == "tsv":
+            csv_options.setdefault("delimiter", "\t")
         return _read_csv(path, encoding=encoding, **csv_options)
+    report = csv_options.get("report")
     if fmt == "jsonl":
-        return _read_jsonl(path, encoding)
+        return _read_jsonl(path, encoding, report)
     if fmt == "json":
-        return _read_json_array(path, encoding)
+        return _read_json_array(path, encoding, report)
     if fmt == "parquet":
         return _read_parquet(path)
     raise DataError(f"cannot tell the format of {path.name}: use .csv, .tsv, .jsonl, .json or .parquet", file=str(path))
@@ -271,7 +388,7 @@ def _read_table_file(path: Path, fmt: str | None = None, encoding: str = "utf-8"
 
 def _format_of(path: Path) -> str | None:
     suffix = path.suffix.lower()
-    return {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
+    return {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
             ".pq": "parquet"}.get(suffix)
 
 
@@ -474,15 +591,29 @@ def _as_list(value: Any) -> list[str]:
         return []
     text = clean_text(str(value))
     if text.startswith("["):
-        try:
-            loaded = json.loads(text)
-        except json.JSONDecodeError:
+        loaded = _list_literal(text)
+        if loaded is None:
             text = text[1:-1] if text.endswith("]") else text[1:]  # `[a,b]`: a list printed without quotes
         else:
-            if isinstance(loaded, list):
-                return [t for t in (clean_text(v) for v in loaded if not _is_missing(v)) if t]
+            return [t for t in (clean_text(v) for v in loaded if not _is_missing(v) and not isinstance(v, (list, dict)))
+                    if t]
     parts = text.split("|") if "|" in text else text.split(",")
     return [t for t in (p.strip() for p in parts) if t]
+
+
+def _list_literal(text: str) -> list[Any] | None:
+    """A JSON list (`["a", "b"]`) or a Python-literal one (`['动画', '特摄']`, as pandas writes lists), else None.
+    ast.literal_eval reads literals only: no code runs."""
+    try:
+        loaded = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        if len(text) > 100_000:
+            return None
+        try:
+            loaded = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return None
+    return list(loaded) if isinstance(loaded, (list, tuple)) else None
 
 
 def _clean_tags(tags: Iterable[str], max_chars: int = MAX_TAG_CHARS, max_tags: int = MAX_TAGS) -> list[str]:
@@ -573,13 +704,19 @@ def _check_note_ids(frame: pd.DataFrame, column: str, file: str, on_bad_rows: st
 
 
 def _note_table(columns: dict[str, Sequence[Any]], source: str) -> pa.Table:
-    """Column lists -> validated Note table (via schema.notes_to_table)."""
-    unknown = set(columns) - set(NOTE_COLUMNS)
+    """Column lists -> validated Note table (via schema.notes_to_table); optional Note columns (author counts,
+    count_lower_bounds) are appended where any row has a value."""
+    optional = {f.name: f for f in OPTIONAL_NOTE_FIELDS}
+    unknown = set(columns) - set(NOTE_COLUMNS) - set(optional)
     if unknown:
         raise ValueError(f"not Note fields: {sorted(unknown)}")
-    names = list(columns)
+    names = [n for n in columns if n in NOTE_COLUMNS]
     rows = [dict(zip(names, values)) for values in zip(*(columns[n] for n in names))]
-    return notes_to_table(rows, source=source)
+    table = notes_to_table(rows, source=source)
+    for name, column_field in optional.items():
+        if name in columns and any(v is not None and v != [] for v in columns[name]):
+            table = table.append_column(column_field, pa.array(list(columns[name]), type=column_field.type))
+    return table
 
 
 def _local_images(candidates: Sequence[list[str]], roots: Sequence[Path]) -> list[list[str]]:
@@ -970,6 +1107,10 @@ def read_mediacrawler(path: str | Path, *, on_bad_rows: str = "error") -> pa.Tab
     counts = {target: _counts(column(source), rows, file, source, cells) for target, source in (
         ("likes", "liked_count"), ("collects", "collected_count"), ("comments", "comment_count"),
         ("shares", "share_count"))}
+    bounded: list[list[str]] = [[] for _ in range(n)]
+    for target, source in (("likes", "liked_count"), ("collects", "collected_count"), ("comments", "comment_count"),
+                           ("shares", "share_count")):
+        _note_buckets(target, column(source), counts[target], bounded, report)
     extra_frame = frame[[c for c in frame.columns if c not in _MEDIACRAWLER_MAPPED | _MEDIACRAWLER_DROPPED
                          and not c.startswith("_")]]
     derived = {"image_urls": [[r for r in refs if "://" in r] for refs in image_refs],
@@ -986,6 +1127,7 @@ def read_mediacrawler(path: str | Path, *, on_bad_rows: str = "error") -> pa.Tab
         "author_id": _optional_str(column("user_id")),
         "published_at": _epoch_seconds(column("time"), rows, file, "time", cells),
         **counts,
+        "count_lower_bounds": bounded,
         "extra": _extra_json(extra_frame, derived),
     }, file)
     return _attach(notes, report)
@@ -1318,32 +1460,58 @@ def _weibo_times(frame: pd.DataFrame, file: str, year: int, tz: str, cells: _Cel
 
 # -------------------------------------------------------------------------------------------- generic
 def read_generic(path: str | Path, column_map: dict[str, str] | None = None, *, fmt: str | None = None,
-                 encoding: str = "utf-8", on_bad_rows: str = "error", keep_extra: bool = True) -> pa.Table:
-    """Any CSV / JSONL / Parquet table of notes, by extension (or `fmt`), with `column_map` from Note
-    fields to source columns (a Note field not mapped is taken from a column of the same name).
+                 encoding: str = "auto", on_bad_rows: str = "error", keep_extra: bool = True,
+                 delimiter: str | None = None, header: bool = True, names: str | Sequence[str] | None = None,
+                 timezone: str | None = None, published_at_from_id: bool = False,
+                 open_hashtags: bool = True) -> pa.Table:
+    """Any CSV / TSV / JSONL / JSON / Parquet table of notes, by extension (or `fmt`), with `column_map` from
+    Note fields (and the optional author fields followers, author_notes, author_likes) to source columns; a
+    field not mapped is taken from a column of the same name.
 
-    List fields accept real lists, JSON lists or `a|b` / `a,b` text. Where a row has no hashtags (or there
-    is no hashtags column) they are parsed from the content's inline `#…#` tags; inline tags are removed
-    from content either way. published_at accepts unix s/ms or date-time text (naive = UTC, an offset is
-    converted). Counts accept `1.5万`. Source
-    columns not mapped go into extra (keep_extra=False drops them).
+    Text files: `encoding` "auto" (UTF-8, else GB18030, or by byte-order mark) or a codec name; CSV
+    `delimiter` detected (tab for .tsv) or given (`,`, `tab`, `;`, `|`); `header=False` with
+    `names=a,b,c` for a file without a header line (with header=True, names replace the header).
+    List fields accept real lists, JSON lists, Python-literal lists (`['动画', '特摄']`) or `a|b` / `a,b`
+    text. Where a row has no hashtags (or there is no hashtags column) they are taken from the text:
+    closed `#…#` tags, and with open_hashtags also open ones (`#话题 `, `# topic`); inline tags are
+    removed from title and content either way, and stray `#` / `##` with them.
+    published_at: unix s/ms or date-time text; naive times are read in `timezone` (default UTC, and the
+    report says it was assumed), an offset is converted. With published_at_from_id, a note without a time
+    takes it from its ObjectId-style id (24 hex digits, the first 8 = unix seconds). Counts accept `1.5万`;
+    bucketed counts (`1k+`, `1w+`, `10万+`) keep their lower bound and name the field in the
+    `count_lower_bounds` column (and are counted in the report). Source columns not mapped go into extra
+    (keep_extra=False drops them).
     """
     _check_policy("on_bad_rows", on_bad_rows, BAD_ROW_POLICIES)
     path = Path(path)
     file = str(path)
     fmt = fmt or _format_of(path)
+    if fmt == "tsv":
+        fmt, delimiter = "csv", "\t" if delimiter is None else delimiter
     if fmt not in ("csv", "jsonl", "json", "parquet"):
-        raise DataError(f"cannot tell the format of {path.name}: use .csv, .jsonl, .json or .parquet, "
+        raise DataError(f"cannot tell the format of {path.name}: use .csv, .tsv, .jsonl, .json or .parquet, "
                         "or name the format", file=file)
+    tz = _check_timezone(timezone) if timezone is not None else "UTC"
     report = ReadReport(source=f"{fmt} {file}")
     column_map = dict(column_map or {})
-    unknown = sorted(set(column_map) - set(NOTE_COLUMNS))
+    fields = list(NOTE_COLUMNS) + list(AUTHOR_COUNT_COLUMNS)
+    unknown = sorted(set(column_map) - set(fields))
     if unknown:
-        raise DataError(f"--map names {unknown}, which are not Note fields; Note fields: {NOTE_COLUMNS}", file=file)
-    csv_options = {"on_bad_rows": on_bad_rows, "report": report} if fmt == "csv" else {}
-    frame = _read_table_file(path, fmt, encoding, **csv_options)
+        raise DataError(f"--map names {unknown}, which are not Note fields; Note fields: {fields}", file=file)
+    column_names = _column_names(names)
+    if not header and column_names is None:
+        raise DataError("a file without a header line needs its column names: --opt names=id,title,content",
+                        file=file, field="names")
+    if fmt == "csv":
+        frame = _read_csv(path, names=column_names, header=header, on_bad_rows=on_bad_rows, report=report,
+                          encoding=encoding, delimiter=delimiter)
+    else:
+        if column_names is not None or not header or delimiter is not None:
+            raise DataError(f"delimiter, header and names are CSV/TSV options; {fmt} files name their columns",
+                            file=file)
+        frame = _read_table_file(path, fmt, encoding, report=report)
     available = [c for c in frame.columns if not str(c).startswith("_")]
-    source_of = {f: column_map.get(f, f) for f in NOTE_COLUMNS if column_map.get(f, f) in frame.columns}
+    source_of = {f: column_map.get(f, f) for f in fields if column_map.get(f, f) in frame.columns}
     absent = {f: c for f, c in column_map.items() if c not in frame.columns}
     if absent:
         raise DataError(f"mapped column(s) not in the file: {absent}; the file has {available}", file=file)
@@ -1358,29 +1526,122 @@ def read_generic(path: str | Path, column_map: dict[str, str] | None = None, *, 
     def values(name: str) -> list[Any]:
         return frame[source_of[name]].tolist() if name in source_of else [None] * n
 
-    split = [split_hashtags(c) for c in values("content")]
+    titles = _texts(frame[source_of["title"]]) if "title" in source_of else [""] * n
+    contents = [_cell_text(c) for c in values("content")]
+    inline = [_inline_hashtags(t, c, open_hashtags) for t, c in zip(titles, contents)]
+    published = _datetimes(frame[source_of["published_at"]], rows, file, source_of["published_at"], tz=tz,
+                           cells=cells, report=report, tz_given=timezone is not None) \
+        if "published_at" in source_of else [None] * n
+    if published_at_from_id:
+        published = _times_from_ids(frame["_note_id"].tolist(), published, rows.tolist(), file, cells, report)
     columns: dict[str, Sequence[Any]] = {
         "note_id": frame["_note_id"].tolist(),
-        "title": _texts(frame[source_of["title"]]) if "title" in source_of else [""] * n,
-        "content": [body for body, _ in split],
-        # the hashtags column where a row has tags there, else the content's inline tags
-        "hashtags": [_clean_tags(_as_list(v)) or tags for v, (_, tags) in zip(values("hashtags"), split)],
+        "title": [t for t, _, _ in inline],
+        "content": [c for _, c, _ in inline],
+        # the hashtags column where a row has tags there, else the inline tags of content and title
+        "hashtags": [_clean_tags(_as_list(v)) or tags for v, (_, _, tags) in zip(values("hashtags"), inline)],
         "category": [_as_list(v) for v in values("category")],
         "image_paths": [_as_list(v) for v in values("image_paths")],
         "author_id": _optional_str(frame[source_of["author_id"]]) if "author_id" in source_of else [None] * n,
-        "published_at": _datetimes(frame[source_of["published_at"]], rows, file, source_of["published_at"],
-                                   cells=cells, report=report, tz_given=False)
-        if "published_at" in source_of else [None] * n,
+        "published_at": published,
     }
-    for name in _COUNT_FIELDS:
-        columns[name] = _counts(frame[source_of[name]], rows, file, source_of[name], cells) \
-            if name in source_of else [None] * n
+    bounded: list[list[str]] = [[] for _ in range(n)]
+    for name in _COUNT_FIELDS + AUTHOR_COUNT_COLUMNS:
+        if name not in source_of:
+            columns[name] = [None] * n
+            continue
+        source = frame[source_of[name]]
+        columns[name] = _counts(source, rows, file, source_of[name], cells)
+        _note_buckets(name, source, columns[name], bounded, report)
+    if any(bounded):
+        columns["count_lower_bounds"] = bounded
     rest = [c for c in available if c not in source_of.values()] if keep_extra else []
     extra = _extra_json(frame[rest])
     if "extra" in source_of:  # a source that already has an extra JSON column: merge it in
         extra = [_merge_extra(e, v, file, r, cells) for e, v, r in zip(extra, values("extra"), rows.tolist())]
     columns["extra"] = extra
     return _attach(_note_table(columns, file), report)
+
+
+def _cell_text(value: Any) -> str:
+    if _is_missing(value):
+        return ""
+    if isinstance(value, (list, tuple, dict, np.ndarray)):
+        return clean_text(json.dumps(value.tolist() if isinstance(value, np.ndarray) else value,
+                                     ensure_ascii=False, default=str))
+    return clean_text(str(value))
+
+
+def _note_buckets(name: str, source: pd.Series, values: list[int | None], bounded: list[list[str]],
+                  report: ReadReport) -> None:
+    """Mark the rows of count `name` written as a bucket (`1w+`): the stored value is its lower bound."""
+    marks = _bucketed(source)
+    hits = [i for i in np.flatnonzero(marks).tolist() if values[i] is not None]
+    for i in hits:
+        bounded[i].append(name)
+    if hits:
+        example = clean_text(source.iloc[hits[0]])
+        report.notes.append(f"{len(hits):,} '{name}' value(s) are bucketed (e.g. {example!r}): kept as lower "
+                            "bounds, listed in count_lower_bounds")
+
+
+def _times_from_ids(ids: list[str], published: list[int | None], rows: list[int], file: str, cells: _Cells,
+                    report: ReadReport) -> list[int | None]:
+    """Fill missing publish times from ObjectId-style ids: 24 hex digits, the first 8 the unix time (s)."""
+    out = list(published)
+    decoded = 0
+    for i, (note_id, seconds) in enumerate(zip(ids, published)):
+        if seconds is not None:
+            continue
+        if not _OBJECT_ID.fullmatch(note_id):
+            cells.bad(file, rows[i], "note_id", note_id, "an ObjectId (24 hex digits) to take the time from")
+            continue
+        seconds = int(note_id[:8], 16)
+        if not _MIN_SECONDS <= seconds < _MAX_SECONDS:
+            cells.bad(file, rows[i], "note_id", note_id, f"an ObjectId holding {_TIME_RANGE}")
+            continue
+        out[i] = seconds
+        decoded += 1
+    if decoded:
+        report.notes.append(f"published_at of {decoded:,} note(s) taken from the ObjectId in their note_id")
+    return out
+
+
+_OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
+# an open tag: `#` (or a malformed `##`, or `# ` as machine translation writes it) then word characters up to
+# a blank, punctuation or the end; not inside a word, a URL anchor or an HTML entity (`&#39;`)
+_OPEN_TAG = re.compile(r"(?<![\w&#/])#{1,2} ?(\w+)")
+_STRAY_HASH = re.compile(r"(?<!\S)#+(?!\S)|(?<!\S)#+(?=[^\w\s])")
+_SPACES = re.compile(r"[^\S\n]+")
+_EDGES = re.compile(r" *\n *")
+
+
+def _inline_hashtags(title: str, content: str, open_style: bool) -> tuple[str, str, list[str]]:
+    """(title, content, tags): closed `#…#` tags of content, then (open_style) open ones of content and title,
+    removed from the text; tags too long to be hashtags keep their words; stray `#`s go too."""
+    body, tags = split_hashtags(content)
+    if not open_style:
+        return title, body, tags
+    body, body_tags = _strip_open_tags(body)
+    title, title_tags = _strip_open_tags(title)
+    return title, body, _merge_tags(tags, body_tags + title_tags)
+
+
+def _strip_open_tags(text: str) -> tuple[str, list[str]]:
+    if "#" not in text:
+        return text, []
+    found: list[str] = []
+
+    def take(match: re.Match) -> str:
+        tag = match.group(1)
+        if tag.isdigit() or len(tag) > MAX_TAG_CHARS:  # `#1` is a rank, a long run is words
+            return tag if len(tag) > MAX_TAG_CHARS else match.group(0)
+        found.append(tag)
+        return " "
+
+    text = _STRAY_HASH.sub(" ", _OPEN_TAG.sub(take, text))
+    text = _EDGES.sub("\n", _SPACES.sub(" ", text)).strip()
+    return text, _merge_tags([], found)
 
 
 def _merge_extra(base: str, value: Any, file: str, row: int, cells: _Cells = _RAISE) -> str:
@@ -1415,8 +1676,10 @@ FORMATS: dict[str, str] = {
     "kuairec": "KuaiRec 2.0 captions folder (kuairec_caption_category.csv)",
     "hackernews": "Hacker News posts CSV (id,title,url,num_points,num_comments,author,created_at)",
     "weibo": "Weibo posts (weibo_cctv_2020 layout): a folder of CSVs or one CSV",
-    "csv": "any CSV with a header; --map FIELD=COLUMN",
+    "csv": "any CSV (delimiter detected, or headerless with names=...); --map FIELD=COLUMN",
+    "tsv": "any tab-separated file; --map FIELD=COLUMN",
     "jsonl": "any JSON-lines file; --map FIELD=COLUMN",
+    "json": "any JSON array of objects; --map FIELD=COLUMN",
     "parquet": "any Parquet file; --map FIELD=COLUMN",
 }
 
@@ -1461,7 +1724,9 @@ _READERS: dict[str, Callable[..., ReadResult]] = {
     "hackernews": _notes_source(read_hackernews),
     "weibo": _notes_source(read_weibo),
     "csv": _generic_source("csv"),
+    "tsv": _generic_source("tsv"),
     "jsonl": _generic_source("jsonl"),
+    "json": _generic_source("json"),
     "parquet": _generic_source("parquet"),
 }
 
