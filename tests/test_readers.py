@@ -390,7 +390,7 @@ def test_generic_jsonl_and_parquet(tmp_path):
 
 def test_read_source_dispatch(notellm_files, movielens_dir):
     assert set(FORMATS) == {"notellm-csv", "qilin", "mediacrawler", "movielens", "kuairec", "hackernews", "weibo",
-                            "csv", "tsv", "jsonl", "json", "parquet"}
+                            "csv", "tsv", "jsonl", "json", "parquet", "mind"}
     result = read_source("notellm-csv", notellm_files[0], pairs_csv=notellm_files[1])
     assert result.notes.num_rows == 3 and result.pairs.num_rows == 2 and result.events is None
     result = read_source("movielens", movielens_dir, min_rating=4.5)

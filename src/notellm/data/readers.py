@@ -236,6 +236,7 @@ def _read_csv(
     encoding: str = "utf-8",
     delimiter: str | None = ",",
     header: bool | None = None,
+    quote: bool = True,
 ) -> pd.DataFrame:
     """All cells as str plus `_row` (data row from 1). `names` for files without a header line (with
     header=True: names replace the file's header line). `delimiter` None: detected (tab for .tsv).
@@ -252,7 +253,9 @@ def _read_csv(
     delimiter = _delimiter(delimiter, path, text)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # Qilin cells hold whole embedding vectors
     try:
-        return _parse_csv(text, file, csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), names=names,
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
+                            quoting=csv.QUOTE_MINIMAL if quote else csv.QUOTE_NONE)
+        return _parse_csv(text, file, reader, names=names,
                           header=header, required=required, on_bad_rows=on_bad_rows, report=report,
                           join_split_lines=join_split_lines)
     except csv.Error as exc:
@@ -1458,6 +1461,139 @@ def _weibo_times(frame: pd.DataFrame, file: str, year: int, tz: str, cells: _Cel
     return _datetimes(pd.Series(wall, dtype=object), frame["_row"], file, "pub_time", tz=tz, cells=cells)
 
 
+# ---------------------------------------------------------------------------------------------- MIND
+MIND_NEWS_COLUMNS = ("NewsID", "Category", "SubCategory", "Title", "Abstract", "URL", "TitleEntities",
+                     "AbstractEntities")
+MIND_BEHAVIOR_COLUMNS = ("ImpressionID", "UserID", "Time", "History", "Impressions")
+_MIND_TIME = "%m/%d/%Y %I:%M:%S %p"
+_MIND_EVENT_COLUMNS = ("source", "impression_id", "click", "seq")
+
+
+def _mind_files(folder: Path) -> tuple[Path, Path]:
+    """news.tsv and behaviors.tsv in `folder` (or in its one subfolder that has both, e.g. MINDsmall_train)."""
+    candidates = [folder] + (sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else [])
+    for base in candidates:
+        if (base / "news.tsv").is_file() and (base / "behaviors.tsv").is_file():
+            return base / "news.tsv", base / "behaviors.tsv"
+    raise DataError("no MIND files: expected news.tsv and behaviors.tsv in the folder", file=str(folder))
+
+
+def read_mind(folder: str | Path, *, timezone: str = "UTC", clicks_only: bool = True, on_bad_rows: str = "error",
+              unknown_notes: str = "skip") -> tuple[pa.Table, pa.Table]:
+    """MIND (Microsoft News Dataset) as Microsoft documents it: news.tsv (no header: NewsID, Category,
+    SubCategory, Title, Abstract, URL, TitleEntities, AbstractEntities) and behaviors.tsv (ImpressionID,
+    UserID, Time `11/15/2019 8:55:22 AM`, History `N1 N2`, Impressions `N3-1 N4-0`). The files are not
+    quoted: a `"` in a title is text.
+
+    Notes: note_id = NewsID, title = Title, content = Abstract, category = [Category, SubCategory],
+    extra = url and the Wikidata ids of the title / abstract entities.
+    Events: each user's History once (the first behaviours row of the user), as clicks in listed order
+    with source "history" and the time of the user's first impression (MIND gives no earlier time; the
+    order is kept by seq), then every clicked impression (every impression with clicks_only=False) with
+    source "impression", its Time, session_id = ImpressionID and click 0/1. Times are read in `timezone`
+    (MIND does not name one). `notellm pairs` and `notellm data split --notes` read the events as they are.
+    """
+    _check_policy("on_bad_rows", on_bad_rows, BAD_ROW_POLICIES)
+    _check_policy("unknown_notes", unknown_notes, UNKNOWN_NOTE_POLICIES)
+    tz = _check_timezone(timezone)
+    news_file, behaviors_file = _mind_files(Path(folder))
+    file = str(news_file)
+    report = ReadReport(source=f"mind {news_file.parent}")
+    news = _read_csv(news_file, names=MIND_NEWS_COLUMNS, header=False, delimiter="\t", quote=False,
+                     on_bad_rows=on_bad_rows, report=report)
+    news = _check_note_ids(news, "NewsID", file, on_bad_rows, report)
+    cells = _Cells(on_bad_rows, report)
+    rows = news["_row"].tolist()
+    entities = {name: [_mind_entities(v, file, r, name, cells) for v, r in zip(news[name].tolist(), rows)]
+                for name in ("TitleEntities", "AbstractEntities")}
+    notes = _note_table({
+        "note_id": news["_note_id"].tolist(),
+        "title": _texts(news["Title"]),
+        "content": _texts(news["Abstract"]),
+        "category": [[clean_text(c) for c in pair if not _is_missing(c) and clean_text(c)]
+                     for pair in zip(news["Category"].tolist(), news["SubCategory"].tolist())],
+        "extra": _extra_json(pd.DataFrame(index=range(len(news))), {
+            "url": _texts(news["URL"]), "title_entities": entities["TitleEntities"],
+            "abstract_entities": entities["AbstractEntities"]}),
+    }, file)
+    report.notes.append("MIND news have no author, publish time or counts")
+    events = _mind_events(behaviors_file, set(notes.column("note_id").to_pylist()), tz, clicks_only, on_bad_rows,
+                          unknown_notes)
+    return _attach(notes, report), events
+
+
+def _mind_entities(value: Any, file: str, row: int, name: str, cells: _Cells) -> list[str]:
+    """The WikidataIds of a MIND entity list (JSON); an unreadable list is a bad cell."""
+    if _is_missing(value):
+        return []
+    try:
+        loaded = json.loads(value)
+    except (json.JSONDecodeError, RecursionError):
+        loaded = None
+    if not isinstance(loaded, list):
+        cells.bad(file, row, name, value, "a JSON list of entities")
+        return []
+    return [str(e["WikidataId"]) for e in loaded if isinstance(e, dict) and e.get("WikidataId")]
+
+
+def _mind_events(path: Path, known: set[str], tz: str, clicks_only: bool, on_bad_rows: str,
+                 unknown_notes: str) -> pa.Table:
+    file = str(path)
+    report = ReadReport(source=f"mind behaviors {file}" + (" (clicks)" if clicks_only else ""))
+    cells = _Cells(on_bad_rows, report)
+    frame = _read_csv(path, names=MIND_BEHAVIOR_COLUMNS, header=False, delimiter="\t", quote=False,
+                      on_bad_rows=on_bad_rows, report=report)
+    times = _datetimes(frame["Time"], frame["_row"], file, "Time", fmt=_MIND_TIME, tz=tz, cells=cells,
+                       report=report)
+    first_time: dict[str, int] = {}
+    for user, seconds in zip(frame["UserID"].tolist(), times):
+        if seconds is not None and not _is_missing(user):
+            key = clean_text(user)
+            first_time[key] = min(first_time.get(key, seconds), seconds)
+    history: list[tuple] = []
+    impressions: list[tuple] = []
+    seen_users: set[str] = set()
+    for row, impression, user, seconds, past, shown in zip(
+            frame["_row"].tolist(), frame["ImpressionID"].tolist(), frame["UserID"].tolist(), times,
+            frame["History"].tolist(), frame["Impressions"].tolist()):
+        user = None if _is_missing(user) else clean_text(user)
+        if user is None:
+            if on_bad_rows == "error":
+                raise DataError("user id is missing", file=file, row=row, field="UserID")
+            report.skip("user id is missing", file, [row])
+            continue
+        if user not in seen_users:
+            seen_users.add(user)
+            for news_id in ("" if _is_missing(past) else str(past)).split():
+                history.append((user, news_id, first_time.get(user), f"history-{user}", "history", None, 1, row))
+        for item in ("" if _is_missing(shown) else str(shown)).split():
+            news_id, _, label = item.rpartition("-")
+            if not news_id or label not in ("0", "1"):
+                cells.bad(file, row, "Impressions", item, "an impression like N123-1 or N123-0")
+                continue
+            if clicks_only and label != "1":
+                continue
+            impressions.append((user, news_id, seconds, clean_text(impression), "impression", clean_text(impression),
+                                int(label), row))
+    records = history + impressions
+    columns = ("user_id", "note_id", "timestamp", "session_id", "source", "impression_id", "click", "_row")
+    out = pd.DataFrame.from_records(records, columns=columns) if records else \
+        pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
+    out["seq"] = np.arange(len(out), dtype=np.int64)
+    out["click"] = out["click"].astype("int64")
+    out["_file"] = file
+    missing_time = out["timestamp"].isna().to_numpy()
+    if missing_time.any():  # only possible where a bad Time was skipped: those rows cannot be ordered
+        report.skip("event without a readable time (its behaviours row had a bad Time)", file,
+                    out["_row"].to_numpy()[missing_time].tolist())
+        out = out[~missing_time]
+    out = out.sort_values(["user_id", "timestamp", "seq"], kind="stable").reset_index(drop=True)
+    table = _event_table(out, known=known, unknown_notes=unknown_notes, report=report,
+                         extra_columns=_MIND_EVENT_COLUMNS)
+    report.notes.append(f"{len(seen_users):,} users; history clicks carry the time of the user's first impression")
+    return _attach(table, report)
+
+
 # -------------------------------------------------------------------------------------------- generic
 def read_generic(path: str | Path, column_map: dict[str, str] | None = None, *, fmt: str | None = None,
                  encoding: str = "auto", on_bad_rows: str = "error", keep_extra: bool = True,
@@ -1676,6 +1812,7 @@ FORMATS: dict[str, str] = {
     "kuairec": "KuaiRec 2.0 captions folder (kuairec_caption_category.csv)",
     "hackernews": "Hacker News posts CSV (id,title,url,num_points,num_comments,author,created_at)",
     "weibo": "Weibo posts (weibo_cctv_2020 layout): a folder of CSVs or one CSV",
+    "mind": "MIND news folder (news.tsv + behaviors.tsv): notes and click events (history + clicked impressions)",
     "csv": "any CSV (delimiter detected, or headerless with names=...); --map FIELD=COLUMN",
     "tsv": "any tab-separated file; --map FIELD=COLUMN",
     "jsonl": "any JSON-lines file; --map FIELD=COLUMN",
@@ -1723,6 +1860,7 @@ _READERS: dict[str, Callable[..., ReadResult]] = {
     "kuairec": _notes_source(read_kuairec),
     "hackernews": _notes_source(read_hackernews),
     "weibo": _notes_source(read_weibo),
+    "mind": _pair_source(read_mind),
     "csv": _generic_source("csv"),
     "tsv": _generic_source("tsv"),
     "jsonl": _generic_source("jsonl"),
@@ -1754,7 +1892,7 @@ def read_source(fmt: str, path: str | Path, **options: Any) -> ReadResult:
     return reader(Path(path), **options)
 
 
-EVENT_FORMATS = frozenset({"qilin", "movielens"})
+EVENT_FORMATS = frozenset({"qilin", "movielens", "mind"})
 PAIR_FORMATS = frozenset({"notellm-csv"})
 
 
