@@ -49,6 +49,40 @@ def formats() -> None:
     console.print(table)
 
 
+@app.command("inspect")
+def inspect(
+    path: Path = typer.Argument(..., help="a source file or folder"),
+    out: Path = typer.Option(Path("notes.parquet"), "--out", "-o", help="--out of the proposed command"),
+) -> None:
+    """Detect a source's format, encoding, delimiter and header, show a sample, and print the `notellm data
+    import` command (with --map and --opt) that reads it: the last line of stdout."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from notellm.data.sniff import inspect_source
+
+    found = inspect_source(path)
+    facts = [("format", found.fmt), ("encoding", found.encoding), ("delimiter", repr(found.delimiter)
+             if found.delimiter else None), ("header line", None if found.header is None else
+             ("yes" if found.header else "no (column names proposed)")), ("columns", ", ".join(found.columns))]
+    for name, value in facts:
+        if value:
+            console.print(f"[bold]{name}:[/] {escape(str(value))}")
+    if found.sample:
+        sample = Table(title=f"first {len(found.sample)} rows", show_lines=False)
+        for column in found.columns:
+            sample.add_column(escape(column), overflow="ellipsis", max_width=30)
+        for row in found.sample:
+            sample.add_row(*(escape(str(c)[:60]) for c in list(row)[: len(found.columns)]))
+        console.print(sample)
+    if found.column_map:
+        console.print("[bold]proposed --map:[/] " + escape(", ".join(f"{f}={c}" for f, c in found.column_map.items())))
+    for hint in found.hints:
+        console.print(f"[yellow]note:[/] {escape(hint)}")
+    console.print("[bold]import with:[/]")
+    print(found.command_line(str(out), str(out.with_name("events.parquet"))))
+
+
 @app.command("import")
 def import_notes(
     fmt: str = typer.Argument(..., metavar="FORMAT", help="source format (see `notellm data formats`)"),
