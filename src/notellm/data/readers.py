@@ -427,6 +427,8 @@ def _id_text(value: Any) -> str:
 
 def _show(value: Any, limit: int = 40) -> str:
     """A cell value as it appears in messages: repr, cut to `limit` characters."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     text = repr(value.item() if isinstance(value, np.generic) else value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
