@@ -163,6 +163,24 @@ def test_qilin_fixture_events_skip_unknown_notes(qilin_dir):
         f"{qilin_dir / 'recommendation_train.csv'} row 1 (note 99)"]
 
 
+def test_qilin_differently_named_files(qilin_dir, tmp_path):
+    other = tmp_path / "qilin_renamed"
+    other.mkdir()
+    (qilin_dir / "notes.csv").rename(other / "qilin_notes_2024.csv")
+    (qilin_dir / "recommendation_train.csv").rename(other / "rec_sessions.csv")
+    (qilin_dir / "search_train.csv").rename(other / "search_sessions.csv")
+    with pytest.raises(DataError, match="--opt notes=FILE"):
+        read_qilin(other)
+    notes, events = read_qilin(other, notes="qilin_notes_2024.csv", sessions="rec_sessions.csv,search_sessions.csv")
+    assert notes.column("note_id").to_pylist() == ["0", "1"]
+    assert [(e["note_id"], e["source"]) for e in events.to_pylist()] == [("0", "rec_sessions"),
+                                                                         ("1", "search_sessions")]
+    result = read_source("qilin", other, notes=str(other / "qilin_notes_2024.csv"), sessions=["search_sessions.csv"])
+    assert result.events.num_rows == 1
+    with pytest.raises(DataError, match="does not exist"):
+        read_qilin(other, notes="qilin_notes_2024.csv", sessions="missing.csv")
+
+
 def test_qilin_fixture_events_keep_and_all_impressions(qilin_dir):
     _, kept = read_qilin(qilin_dir, unknown_notes="keep")
     assert kept.column("note_id").to_pylist() == ["0", "99", "1"]

@@ -923,9 +923,15 @@ def read_qilin(
     unknown_notes: str = "skip",
     clicks_only: bool = True,
     on_bad_rows: str = "error",
+    notes: str | None = None,
+    sessions: str | Sequence[str] | None = None,
 ) -> tuple[pa.Table, pa.Table]:
     """Qilin (Xiaohongshu, SIGIR 2025): the notes table and the clicks of its recommendation, search and
     DQA sessions, from the toy CSVs or the Hugging Face Parquet release.
+
+    Files named otherwise: `notes` = the notes file (or folder of Parquet shards), relative to `folder` or
+    absolute; `sessions` = the session files (comma-separated or a list), each read as a session table
+    whose source is its file stem (the layout is told by its columns, as for the standard names).
 
     Notes: note_id = note_idx; category = taxonomy1..3 ids (hashed, coarse to fine, cut at the first
     missing one); likes/collects/comments = accum_* (the note's lifetime totals, as RedNoob uses them),
@@ -940,10 +946,10 @@ def read_qilin(
     _check_policy("unknown_notes", unknown_notes, UNKNOWN_NOTE_POLICIES)
     _check_policy("on_bad_rows", on_bad_rows, BAD_ROW_POLICIES)
     folder = Path(folder)
-    found = _qilin_file(folder, "notes")
+    found = _qilin_named(folder, notes) if notes is not None else _qilin_file(folder, "notes")
     if found is None:
-        raise DataError("no Qilin notes table (notes.csv, notes_toy.csv, notes.parquet or notes/*.parquet)",
-                        file=str(folder))
+        raise DataError("no Qilin notes table (notes.csv, notes_toy.csv, notes.parquet or notes/*.parquet; "
+                        "or name it with --opt notes=FILE)", file=str(folder))
     report = ReadReport(source=f"qilin {folder}")
     frame, file = _qilin_frame(found, report)
     missing = [c for c in ("note_idx", "note_title", "note_content") if c not in frame.columns]
@@ -968,7 +974,7 @@ def read_qilin(
         derived["note_type"] = [{1: "image", 2: "video"}.get(int(t), int(t)) if t == t else None for t in note_type]
     extra_columns = [c for c in frame.columns if c not in _QILIN_NOTE_FIELDS and not c.startswith("_")
                      and c != "note_type"]
-    notes = _note_table({
+    note_table = _note_table({
         "note_id": frame["_note_id"].tolist(),
         "title": _texts(frame["note_title"]),
         "content": [body for body, _ in split],
@@ -979,8 +985,14 @@ def read_qilin(
         "extra": _extra_json(frame[extra_columns], derived),
     }, file)
     report.notes.append("Qilin notes have no author or publish time; counts: accum_* lifetime totals")
-    events = _qilin_events(folder, set(notes.column("note_id").to_pylist()), unknown_notes, clicks_only)
-    return _attach(notes, report), events
+    session_files = None
+    if sessions is not None:
+        listed = [p.strip() for p in sessions.split(",")] if isinstance(sessions, str) else [str(p) for p in sessions]
+        session_files = {Path(p).stem: _qilin_named(folder, p)
+                         for p in listed if p}
+    events = _qilin_events(folder, set(note_table.column("note_id").to_pylist()), unknown_notes, clicks_only,
+                           session_files)
+    return _attach(note_table, report), events
 
 
 def _category_levels(frame: pd.DataFrame) -> list[list[str]]:
@@ -1010,11 +1022,25 @@ _QILIN_EVENT_COLUMNS = ("source", "request_id", "position", "click", "like", "co
                         "page_time", "seq")
 
 
-def _qilin_events(folder: Path, known: set[str], unknown_notes: str, clicks_only: bool) -> pa.Table:
+def _qilin_named(folder: Path, name: str) -> Path | list[Path]:
+    """A Qilin table given by name: a file or a folder of Parquet shards, relative to `folder` or absolute."""
+    path = Path(name) if Path(name).is_absolute() else folder / name
+    if path.is_dir():
+        shards = sorted(path.glob("**/*.parquet"))
+        if shards:
+            return shards
+        raise DataError("folder holds no .parquet shards", file=str(path))
+    if not path.is_file():
+        raise DataError("Qilin table file does not exist", file=str(path))
+    return path
+
+
+def _qilin_events(folder: Path, known: set[str], unknown_notes: str, clicks_only: bool,
+                  named: dict[str, Path | list[Path]] | None = None) -> pa.Table:
     report = ReadReport(source=f"qilin events {folder}")
     parts = []
-    for name in _QILIN_EVENT_TABLES:
-        found = _qilin_file(folder, name)
+    for name in (named if named is not None else _QILIN_EVENT_TABLES):
+        found = named[name] if named is not None else _qilin_file(folder, name)
         if found is None:
             report.notes.append(f"no {name} table")
             continue
