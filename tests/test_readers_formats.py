@@ -97,7 +97,7 @@ def test_open_style_hashtags_extracted_and_removed(tmp_path):
 
 def test_timezone_option_and_assumption_note(tmp_path, caplog):
     src = write(tmp_path / "n.csv", "note_id,published_at\na,2024-06-06 20:00\nb,2024-06-06T20:00:00+02:00\n")
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("WARNING", logger="notellm.data.readers"):
         notes = read_generic(src)
     assert rows(notes)["a"]["published_at"] == utc(2024, 6, 6, 20)
     assert "assumed" in caplog.text and "1 'published_at' values have no timezone: read as UTC" in caplog.text

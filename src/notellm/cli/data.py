@@ -91,7 +91,8 @@ def import_notes(
     events_out: Optional[Path] = typer.Option(None, "--events-out", help="Event table (qilin, movielens)"),
     pairs_out: Optional[Path] = typer.Option(None, "--pairs-out", help="Pair table (notellm-csv with pairs_csv)"),
     maps: Optional[List[str]] = typer.Option(None, "--map", help="FIELD=COLUMN: Note field from a source column "
-                                             "(csv, jsonl, parquet), e.g. --map note_id=id --map title=headline"),
+                                             "(csv, tsv, jsonl, json, parquet; also followers, author_notes, "
+                                             "author_likes), e.g. --map note_id=id --map title=headline"),
     opts: Optional[List[str]] = typer.Option(None, "--opt", help="reader option KEY=VALUE, e.g. "
                                              "pairs_csv=pairs.csv, min_rating=4, on_bad_rows=skip"),
 ) -> None:
@@ -110,9 +111,14 @@ def import_notes(
     if pairs_out is not None and (fmt not in PAIR_FORMATS or not options.get("pairs_csv")):
         raise DataError("--pairs-out needs format notellm-csv with --opt pairs_csv=PAIRS.csv")
     # the summary below shows every skip with its reason and rows; the readers' warnings would repeat them
-    logging.getLogger("notellm.data.readers").setLevel(logging.ERROR)
-    # every input (notes and events / pairs) is read and checked before any output is touched
-    result = read_source(fmt, path, **options)
+    reader_log = logging.getLogger("notellm.data.readers")
+    level = reader_log.level
+    reader_log.setLevel(logging.ERROR)
+    try:
+        # every input (notes and events / pairs) is read and checked before any output is touched
+        result = read_source(fmt, path, **options)
+    finally:
+        reader_log.setLevel(level)
     outputs = [("notes", result.notes, out)]
     for kind, table, target in (("events", result.events, events_out), ("pairs", result.pairs, pairs_out)):
         if table is not None:
