@@ -87,3 +87,35 @@ def test_pairs_rejects_nan_times_and_non_parquet_in_one_line(tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2 and "not a readable Parquet note table" in err[0]
     assert not (tmp_path / "p.parquet").exists()
+
+
+def test_kill_during_import_then_rerun_gives_the_uninterrupted_output(tmp_path):
+    """kill -9 at seeded random points of `notellm data import`: the output is the old one or a whole new one
+    at every moment, a rerun cleans what the killed run left and writes the same bytes as a run never killed."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = write(tmp_path / "n.csv", "note_id,title,content,likes,published_at\n" + "".join(
+        f"n{i},title {i},content {i} #tag{i % 7} text,{i},2024-06-{1 + i % 28:02d} 12:00\n" for i in range(8000)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    command = [sys.executable, "-m", "notellm", "data", "import", "csv", str(src)]
+    reference = tmp_path / "reference.parquet"
+    subprocess.run(command + ["--out", str(reference)], env=env, check=True, capture_output=True)
+    out = tmp_path / "out" / "notes.parquet"
+    out.parent.mkdir()
+    out.write_bytes(b"old output")
+    rng = random.Random(16)
+    for _ in range(2):
+        process = subprocess.Popen(command + ["--out", str(out)], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 2.5))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert out.read_bytes() in (b"old output", reference.read_bytes())  # never half-written
+    subprocess.run(command + ["--out", str(out)], env=env, check=True, capture_output=True)
+    assert out.read_bytes() == reference.read_bytes()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["notes.parquet"]  # temp files of killed runs gone

@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 from notellm.data.schema import read_events, read_notes
 from notellm.errors import ConfigError, DataError
 
-settings.register_profile("notellm-readers-ci", max_examples=15, derandomize=True, deadline=None,
+settings.register_profile("notellm-readers-ci", max_examples=12, derandomize=True, deadline=None,
                           suppress_health_check=list(HealthCheck), database=None)
 settings.register_profile("notellm-readers-long", max_examples=int(os.environ.get("NOTELLM_FUZZ_EXAMPLES", 2000)), derandomize=False, deadline=None,
                           suppress_health_check=list(HealthCheck), database=None)

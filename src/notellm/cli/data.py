@@ -138,8 +138,10 @@ def _write_all(outputs: list[tuple[str, Any, Path]]) -> set[Path]:
 
     from notellm.data.schema import note_table_for_writing
     from notellm.errors import DataError
-    from notellm.io import atomic_path
+    from notellm.io import atomic_path, clean_stale_temps
 
+    for _, _, target in outputs:  # what a killed earlier run left beside this output
+        clean_stale_temps(Path(target).parent, Path(target).name)
     targets = [Path(target).resolve() for _, _, target in outputs]
     if len(set(targets)) < len(targets):
         raise DataError(f"the outputs must be different files, got {[str(t) for _, _, t in outputs]}")
