@@ -163,6 +163,24 @@ def test_qilin_fixture_events_skip_unknown_notes(qilin_dir):
         f"{qilin_dir / 'recommendation_train.csv'} row 1 (note 99)"]
 
 
+def test_qilin_differently_named_files(qilin_dir, tmp_path):
+    other = tmp_path / "qilin_renamed"
+    other.mkdir()
+    (qilin_dir / "notes.csv").rename(other / "qilin_notes_2024.csv")
+    (qilin_dir / "recommendation_train.csv").rename(other / "rec_sessions.csv")
+    (qilin_dir / "search_train.csv").rename(other / "search_sessions.csv")
+    with pytest.raises(DataError, match="--opt notes=FILE"):
+        read_qilin(other)
+    notes, events = read_qilin(other, notes="qilin_notes_2024.csv", sessions="rec_sessions.csv,search_sessions.csv")
+    assert notes.column("note_id").to_pylist() == ["0", "1"]
+    assert [(e["note_id"], e["source"]) for e in events.to_pylist()] == [("0", "rec_sessions"),
+                                                                         ("1", "search_sessions")]
+    result = read_source("qilin", other, notes=str(other / "qilin_notes_2024.csv"), sessions=["search_sessions.csv"])
+    assert result.events.num_rows == 1
+    with pytest.raises(DataError, match="does not exist"):
+        read_qilin(other, notes="qilin_notes_2024.csv", sessions="missing.csv")
+
+
 def test_qilin_fixture_events_keep_and_all_impressions(qilin_dir):
     _, kept = read_qilin(qilin_dir, unknown_notes="keep")
     assert kept.column("note_id").to_pylist() == ["0", "99", "1"]
@@ -390,7 +408,7 @@ def test_generic_jsonl_and_parquet(tmp_path):
 
 def test_read_source_dispatch(notellm_files, movielens_dir):
     assert set(FORMATS) == {"notellm-csv", "qilin", "mediacrawler", "movielens", "kuairec", "hackernews", "weibo",
-                            "csv", "jsonl", "parquet"}
+                            "csv", "tsv", "jsonl", "json", "parquet", "mind"}
     result = read_source("notellm-csv", notellm_files[0], pairs_csv=notellm_files[1])
     assert result.notes.num_rows == 3 and result.pairs.num_rows == 2 and result.events is None
     result = read_source("movielens", movielens_dir, min_rating=4.5)
@@ -438,12 +456,15 @@ def test_unknown_format_and_unmapped_columns(tmp_path):
 def test_non_utf8_file_names_file_and_byte_offset(tmp_path):
     path = write(tmp_path / "gbk.csv", "id,title\n1,中文\n", encoding="gbk")
     with pytest.raises(DataError) as err:
-        read_generic(path)
+        read_generic(path, encoding="utf-8")
     message = str(err.value)
     assert str(path) in message and "byte offset 11 (line 2)" in message and "UTF-8" in message
     with pytest.raises(DataError, match="byte offset"):
         read_mediacrawler(path)
     assert read_generic(path, {"note_id": "id"}, encoding="gbk").column("title").to_pylist() == ["中文"]
+    detected = read_generic(path, {"note_id": "id"})  # encoding=auto: GB18030 (a superset of GBK)
+    assert detected.column("title").to_pylist() == ["中文"]
+    assert "text encoding detected: gb18030" in read_report(detected)["notes"]
 
 
 def test_duplicate_note_ids(tmp_path):

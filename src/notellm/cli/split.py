@@ -16,7 +16,8 @@ app = typer.Typer()
 def split(
     pairs: Path = typer.Argument(..., help="pair table (notellm pairs output)"),
     out: Path = typer.Option(..., "--out", "-o", help="folder for train/test pairs and note lists"),
-    method: str = typer.Option("items", help="items (protocol ml-i2i-v1: needs --events), time (new notes: "
+    method: str = typer.Option("items", help="items (protocol ml-i2i-v1: needs --events; with --notes only notes "
+                                             "with text are split), time (new notes: "
                                              "--events and/or --notes), author (needs --notes with author_id)"),
     events: Optional[Path] = typer.Option(None, help="event table (clicks)"),
     notes: Optional[Path] = typer.Option(None, help="note table"),
@@ -30,7 +31,7 @@ def split(
     if method == "items":
         if events is None:
             raise ConfigError("--method items needs --events (the clicks whose items are split)")
-        result = split_items_ml_i2i(events, pairs, test_fraction, seed)
+        result = split_items_ml_i2i(events, pairs, test_fraction, seed, notes=notes)
     elif method == "time":
         if events is None and notes is None:
             raise ConfigError("--method time needs --events and/or --notes (to know when notes were first seen)")

@@ -227,7 +227,10 @@ def _time_expr(column_type: str | None, engine: str) -> str:
     if kind in ("BIGINT", "INTEGER", "INT", "SMALLINT", "TINYINT", "HUGEINT", "UBIGINT", "UINTEGER", "LONG"):
         return "CAST(timestamp AS BIGINT) * 1000000"  # unix seconds
     if kind in ("DOUBLE", "FLOAT", "REAL"):
-        return "CAST(ROUND(timestamp * 1000000) AS BIGINT)"
+        # NaN, infinite and absurd times become NULL, which the event check reports with file and row
+        finite = "isfinite(timestamp)" if engine == "duckdb" else "NOT isnan(timestamp)"
+        return (f"CASE WHEN {finite} AND abs(timestamp) < 1e12 THEN CAST(ROUND(timestamp * 1000000) AS BIGINT) "
+                "END")
     raise DataError(f"timestamp must be a timestamp or unix seconds, not {column_type}", field="timestamp")
 
 
@@ -256,6 +259,8 @@ def _duckdb_connect(config: PairMiningConfig, temp_dir: str):
 
 def _register_events(con, events: EventSource) -> tuple[str, dict[str, str]]:
     """Create view `events_text` (the `clicks` columns, ids as strings); returns (source name, column types)."""
+    import duckdb
+
     if isinstance(events, pa.Table):
         table = events.append_column("__src_row", pa.array(np.arange(len(events), dtype=np.int64)))
         con.register("raw_events", table)
@@ -267,7 +272,12 @@ def _register_events(con, events: EventSource) -> tuple[str, dict[str, str]]:
     path = Path(events)
     files = _parquet_files(path)
     source = f"read_parquet({files!r}, filename = true, file_row_number = true)"
-    columns = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {source})").fetchall())
+    try:
+        columns = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {source})")
+                       .fetchall())
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"not a readable Parquet event table ({first})", file=str(path)) from None
     for extra in ("filename", "file_row_number"):
         columns.pop(extra, None)
     con.execute("CREATE TEMP VIEW events_text AS "
@@ -280,7 +290,9 @@ def _note_ids(notes: NoteSource) -> pa.Table:
         path = Path(notes)
         if not path.exists():
             raise DataError("note table does not exist", file=str(path))
-        ids = pq.read_table(path, columns=["note_id"]).column("note_id")
+        from notellm.data.schema import read_table_with
+
+        ids = read_table_with(path, "note", ("note_id",)).column("note_id")
     elif isinstance(notes, pa.Table):
         if "note_id" not in notes.column_names:
             raise DataError("the note table has no note_id column", field="note_id")

@@ -212,6 +212,25 @@ HAND_FEATURES = (
     "n_mentions", "n_urls", "n_digits", "n_exclaims", "n_questions", "hour", "weekday", "is_video",
 )
 AGE_FEATURES = ("note_age_days", "log_note_age_days")
+# ln(1 + author count) from the optional Note columns followers / author_notes / author_likes; used only
+# where the table has the column with a value (`author_features_present`), NaN on rows without one
+AUTHOR_FEATURES = {"log_followers": "followers", "log_author_notes": "author_notes",
+                   "log_author_likes": "author_likes"}
+
+
+def author_features_present(table: pa.Table) -> tuple[str, ...]:
+    """The AUTHOR_FEATURES whose column the table has with at least one value."""
+    return tuple(name for name, column in AUTHOR_FEATURES.items()
+                 if column in table.column_names and table.column(column).null_count < table.num_rows)
+
+
+def author_features(table: pa.Table) -> pd.DataFrame:
+    out = {}
+    for name, column in AUTHOR_FEATURES.items():
+        values = table.column(column).to_numpy(zero_copy_only=False).astype("float64") \
+            if column in table.column_names else np.full(table.num_rows, np.nan)
+        out[name] = np.log1p(np.where(values >= 0, values, np.nan))
+    return pd.DataFrame(out)
 
 
 def _extra(value: str | None) -> dict[str, Any]:
@@ -346,7 +365,7 @@ def feature_frame(table: pa.Table, names: Sequence[str], targets: np.ndarray | N
     """
     names = list(names)
     hist_names = history_feature_names(history)
-    known = set(HAND_FEATURES) | set(AGE_FEATURES) | set(hist_names)
+    known = set(HAND_FEATURES) | set(AGE_FEATURES) | set(AUTHOR_FEATURES) | set(hist_names)
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ConfigError(f"unknown feature(s) {unknown}; known: {sorted(known)}")
@@ -355,6 +374,8 @@ def feature_frame(table: pa.Table, names: Sequence[str], targets: np.ndarray | N
         parts.append(hand_features(table, timezone, source))
     if any(n in AGE_FEATURES for n in names):
         parts.append(age_features(table, as_of, source))
+    if any(n in AUTHOR_FEATURES for n in names):
+        parts.append(author_features(table))
     if any(n in hist_names for n in names):
         if targets is None:
             raise ConfigError("author-history features need the targets of earlier notes")
@@ -441,7 +462,7 @@ def prepare_data(data: DataConfig, target: TargetConfig, split: SplitConfig, his
     if test.all() or not test.any():
         raise DataError(f"the {split.kind} split leaves {int(test.sum())} of {len(test)} notes for test",
                         file=source)
-    hand = feature_frame(table, HAND_FEATURES, timezone=data.timezone, source=source)
+    hand = feature_frame(table, HAND_FEATURES + author_features_present(table), timezone=data.timezone, source=source)
     try:
         age = feature_frame(table, AGE_FEATURES, as_of=data.as_of, source=source)
     except DataError:

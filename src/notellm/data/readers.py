@@ -11,8 +11,10 @@ Policies, the same in every reader:
   an unreadable image.
 - Bad rows (`on_bad_rows`): a row with the wrong number of columns, a missing or duplicate note id
   -> "error" (default: DataError naming file, row and field) or "skip" (counted and reported, first row kept
-  for duplicates). A count that is not a number, an unreadable time, a file that is not valid UTF-8 are
-  always errors naming file, row and field (or the byte offset).
+  for duplicates). A bad cell (a count that is not a number, an unreadable time or one outside 1900-2200,
+  an `extra` that is not a JSON object) -> "error" (DataError naming file, row, field and value) or
+  "skip": that cell is left empty (null, never a made-up value), the row is kept, and the report counts
+  it by field with the first rows and values. A file that is not valid text is always an error.
 - Events and pairs naming a note that is not in the note table (`unknown_notes`): "skip" (default: counted
   and reported with file and rows), "error", or "keep" (when the notes come from elsewhere).
 - Every returned table carries a report (rows, skips with reasons and example rows, merged duplicates) in
@@ -46,7 +48,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from notellm.data.schema import EVENT_SCHEMA, NOTE_COLUMNS, PAIR_SCHEMA, notes_to_table
+from notellm.data.schema import (AUTHOR_COUNT_COLUMNS, EVENT_SCHEMA, NOTE_COLUMNS, OPTIONAL_NOTE_FIELDS,
+                                  PAIR_SCHEMA, notes_to_table)
 from notellm.data.text import (MAX_TAG_CHARS, MAX_TAGS, clean_text, parse_count, parse_open_hashtags,
                                parse_weibo_hashtags, split_hashtags, strip_open_hashtags, strip_weibo_hashtags)
 from notellm.errors import DataError
@@ -109,25 +112,111 @@ def _check_policy(name: str, value: str, allowed: Sequence[str]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ file input
-def _decode(path: Path, encoding: str = "utf-8") -> str:
-    """The whole file as text; invalid bytes are an error naming the byte offset and line."""
+def _decode(path: Path, encoding: str = "utf-8", report: ReadReport | None = None) -> str:
+    """The whole file as text; invalid bytes are an error naming the byte offset and line.
+
+    encoding="auto": a UTF-16/32 byte-order mark, else UTF-8, else GB18030 (a superset of GBK/GB2312, the
+    usual encoding of Chinese exports); the one used is noted in `report`."""
     if not path.is_file():
         raise DataError("file does not exist", file=str(path))
+    data = path.read_bytes()
+    if encoding == "auto":
+        codec, text = detect_encoding(data)
+        if codec is None:
+            raise _decode_error(path, data, "UTF-8 or GB18030", "give its encoding, e.g. --opt encoding=big5")
+        if report is not None and codec not in ("utf-8", "ascii"):
+            report.notes.append(f"text encoding detected: {codec}")
+        return text
     try:
         codec = codecs.lookup(encoding).name
     except LookupError:
         raise DataError(f"unknown text encoding {encoding!r}", file=str(path)) from None
-    data = path.read_bytes()
     try:
         return data.decode("utf-8-sig" if codec == "utf-8" else codec)
+    except UnicodeDecodeError:
+        raise _decode_error(path, data, encoding, "convert the file to UTF-8 (e.g. `iconv -f GBK -t UTF-8`) or "
+                                                  "give its encoding (--opt encoding=auto detects GB18030)") from None
+
+
+def _decode_error(path: Path, data: bytes, encoding: str, advice: str) -> DataError:
+    codec = "utf-8" if encoding == "UTF-8 or GB18030" else encoding
+    try:
+        data.decode(codec)
+        start = 0
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        bad = data[exc.start: exc.start + 4]
-        raise DataError(
-            f"not valid {encoding}: byte {bad[:1]!r} at byte offset {exc.start} (line {line}); convert the "
-            f"file to UTF-8 (e.g. `iconv -f GBK -t UTF-8`) or give its encoding",
-            file=str(path),
-        ) from None
+        start = exc.start
+    except LookupError:
+        start = 0
+    line = data.count(b"\n", 0, start) + 1
+    return DataError(f"not valid {encoding}: byte {data[start:start + 1]!r} at byte offset {start} (line {line}); "
+                     f"{advice}", file=str(path))
+
+
+def detect_encoding(data: bytes) -> tuple[str | None, str]:
+    """(codec, text) of `data`: by byte-order mark, else the first of UTF-8 and GB18030 that decodes it whole;
+    (None, "") when neither does."""
+    for bom, codec in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                       (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            try:
+                return codec, data.decode(codec)
+            except UnicodeDecodeError:
+                return None, ""
+    for codec in ("utf-8-sig", "gb18030"):
+        try:
+            text = data.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        if codec == "gb18030" and "\x00" in text:  # binary junk decodes as GB18030 too often
+            continue
+        return ("utf-8" if codec == "utf-8-sig" else codec), text
+    return None, ""
+
+
+DELIMITERS = {",": ",", "\t": "\t", "tab": "\t", "\\t": "\t", ";": ";", "|": "|", "comma": ",", "semicolon": ";",
+              "pipe": "|"}
+
+
+def _delimiter(value: str | None, path: Path, text: str) -> str:
+    """The delimiter asked for (`,`, `tab`/`\\t`, `;`, `|`), or for None: tab for .tsv, else detected."""
+    if value is not None:
+        if str(value) not in DELIMITERS:
+            raise DataError(f"delimiter must be one of {sorted(set(DELIMITERS))}, not {value!r}", field="delimiter")
+        return DELIMITERS[str(value)]
+    if path.suffix.lower() in (".tsv", ".tab"):
+        return "\t"
+    return detect_delimiter(text)
+
+
+def detect_delimiter(text: str, lines: int = 50) -> str:
+    """The delimiter under which the first lines split into the same number (> 1) of columns most often
+    (ties: `,` before tab, `;`, `|`); `,` when none does."""
+    sample = "\n".join(text.splitlines()[:lines])
+    best, best_score = ",", 0.0
+    for candidate in (",", "\t", ";", "|"):
+        if candidate not in sample:
+            continue
+        try:
+            widths = [len(r) for r in csv.reader(io.StringIO(sample, newline=""), delimiter=candidate) if r]
+        except csv.Error:
+            continue
+        if not widths:
+            continue
+        mode = max(set(widths), key=widths.count)
+        score = widths.count(mode) / len(widths) + (0.001 * min(mode, 50) if mode > 1 else -1.0)
+        if mode > 1 and score > best_score:
+            best, best_score = candidate, score
+    return best
+
+
+def _column_names(names: str | Sequence[str] | None) -> list[str] | None:
+    if names is None:
+        return None
+    listed = [n.strip() for n in names.split(",")] if isinstance(names, str) else [str(n).strip() for n in names]
+    if not listed or any(not n for n in listed) or len(set(listed)) < len(listed):
+        raise DataError(f"names must be distinct, non-empty column names, e.g. names=id,title,content; got {names!r}",
+                        field="names")
+    return listed
 
 
 def _bad_row(policy: str, report: ReadReport | None, file: str, row: int, reason: str, detail: str) -> None:
@@ -145,24 +234,50 @@ def _read_csv(
     report: ReadReport | None = None,
     join_split_lines: bool = False,
     encoding: str = "utf-8",
+    delimiter: str | None = ",",
+    header: bool | None = None,
+    quote: bool = True,
 ) -> pd.DataFrame:
-    """All cells as str plus `_row` (data row from 1). `names` for files without a header line.
+    """All cells as str plus `_row` (data row from 1). `names` for files without a header line (with
+    header=True: names replace the file's header line). `delimiter` None: detected (tab for .tsv).
 
     `join_split_lines` repairs rows broken by an unquoted line break (KuaiRec): a short row whose pieces
     and the next row's add up to the right number of columns becomes one row again.
     """
     path = Path(path)
     file = str(path)
-    text = _decode(path, encoding)
+    text = _decode(path, encoding, report)
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise DataError(f"the file holds a NUL character (line {line}): not a text table", file=file)
+    delimiter = _delimiter(delimiter, path, text)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # Qilin cells hold whole embedding vectors
-    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
+                            quoting=csv.QUOTE_MINIMAL if quote else csv.QUOTE_NONE)
+        return _parse_csv(text, file, reader, names=names,
+                          header=header, required=required, on_bad_rows=on_bad_rows, report=report,
+                          join_split_lines=join_split_lines)
+    except csv.Error as exc:
+        raise DataError(f"not a readable {'TSV' if delimiter == chr(9) else 'CSV'} file: {exc}", file=file) from None
+
+
+def _parse_csv(text: str, file: str, reader: Any, *, names: Sequence[str] | None, header: bool | None,
+               required: Sequence[str], on_bad_rows: str, report: ReadReport | None,
+               join_split_lines: bool) -> pd.DataFrame:
+    skip_header = header if header is not None else names is None
+    first = next(reader, None) if skip_header else None
     if names is None:
-        header = next(reader, None)
-        if header is None:
+        if first is None:
             raise DataError("empty file: no header line", file=file)
-        header = [clean_text(h) for h in header]
+        header = [clean_text(h) for h in first]
     else:
         header = list(names)
+    # a column without a name (pandas' index column) is called column_N (N from 1), as a person counts
+    header = [h if h else f"column_{i}" for i, h in enumerate(header, start=1)]
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise DataError(f"column name(s) {repeated} appear more than once in the header", file=file)
     missing = [c for c in required if c not in header]
     if missing:
         raise DataError(f"missing column(s) {missing}; the file has {header}", file=file)
@@ -176,7 +291,7 @@ def _read_csv(
         line, end = end + 1, reader.line_num  # the record's first line (a quoted field may span several)
         if not record:  # blank line
             continue
-        if names is not None and row == 0 and pending is None and [c.strip().lower() for c in record] == header:
+        if not skip_header and row == 0 and pending is None and [c.strip().lower() for c in record] == header:
             continue  # a header line in a file that should have none
         if pending is not None:
             pieces, first_row, first_line = pending
@@ -211,15 +326,17 @@ def _read_csv(
     return frame
 
 
-def _read_jsonl(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
+def _read_jsonl(path: Path, encoding: str = "utf-8", report: ReadReport | None = None) -> pd.DataFrame:
     records, rows = [], []
-    for number, line in enumerate(_decode(path, encoding).splitlines(), start=1):
+    for number, line in enumerate(_decode(path, encoding, report).splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"invalid JSON: {exc.msg} (column {exc.colno})", file=str(path), row=number) from None
+        except RecursionError:
+            raise DataError("invalid JSON: nested too deeply", file=str(path), row=number) from None
         if not isinstance(record, dict):
             raise DataError("each line must be a JSON object", file=str(path), row=number)
         records.append(record)
@@ -229,11 +346,13 @@ def _read_jsonl(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
     return frame
 
 
-def _read_json_array(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
+def _read_json_array(path: Path, encoding: str = "utf-8", report: ReadReport | None = None) -> pd.DataFrame:
     try:
-        data = json.loads(_decode(path, encoding))
+        data = json.loads(_decode(path, encoding, report))
     except json.JSONDecodeError as exc:
         raise DataError(f"invalid JSON: {exc.msg} (line {exc.lineno})", file=str(path)) from None
+    except RecursionError:
+        raise DataError("invalid JSON: nested too deeply", file=str(path)) from None
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
@@ -256,12 +375,15 @@ def _read_parquet(path: Path) -> pd.DataFrame:
 
 def _read_table_file(path: Path, fmt: str | None = None, encoding: str = "utf-8", **csv_options: Any) -> pd.DataFrame:
     fmt = fmt or _format_of(path)
-    if fmt == "csv":
+    if fmt in ("csv", "tsv"):
+        if fmt == "tsv":
+            csv_options.setdefault("delimiter", "\t")
         return _read_csv(path, encoding=encoding, **csv_options)
+    report = csv_options.get("report")
     if fmt == "jsonl":
-        return _read_jsonl(path, encoding)
+        return _read_jsonl(path, encoding, report)
     if fmt == "json":
-        return _read_json_array(path, encoding)
+        return _read_json_array(path, encoding, report)
     if fmt == "parquet":
         return _read_parquet(path)
     raise DataError(f"cannot tell the format of {path.name}: use .csv, .tsv, .jsonl, .json or .parquet", file=str(path))
@@ -269,7 +391,7 @@ def _read_table_file(path: Path, fmt: str | None = None, encoding: str = "utf-8"
 
 def _format_of(path: Path) -> str | None:
     suffix = path.suffix.lower()
-    return {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
+    return {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
             ".pq": "parquet"}.get(suffix)
 
 
@@ -303,61 +425,159 @@ def _id_text(value: Any) -> str:
     return clean_text(str(value))
 
 
-def _counts(values: pd.Series, rows: pd.Series, file: str, field_name: str) -> list[int | None]:
-    """Counts column-wise: plain numbers on the fast path, `1.5万` and junk through text.parse_count."""
+def _show(value: Any, limit: int = 40) -> str:
+    """A cell value as it appears in messages: repr, cut to `limit` characters."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    text = repr(value.item() if isinstance(value, np.generic) else value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass
+class _Cells:
+    """What a reader does with a cell it cannot read (`on_bad_rows`): "error" raises a DataError naming file,
+    row, field and value; "skip" leaves that cell empty (null) and counts it in the report by field, with the
+    rows and values of the first few. Never a made-up value in its place."""
+
+    policy: str = "error"
+    report: ReadReport | None = None
+
+    def bad(self, file: str, row: int, field_name: str, value: Any, expected: str) -> None:
+        if self.policy != "skip" or self.report is None:
+            raise DataError(f"{_show(value)} is not {expected}", file=file, row=int(row), field=field_name)
+        self.report.skip(f"bad value in '{field_name}' (cell left empty)", file, [int(row)], [_show(value)])
+
+
+_RAISE = _Cells()
+# published times outside this range are typos or unit mix-ups (and would overflow Parquet's milliseconds)
+_MIN_SECONDS = -2_208_988_800  # 1900-01-01
+_MAX_SECONDS = 7_258_118_400   # 2200-01-01
+_TIME_RANGE = "a time between 1900 and 2200"
+_OFFSET = re.compile(r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?|\s(?:UTC|GMT))$")
+
+
+def _counts(values: pd.Series, rows: pd.Series, file: str, field_name: str, cells: _Cells = _RAISE) -> list[int | None]:
+    """Counts column-wise: plain numbers on the fast path, `1.5万` / `1w+` and junk through text.parse_count."""
     number = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-    good = np.isfinite(number) & (number >= 0)
+    good = np.isfinite(number) & (number >= 0) & (number < 2**62)
     rounded = np.rint(np.where(good, number, 0)).astype(np.int64)
     out: list[int | None] = [int(x) if g else None for x, g in zip(rounded.tolist(), good.tolist())]
     raw = values.tolist()
     row_numbers = rows.tolist()
     for i in np.flatnonzero(~good).tolist():
         try:
-            out[i] = parse_count(raw[i])
-        except ValueError:
-            raise DataError(f"{raw[i]!r} is not a count", file=file, row=row_numbers[i], field=field_name) from None
+            out[i] = _count_value(raw[i])
+        except (ValueError, TypeError, OverflowError):
+            cells.bad(file, row_numbers[i], field_name, raw[i], "a count")
     return out
 
 
-def _epoch_seconds(values: pd.Series, rows: pd.Series, file: str, field_name: str) -> list[int | None]:
+def _count_value(value: Any) -> int | None:
+    if isinstance(value, (np.integer, np.floating)):
+        value = value.item()
+    if isinstance(value, (list, tuple, dict, np.ndarray)):
+        raise ValueError("a list is not a count")
+    count = parse_count(value)
+    if count is not None and count >= 2**62:
+        raise ValueError("count too large")
+    return count
+
+
+def _bucketed(values: pd.Series) -> np.ndarray:
+    """Cells written as a bucket's lower bound (`1k+`, `1w+`, `10万+`, `100+`): the true count is larger."""
+    return np.array([isinstance(v, str) and clean_text(v).endswith("+") for v in values.tolist()], dtype=bool)
+
+
+def _epoch_seconds(values: pd.Series, rows: pd.Series, file: str, field_name: str,
+                   cells: _Cells = _RAISE) -> list[int | None]:
     """Unix times in s, ms, us or ns (told apart by size) -> whole seconds; empty -> None."""
     number = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     raw = values.tolist()
-    bad = np.flatnonzero(np.isnan(number) & np.array([not _is_missing(v) for v in raw], dtype=bool))
-    if len(bad):
-        i = int(bad[0])
-        raise DataError(f"{raw[i]!r} is not a unix time", file=file, row=int(rows.iloc[i]), field=field_name)
-    scale = np.select([number >= 1e17, number >= 1e14, number >= 1e11], [1e9, 1e6, 1e3], 1.0)
-    seconds = np.floor(number / scale)
-    return [None if math.isnan(s) else int(s) for s in seconds.tolist()]
+    row_numbers = rows.tolist()
+    present = np.array([not _is_missing(v) for v in raw], dtype=bool)
+    scale = np.select([np.abs(number) >= 1e17, np.abs(number) >= 1e14, np.abs(number) >= 1e11], [1e9, 1e6, 1e3], 1.0)
+    with np.errstate(invalid="ignore"):
+        seconds = np.floor(number / scale)
+    out: list[int | None] = [None] * len(raw)
+    for i, (s, here) in enumerate(zip(seconds.tolist(), present.tolist())):
+        if not here:
+            continue
+        if math.isnan(s):
+            cells.bad(file, row_numbers[i], field_name, raw[i], "a unix time")
+        elif not _MIN_SECONDS <= s < _MAX_SECONDS:
+            cells.bad(file, row_numbers[i], field_name, raw[i], _TIME_RANGE)
+        else:
+            out[i] = int(s)
+    return out
+
+
+def _check_timezone(tz: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(str(tz))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise DataError(f"unknown timezone {tz!r}: use an IANA name such as 'Asia/Shanghai' or 'UTC'",
+                        field="timezone") from None
+    return str(tz)
 
 
 def _datetimes(values: pd.Series, rows: pd.Series, file: str, field_name: str, *, fmt: str | None = None,
-               tz: str = "UTC") -> list[int | None]:
+               tz: str = "UTC", cells: _Cells = _RAISE, report: ReadReport | None = None,
+               tz_given: bool = True) -> list[int | None]:
     """Date-time text (naive ones read in `tz`; with an offset, converted) or unix times (s/ms) -> whole UTC
-    seconds; anything unreadable -> DataError naming the row."""
+    seconds. An unreadable or out-of-range cell goes to `cells`. With `report`, the number of naive times and
+    the zone they were read in are noted (and logged as a warning when the zone was assumed: `tz_given`)."""
     raw = values.tolist()
+    row_numbers = rows.tolist()
     present = np.array([not _is_missing(v) for v in raw], dtype=bool)
     numeric = pd.to_numeric(values, errors="coerce").notna().to_numpy() & present
     out: list[int | None] = [None] * len(raw)
     if numeric.any():
-        epochs = _epoch_seconds(values[numeric], rows[numeric], file, field_name)
+        epochs = _epoch_seconds(values[numeric], rows[numeric], file, field_name, cells)
         for i, seconds in zip(np.flatnonzero(numeric).tolist(), epochs):
             out[i] = seconds
-    texts = present & ~numeric
-    if texts.any():
-        subset = pd.Series([clean_text(v) for v, t in zip(raw, texts) if t], dtype=object)
-        # naive times are UTC by default: parse straight to UTC, converting those with an offset
-        parsed = pd.to_datetime(subset, format=fmt or "mixed", errors="coerce", utc=(tz == "UTC"))
-        failed = np.flatnonzero(parsed.isna().to_numpy())
-        if len(failed):
-            i = int(np.flatnonzero(texts)[failed[0]])
-            expect = f" (expected {fmt})" if fmt else ""
-            raise DataError(f"{raw[i]!r} is not a date-time{expect}", file=file, row=int(rows.iloc[i]),
-                            field=field_name)
-        for i, seconds in zip(np.flatnonzero(texts).tolist(), _to_utc_seconds(parsed, tz)):
-            out[i] = seconds
+    texts = np.flatnonzero(present & ~numeric).tolist()
+    if not texts:
+        return out
+    cleaned = [clean_text(raw[i]) if isinstance(raw[i], str) else str(raw[i]) for i in texts]
+    aware = [fmt is None and bool(_OFFSET.search(t)) for t in cleaned]
+    naive = len(aware) - sum(aware)
+    for want_aware in (True, False):
+        picked = [k for k, a in enumerate(aware) if a == want_aware]
+        if not picked:
+            continue
+        subset = pd.Series([cleaned[k] for k in picked], dtype=object)
+        try:
+            parsed = pd.to_datetime(subset, format=fmt or "mixed", errors="coerce", utc=want_aware)
+            seconds = _to_utc_seconds(parsed, tz)
+        except (ValueError, TypeError, OverflowError, pd.errors.OutOfBoundsDatetime):
+            seconds = [_one_datetime(cleaned[k], fmt, tz, want_aware) for k in picked]
+        for k, s in zip(picked, seconds):
+            i = texts[k]
+            if s is None:
+                expect = f" (expected {fmt})" if fmt else ""
+                cells.bad(file, row_numbers[i], field_name, raw[i], f"a date-time{expect}")
+            elif not _MIN_SECONDS <= s < _MAX_SECONDS:
+                cells.bad(file, row_numbers[i], field_name, raw[i], _TIME_RANGE)
+            else:
+                out[i] = s
+    if naive and report is not None:
+        note = (f"{naive:,} '{field_name}' values have no timezone: read as {tz}"
+                + ("" if tz_given else " (assumed; give --opt timezone=ZONE, e.g. Asia/Shanghai, if they are local)"))
+        report.notes.append(note)
+        if not tz_given:
+            log.warning("%s: %s", file, note)
     return out
+
+
+def _one_datetime(text: str, fmt: str | None, tz: str, aware: bool) -> int | None:
+    """The slow path for a batch pandas could not parse as a whole: one cell at a time."""
+    try:
+        parsed = pd.to_datetime(pd.Series([text], dtype=object), format=fmt or "mixed", errors="coerce", utc=aware)
+        return _to_utc_seconds(parsed, tz)[0]
+    except (ValueError, TypeError, OverflowError, pd.errors.OutOfBoundsDatetime):
+        return None
 
 
 def _to_utc_seconds(parsed: pd.Series, tz: str) -> list[int | None]:
@@ -376,15 +596,29 @@ def _as_list(value: Any) -> list[str]:
         return []
     text = clean_text(str(value))
     if text.startswith("["):
-        try:
-            loaded = json.loads(text)
-        except json.JSONDecodeError:
+        loaded = _list_literal(text)
+        if loaded is None:
             text = text[1:-1] if text.endswith("]") else text[1:]  # `[a,b]`: a list printed without quotes
         else:
-            if isinstance(loaded, list):
-                return [t for t in (clean_text(v) for v in loaded if not _is_missing(v)) if t]
+            return [t for t in (clean_text(v) for v in loaded if not _is_missing(v) and not isinstance(v, (list, dict)))
+                    if t]
     parts = text.split("|") if "|" in text else text.split(",")
     return [t for t in (p.strip() for p in parts) if t]
+
+
+def _list_literal(text: str) -> list[Any] | None:
+    """A JSON list (`["a", "b"]`) or a Python-literal one (`['动画', '特摄']`, as pandas writes lists), else None.
+    ast.literal_eval reads literals only: no code runs."""
+    try:
+        loaded = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        if len(text) > 100_000:
+            return None
+        try:
+            loaded = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return None
+    return list(loaded) if isinstance(loaded, (list, tuple)) else None
 
 
 def _clean_tags(tags: Iterable[str], max_chars: int = MAX_TAG_CHARS, max_tags: int = MAX_TAGS) -> list[str]:
@@ -475,13 +709,19 @@ def _check_note_ids(frame: pd.DataFrame, column: str, file: str, on_bad_rows: st
 
 
 def _note_table(columns: dict[str, Sequence[Any]], source: str) -> pa.Table:
-    """Column lists -> validated Note table (via schema.notes_to_table)."""
-    unknown = set(columns) - set(NOTE_COLUMNS)
+    """Column lists -> validated Note table (via schema.notes_to_table); optional Note columns (author counts,
+    count_lower_bounds) are appended where any row has a value."""
+    optional = {f.name: f for f in OPTIONAL_NOTE_FIELDS}
+    unknown = set(columns) - set(NOTE_COLUMNS) - set(optional)
     if unknown:
         raise ValueError(f"not Note fields: {sorted(unknown)}")
-    names = list(columns)
+    names = [n for n in columns if n in NOTE_COLUMNS]
     rows = [dict(zip(names, values)) for values in zip(*(columns[n] for n in names))]
-    return notes_to_table(rows, source=source)
+    table = notes_to_table(rows, source=source)
+    for name, column_field in optional.items():
+        if name in columns and any(v is not None and v != [] for v in columns[name]):
+            table = table.append_column(column_field, pa.array(list(columns[name]), type=column_field.type))
+    return table
 
 
 def _local_images(candidates: Sequence[list[str]], roots: Sequence[Path]) -> list[list[str]]:
@@ -683,9 +923,15 @@ def read_qilin(
     unknown_notes: str = "skip",
     clicks_only: bool = True,
     on_bad_rows: str = "error",
+    notes: str | None = None,
+    sessions: str | Sequence[str] | None = None,
 ) -> tuple[pa.Table, pa.Table]:
     """Qilin (Xiaohongshu, SIGIR 2025): the notes table and the clicks of its recommendation, search and
     DQA sessions, from the toy CSVs or the Hugging Face Parquet release.
+
+    Files named otherwise: `notes` = the notes file (or folder of Parquet shards), relative to `folder` or
+    absolute; `sessions` = the session files (comma-separated or a list), each read as a session table
+    whose source is its file stem (the layout is told by its columns, as for the standard names).
 
     Notes: note_id = note_idx; category = taxonomy1..3 ids (hashed, coarse to fine, cut at the first
     missing one); likes/collects/comments = accum_* (the note's lifetime totals, as RedNoob uses them),
@@ -700,20 +946,21 @@ def read_qilin(
     _check_policy("unknown_notes", unknown_notes, UNKNOWN_NOTE_POLICIES)
     _check_policy("on_bad_rows", on_bad_rows, BAD_ROW_POLICIES)
     folder = Path(folder)
-    found = _qilin_file(folder, "notes")
+    found = _qilin_named(folder, notes) if notes is not None else _qilin_file(folder, "notes")
     if found is None:
-        raise DataError("no Qilin notes table (notes.csv, notes_toy.csv, notes.parquet or notes/*.parquet)",
-                        file=str(folder))
+        raise DataError("no Qilin notes table (notes.csv, notes_toy.csv, notes.parquet or notes/*.parquet; "
+                        "or name it with --opt notes=FILE)", file=str(folder))
     report = ReadReport(source=f"qilin {folder}")
     frame, file = _qilin_frame(found, report)
     missing = [c for c in ("note_idx", "note_title", "note_content") if c not in frame.columns]
     if missing:
         raise DataError(f"missing column(s) {missing} in the Qilin notes table", file=file)
     frame = _check_note_ids(frame, "note_idx", file, on_bad_rows, report)
+    cells = _Cells(on_bad_rows, report)
     rows = frame["_row"]
     split = [split_hashtags(c) for c in frame["note_content"].tolist()]
     counts = {
-        target: _counts(frame[source], rows, file, source) if source in frame.columns else [None] * len(frame)
+        target: _counts(frame[source], rows, file, source, cells) if source in frame.columns else [None] * len(frame)
         for target, source in (("likes", "accum_like_num"), ("collects", "accum_collect_num"),
                                ("comments", "accum_comment_num"), ("shares", "share_num"), ("impressions", "imp_num"))
     }
@@ -727,7 +974,7 @@ def read_qilin(
         derived["note_type"] = [{1: "image", 2: "video"}.get(int(t), int(t)) if t == t else None for t in note_type]
     extra_columns = [c for c in frame.columns if c not in _QILIN_NOTE_FIELDS and not c.startswith("_")
                      and c != "note_type"]
-    notes = _note_table({
+    note_table = _note_table({
         "note_id": frame["_note_id"].tolist(),
         "title": _texts(frame["note_title"]),
         "content": [body for body, _ in split],
@@ -738,8 +985,14 @@ def read_qilin(
         "extra": _extra_json(frame[extra_columns], derived),
     }, file)
     report.notes.append("Qilin notes have no author or publish time; counts: accum_* lifetime totals")
-    events = _qilin_events(folder, set(notes.column("note_id").to_pylist()), unknown_notes, clicks_only)
-    return _attach(notes, report), events
+    session_files = None
+    if sessions is not None:
+        listed = [p.strip() for p in sessions.split(",")] if isinstance(sessions, str) else [str(p) for p in sessions]
+        session_files = {Path(p).stem: _qilin_named(folder, p)
+                         for p in listed if p}
+    events = _qilin_events(folder, set(note_table.column("note_id").to_pylist()), unknown_notes, clicks_only,
+                           session_files)
+    return _attach(note_table, report), events
 
 
 def _category_levels(frame: pd.DataFrame) -> list[list[str]]:
@@ -769,11 +1022,25 @@ _QILIN_EVENT_COLUMNS = ("source", "request_id", "position", "click", "like", "co
                         "page_time", "seq")
 
 
-def _qilin_events(folder: Path, known: set[str], unknown_notes: str, clicks_only: bool) -> pa.Table:
+def _qilin_named(folder: Path, name: str) -> Path | list[Path]:
+    """A Qilin table given by name: a file or a folder of Parquet shards, relative to `folder` or absolute."""
+    path = Path(name) if Path(name).is_absolute() else folder / name
+    if path.is_dir():
+        shards = sorted(path.glob("**/*.parquet"))
+        if shards:
+            return shards
+        raise DataError("folder holds no .parquet shards", file=str(path))
+    if not path.is_file():
+        raise DataError("Qilin table file does not exist", file=str(path))
+    return path
+
+
+def _qilin_events(folder: Path, known: set[str], unknown_notes: str, clicks_only: bool,
+                  named: dict[str, Path | list[Path]] | None = None) -> pa.Table:
     report = ReadReport(source=f"qilin events {folder}")
     parts = []
-    for name in _QILIN_EVENT_TABLES:
-        found = _qilin_file(folder, name)
+    for name in (named if named is not None else _QILIN_EVENT_TABLES):
+        found = named[name] if named is not None else _qilin_file(folder, name)
         if found is None:
             report.notes.append(f"no {name} table")
             continue
@@ -867,13 +1134,18 @@ def read_mediacrawler(path: str | Path, *, on_bad_rows: str = "error") -> pa.Tab
     hashtags = [tags or _clean_tags(listed) for (_, tags), listed in zip(split, tag_lists)]
     image_refs = [_as_list(v) for v in column("image_list").tolist()]
     base = path.parent
-    counts = {target: _counts(column(source), rows, file, source) for target, source in (
+    cells = _Cells(on_bad_rows, report)
+    counts = {target: _counts(column(source), rows, file, source, cells) for target, source in (
         ("likes", "liked_count"), ("collects", "collected_count"), ("comments", "comment_count"),
         ("shares", "share_count"))}
+    bounded: list[list[str]] = [[] for _ in range(n)]
+    for target, source in (("likes", "liked_count"), ("collects", "collected_count"), ("comments", "comment_count"),
+                           ("shares", "share_count")):
+        _note_buckets(target, column(source), counts[target], bounded, report)
     extra_frame = frame[[c for c in frame.columns if c not in _MEDIACRAWLER_MAPPED | _MEDIACRAWLER_DROPPED
                          and not c.startswith("_")]]
     derived = {"image_urls": [[r for r in refs if "://" in r] for refs in image_refs],
-               "crawled_at": _crawl_times(frame, rows, file)}
+               "crawled_at": _crawl_times(frame, rows, file, cells)}
     if "tag_list" in extra_frame.columns:
         extra_frame = extra_frame.drop(columns="tag_list")
         derived["tag_list"] = tag_lists
@@ -884,18 +1156,19 @@ def read_mediacrawler(path: str | Path, *, on_bad_rows: str = "error") -> pa.Tab
         "hashtags": hashtags,
         "image_paths": _local_images(image_refs, [base]),
         "author_id": _optional_str(column("user_id")),
-        "published_at": _epoch_seconds(column("time"), rows, file, "time"),
+        "published_at": _epoch_seconds(column("time"), rows, file, "time", cells),
         **counts,
+        "count_lower_bounds": bounded,
         "extra": _extra_json(extra_frame, derived),
     }, file)
     return _attach(notes, report)
 
 
-def _crawl_times(frame: pd.DataFrame, rows: pd.Series, file: str) -> list[str | None]:
+def _crawl_times(frame: pd.DataFrame, rows: pd.Series, file: str, cells: _Cells) -> list[str | None]:
     if "last_modify_ts" in frame.columns:
-        seconds = _epoch_seconds(frame["last_modify_ts"], rows, file, "last_modify_ts")
+        seconds = _epoch_seconds(frame["last_modify_ts"], rows, file, "last_modify_ts", cells)
     elif "crawl_date" in frame.columns:
-        seconds = _datetimes(frame["crawl_date"], rows, file, "crawl_date", tz="Asia/Shanghai")
+        seconds = _datetimes(frame["crawl_date"], rows, file, "crawl_date", tz="Asia/Shanghai", cells=cells)
     else:
         return [None] * len(frame)
     return [None if s is None else pd.Timestamp(s, unit="s", tz="UTC").isoformat() for s in seconds]
@@ -1076,6 +1349,7 @@ def read_hackernews(path: str | Path, *, tz: str = "America/New_York", on_bad_ro
     report = ReadReport(source=f"hackernews {file}")
     frame = _read_csv(path, required=("id", "title", "created_at"), on_bad_rows=on_bad_rows, report=report)
     frame = _check_note_ids(frame, "id", file, on_bad_rows, report)
+    cells = _Cells(on_bad_rows, report)
     rows = frame["_row"]
     n = len(frame)
     urls = _texts(frame["url"]) if "url" in frame.columns else [""] * n
@@ -1086,9 +1360,11 @@ def read_hackernews(path: str | Path, *, tz: str = "America/New_York", on_bad_ro
         "title": _texts(frame["title"]),
         "content": [t or u for t, u in zip(texts, urls)],
         "author_id": _optional_str(frame["author"]) if "author" in frame.columns else [None] * n,
-        "published_at": _datetimes(frame["created_at"], rows, file, "created_at", fmt="%m/%d/%Y %H:%M", tz=tz),
-        "likes": _counts(frame["num_points"], rows, file, "num_points") if "num_points" in frame.columns else [None] * n,
-        "comments": _counts(frame["num_comments"], rows, file, "num_comments")
+        "published_at": _datetimes(frame["created_at"], rows, file, "created_at", fmt="%m/%d/%Y %H:%M", tz=tz,
+                                   cells=cells),
+        "likes": _counts(frame["num_points"], rows, file, "num_points", cells)
+        if "num_points" in frame.columns else [None] * n,
+        "comments": _counts(frame["num_comments"], rows, file, "num_comments", cells)
         if "num_comments" in frame.columns else [None] * n,
         "extra": _extra_json(pd.DataFrame(index=range(n)), {"url": urls, "domain": domains}),
     }, file)
@@ -1131,15 +1407,16 @@ def read_weibo(folder_or_files: str | Path | Sequence[str | Path], *, year: int 
     files = _weibo_files(folder_or_files)
     report = ReadReport(source=f"weibo {files[0].parent if len(files) > 1 else files[0]} ({len(files)} files)")
     frames = []
+    cells = _Cells(on_bad_rows, report)
     for path in files:
         frame = _read_csv(path, required=("pub_time", "weibo_content", "weibo_url"), on_bad_rows=on_bad_rows,
                           report=report)
         frame["_file"] = str(path)
         for target, source in (("shares", "forward"), ("comments", "comment"), ("likes", "like")):
-            values = _counts(frame[source], frame["_row"], str(path), source) if source in frame.columns \
+            values = _counts(frame[source], frame["_row"], str(path), source, cells) if source in frame.columns \
                 else [None] * len(frame)
             frame[target] = pd.array(values, dtype="Int64")
-        frame["_published"] = _weibo_times(frame, str(path), year, tz)
+        frame["_published"] = _weibo_times(frame, str(path), year, tz, cells)
         frames.append(frame)
     frame = pd.concat(frames, ignore_index=True)
     frame["_key"] = [_canonical_url(u) for u in frame["weibo_url"].tolist()]
@@ -1199,58 +1476,206 @@ def _canonical_url(url: Any) -> str | None:
     return f"{parts.scheme or 'https'}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
-def _weibo_times(frame: pd.DataFrame, file: str, year: int, tz: str) -> list[int | None]:
-    wall = []
-    for raw, row in zip(frame["pub_time"].tolist(), frame["_row"].tolist()):
-        if _is_missing(raw):
-            wall.append(None)
-            continue
-        m = _WEIBO_TIME.search(str(raw))
+def _weibo_times(frame: pd.DataFrame, file: str, year: int, tz: str, cells: _Cells = _RAISE) -> list[int | None]:
+    """`5月12日 09:15` (no year: `year`), `2020年5月12日 09:15` or any date-time text, read as `tz`."""
+    wall: list[str | None] = []
+    for raw in frame["pub_time"].tolist():
+        m = None if _is_missing(raw) else _WEIBO_TIME.search(str(raw))
         if m:
             y, mo, d, h, mi = m.groups()
             wall.append(f"{y or year}-{int(mo):02d}-{int(d):02d} {int(h):02d}:{mi}")
+        else:
+            wall.append(raw)
+    return _datetimes(pd.Series(wall, dtype=object), frame["_row"], file, "pub_time", tz=tz, cells=cells)
+
+
+# ---------------------------------------------------------------------------------------------- MIND
+MIND_NEWS_COLUMNS = ("NewsID", "Category", "SubCategory", "Title", "Abstract", "URL", "TitleEntities",
+                     "AbstractEntities")
+MIND_BEHAVIOR_COLUMNS = ("ImpressionID", "UserID", "Time", "History", "Impressions")
+_MIND_TIME = "%m/%d/%Y %I:%M:%S %p"
+_MIND_EVENT_COLUMNS = ("source", "impression_id", "click", "seq")
+
+
+def _mind_files(folder: Path) -> tuple[Path, Path]:
+    """news.tsv and behaviors.tsv in `folder` (or in its one subfolder that has both, e.g. MINDsmall_train)."""
+    candidates = [folder] + (sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else [])
+    for base in candidates:
+        if (base / "news.tsv").is_file() and (base / "behaviors.tsv").is_file():
+            return base / "news.tsv", base / "behaviors.tsv"
+    raise DataError("no MIND files: expected news.tsv and behaviors.tsv in the folder", file=str(folder))
+
+
+def read_mind(folder: str | Path, *, timezone: str = "UTC", clicks_only: bool = True, on_bad_rows: str = "error",
+              unknown_notes: str = "skip") -> tuple[pa.Table, pa.Table]:
+    """MIND (Microsoft News Dataset) as Microsoft documents it: news.tsv (no header: NewsID, Category,
+    SubCategory, Title, Abstract, URL, TitleEntities, AbstractEntities) and behaviors.tsv (ImpressionID,
+    UserID, Time `11/15/2019 8:55:22 AM`, History `N1 N2`, Impressions `N3-1 N4-0`). The files are not
+    quoted: a `"` in a title is text.
+
+    Notes: note_id = NewsID, title = Title, content = Abstract, category = [Category, SubCategory],
+    extra = url and the Wikidata ids of the title / abstract entities.
+    Events: each user's History once (the first behaviours row of the user), as clicks in listed order
+    with source "history" and the time of the user's first impression (MIND gives no earlier time; the
+    order is kept by seq), then every clicked impression (every impression with clicks_only=False) with
+    source "impression", its Time, session_id = ImpressionID and click 0/1. Times are read in `timezone`
+    (MIND does not name one). `notellm pairs` and `notellm data split --notes` read the events as they are.
+    """
+    _check_policy("on_bad_rows", on_bad_rows, BAD_ROW_POLICIES)
+    _check_policy("unknown_notes", unknown_notes, UNKNOWN_NOTE_POLICIES)
+    tz = _check_timezone(timezone)
+    news_file, behaviors_file = _mind_files(Path(folder))
+    file = str(news_file)
+    report = ReadReport(source=f"mind {news_file.parent}")
+    news = _read_csv(news_file, names=MIND_NEWS_COLUMNS, header=False, delimiter="\t", quote=False,
+                     on_bad_rows=on_bad_rows, report=report)
+    news = _check_note_ids(news, "NewsID", file, on_bad_rows, report)
+    cells = _Cells(on_bad_rows, report)
+    rows = news["_row"].tolist()
+    entities = {name: [_mind_entities(v, file, r, name, cells) for v, r in zip(news[name].tolist(), rows)]
+                for name in ("TitleEntities", "AbstractEntities")}
+    notes = _note_table({
+        "note_id": news["_note_id"].tolist(),
+        "title": _texts(news["Title"]),
+        "content": _texts(news["Abstract"]),
+        "category": [[clean_text(c) for c in pair if not _is_missing(c) and clean_text(c)]
+                     for pair in zip(news["Category"].tolist(), news["SubCategory"].tolist())],
+        "extra": _extra_json(pd.DataFrame(index=range(len(news))), {
+            "url": _texts(news["URL"]), "title_entities": entities["TitleEntities"],
+            "abstract_entities": entities["AbstractEntities"]}),
+    }, file)
+    report.notes.append("MIND news have no author, publish time or counts")
+    events = _mind_events(behaviors_file, set(notes.column("note_id").to_pylist()), tz, clicks_only, on_bad_rows,
+                          unknown_notes)
+    return _attach(notes, report), events
+
+
+def _mind_entities(value: Any, file: str, row: int, name: str, cells: _Cells) -> list[str]:
+    """The WikidataIds of a MIND entity list (JSON); an unreadable list is a bad cell."""
+    if _is_missing(value):
+        return []
+    try:
+        loaded = json.loads(value)
+    except (json.JSONDecodeError, RecursionError):
+        loaded = None
+    if not isinstance(loaded, list):
+        cells.bad(file, row, name, value, "a JSON list of entities")
+        return []
+    return [str(e["WikidataId"]) for e in loaded if isinstance(e, dict) and e.get("WikidataId")]
+
+
+def _mind_events(path: Path, known: set[str], tz: str, clicks_only: bool, on_bad_rows: str,
+                 unknown_notes: str) -> pa.Table:
+    file = str(path)
+    report = ReadReport(source=f"mind behaviors {file}" + (" (clicks)" if clicks_only else ""))
+    cells = _Cells(on_bad_rows, report)
+    frame = _read_csv(path, names=MIND_BEHAVIOR_COLUMNS, header=False, delimiter="\t", quote=False,
+                      on_bad_rows=on_bad_rows, report=report)
+    times = _datetimes(frame["Time"], frame["_row"], file, "Time", fmt=_MIND_TIME, tz=tz, cells=cells,
+                       report=report)
+    first_time: dict[str, int] = {}
+    for user, seconds in zip(frame["UserID"].tolist(), times):
+        if seconds is not None and not _is_missing(user):
+            key = clean_text(user)
+            first_time[key] = min(first_time.get(key, seconds), seconds)
+    history: list[tuple] = []
+    impressions: list[tuple] = []
+    seen_users: set[str] = set()
+    for row, impression, user, seconds, past, shown in zip(
+            frame["_row"].tolist(), frame["ImpressionID"].tolist(), frame["UserID"].tolist(), times,
+            frame["History"].tolist(), frame["Impressions"].tolist()):
+        user = None if _is_missing(user) else clean_text(user)
+        if user is None:
+            if on_bad_rows == "error":
+                raise DataError("user id is missing", file=file, row=row, field="UserID")
+            report.skip("user id is missing", file, [row])
             continue
-        try:
-            wall.append(pd.Timestamp(clean_text(raw)).strftime("%Y-%m-%d %H:%M"))
-        except (ValueError, TypeError):
-            raise DataError(f"{raw!r} is not a time like '5月12日 09:15'", file=file, row=row, field="pub_time") from None
-    parsed = pd.to_datetime(pd.Series(wall, dtype=object), format="%Y-%m-%d %H:%M", errors="coerce")
-    bad = np.flatnonzero(parsed.isna().to_numpy() & np.array([w is not None for w in wall], dtype=bool))
-    if len(bad):
-        i = int(bad[0])
-        raise DataError(f"{frame['pub_time'].iloc[i]!r} is not a valid date", file=file,
-                        row=int(frame["_row"].iloc[i]), field="pub_time")
-    return _to_utc_seconds(parsed, tz)
+        if user not in seen_users:
+            seen_users.add(user)
+            for news_id in ("" if _is_missing(past) else str(past)).split():
+                history.append((user, news_id, first_time.get(user), f"history-{user}", "history", None, 1, row))
+        for item in ("" if _is_missing(shown) else str(shown)).split():
+            news_id, _, label = item.rpartition("-")
+            if not news_id or label not in ("0", "1"):
+                cells.bad(file, row, "Impressions", item, "an impression like N123-1 or N123-0")
+                continue
+            if clicks_only and label != "1":
+                continue
+            impressions.append((user, news_id, seconds, clean_text(impression), "impression", clean_text(impression),
+                                int(label), row))
+    records = history + impressions
+    columns = ("user_id", "note_id", "timestamp", "session_id", "source", "impression_id", "click", "_row")
+    out = pd.DataFrame.from_records(records, columns=columns) if records else \
+        pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
+    out["seq"] = np.arange(len(out), dtype=np.int64)
+    out["click"] = out["click"].astype("int64")
+    out["_file"] = file
+    missing_time = out["timestamp"].isna().to_numpy()
+    if missing_time.any():  # only possible where a bad Time was skipped: those rows cannot be ordered
+        report.skip("event without a readable time (its behaviours row had a bad Time)", file,
+                    out["_row"].to_numpy()[missing_time].tolist())
+        out = out[~missing_time]
+    out = out.sort_values(["user_id", "timestamp", "seq"], kind="stable").reset_index(drop=True)
+    table = _event_table(out, known=known, unknown_notes=unknown_notes, report=report,
+                         extra_columns=_MIND_EVENT_COLUMNS)
+    report.notes.append(f"{len(seen_users):,} users; history clicks carry the time of the user's first impression")
+    return _attach(table, report)
 
 
 # -------------------------------------------------------------------------------------------- generic
 def read_generic(path: str | Path, column_map: dict[str, str] | None = None, *, fmt: str | None = None,
-                 encoding: str = "utf-8", on_bad_rows: str = "error", keep_extra: bool = True) -> pa.Table:
-    """Any CSV / JSONL / Parquet table of notes, by extension (or `fmt`), with `column_map` from Note
-    fields to source columns (a Note field not mapped is taken from a column of the same name).
+                 encoding: str = "auto", on_bad_rows: str = "error", keep_extra: bool = True,
+                 delimiter: str | None = None, header: bool = True, names: str | Sequence[str] | None = None,
+                 timezone: str | None = None, published_at_from_id: bool = False,
+                 open_hashtags: bool = True) -> pa.Table:
+    """Any CSV / TSV / JSONL / JSON / Parquet table of notes, by extension (or `fmt`), with `column_map` from
+    Note fields (and the optional author fields followers, author_notes, author_likes) to source columns; a
+    field not mapped is taken from a column of the same name.
 
-    List fields accept real lists, JSON lists or `a|b` / `a,b` text. Where a row has no hashtags (or there
-    is no hashtags column) they are parsed from the content's inline `#…#` tags; inline tags are removed
-    from content either way. published_at accepts unix s/ms or date-time text (naive = UTC, an offset is
-    converted). Counts accept `1.5万`. Source
-    columns not mapped go into extra (keep_extra=False drops them).
+    Text files: `encoding` "auto" (UTF-8, else GB18030, or by byte-order mark) or a codec name; CSV
+    `delimiter` detected (tab for .tsv) or given (`,`, `tab`, `;`, `|`); `header=False` with
+    `names=a,b,c` for a file without a header line (with header=True, names replace the header).
+    List fields accept real lists, JSON lists, Python-literal lists (`['动画', '特摄']`) or `a|b` / `a,b`
+    text. Where a row has no hashtags (or there is no hashtags column) they are taken from the text:
+    closed `#…#` tags, and with open_hashtags also open ones (`#话题 `, `# topic`); inline tags are
+    removed from title and content either way, and stray `#` / `##` with them.
+    published_at: unix s/ms or date-time text; naive times are read in `timezone` (default UTC, and the
+    report says it was assumed), an offset is converted. With published_at_from_id, a note without a time
+    takes it from its ObjectId-style id (24 hex digits, the first 8 = unix seconds). Counts accept `1.5万`;
+    bucketed counts (`1k+`, `1w+`, `10万+`) keep their lower bound and name the field in the
+    `count_lower_bounds` column (and are counted in the report). Source columns not mapped go into extra
+    (keep_extra=False drops them).
     """
     _check_policy("on_bad_rows", on_bad_rows, BAD_ROW_POLICIES)
     path = Path(path)
     file = str(path)
     fmt = fmt or _format_of(path)
+    if fmt == "tsv":
+        fmt, delimiter = "csv", "\t" if delimiter is None else delimiter
     if fmt not in ("csv", "jsonl", "json", "parquet"):
-        raise DataError(f"cannot tell the format of {path.name}: use .csv, .jsonl, .json or .parquet, "
+        raise DataError(f"cannot tell the format of {path.name}: use .csv, .tsv, .jsonl, .json or .parquet, "
                         "or name the format", file=file)
+    tz = _check_timezone(timezone) if timezone is not None else "UTC"
     report = ReadReport(source=f"{fmt} {file}")
     column_map = dict(column_map or {})
-    unknown = sorted(set(column_map) - set(NOTE_COLUMNS))
+    fields = list(NOTE_COLUMNS) + list(AUTHOR_COUNT_COLUMNS)
+    unknown = sorted(set(column_map) - set(fields))
     if unknown:
-        raise DataError(f"--map names {unknown}, which are not Note fields; Note fields: {NOTE_COLUMNS}", file=file)
-    csv_options = {"on_bad_rows": on_bad_rows, "report": report} if fmt == "csv" else {}
-    frame = _read_table_file(path, fmt, encoding, **csv_options)
+        raise DataError(f"--map names {unknown}, which are not Note fields; Note fields: {fields}", file=file)
+    column_names = _column_names(names)
+    if not header and column_names is None:
+        raise DataError("a file without a header line needs its column names: --opt names=id,title,content",
+                        file=file, field="names")
+    if fmt == "csv":
+        frame = _read_csv(path, names=column_names, header=header, on_bad_rows=on_bad_rows, report=report,
+                          encoding=encoding, delimiter=delimiter)
+    else:
+        if column_names is not None or not header or delimiter is not None:
+            raise DataError(f"delimiter, header and names are CSV/TSV options; {fmt} files name their columns",
+                            file=file)
+        frame = _read_table_file(path, fmt, encoding, report=report)
     available = [c for c in frame.columns if not str(c).startswith("_")]
-    source_of = {f: column_map.get(f, f) for f in NOTE_COLUMNS if column_map.get(f, f) in frame.columns}
+    source_of = {f: column_map.get(f, f) for f in fields if column_map.get(f, f) in frame.columns}
     absent = {f: c for f, c in column_map.items() if c not in frame.columns}
     if absent:
         raise DataError(f"mapped column(s) not in the file: {absent}; the file has {available}", file=file)
@@ -1258,45 +1683,143 @@ def read_generic(path: str | Path, column_map: dict[str, str] | None = None, *, 
         raise DataError(f"no note id column: map one with --map note_id=COLUMN; the file has {available}",
                         file=file, field="note_id")
     frame = _check_note_ids(frame, source_of["note_id"], file, on_bad_rows, report)
+    cells = _Cells(on_bad_rows, report)
     rows = frame["_row"]
     n = len(frame)
 
     def values(name: str) -> list[Any]:
         return frame[source_of[name]].tolist() if name in source_of else [None] * n
 
-    split = [split_hashtags(c) for c in values("content")]
+    titles = _texts(frame[source_of["title"]]) if "title" in source_of else [""] * n
+    contents = [_cell_text(c) for c in values("content")]
+    inline = [_inline_hashtags(t, c, open_hashtags) for t, c in zip(titles, contents)]
+    published = _datetimes(frame[source_of["published_at"]], rows, file, source_of["published_at"], tz=tz,
+                           cells=cells, report=report, tz_given=timezone is not None) \
+        if "published_at" in source_of else [None] * n
+    if published_at_from_id:
+        published = _times_from_ids(frame["_note_id"].tolist(), published, rows.tolist(), file, cells, report)
     columns: dict[str, Sequence[Any]] = {
         "note_id": frame["_note_id"].tolist(),
-        "title": _texts(frame[source_of["title"]]) if "title" in source_of else [""] * n,
-        "content": [body for body, _ in split],
-        # the hashtags column where a row has tags there, else the content's inline tags
-        "hashtags": [_clean_tags(_as_list(v)) or tags for v, (_, tags) in zip(values("hashtags"), split)],
+        "title": [t for t, _, _ in inline],
+        "content": [c for _, c, _ in inline],
+        # the hashtags column where a row has tags there, else the inline tags of content and title
+        "hashtags": [_clean_tags(_as_list(v)) or tags for v, (_, _, tags) in zip(values("hashtags"), inline)],
         "category": [_as_list(v) for v in values("category")],
         "image_paths": [_as_list(v) for v in values("image_paths")],
         "author_id": _optional_str(frame[source_of["author_id"]]) if "author_id" in source_of else [None] * n,
-        "published_at": _datetimes(frame[source_of["published_at"]], rows, file, source_of["published_at"])
-        if "published_at" in source_of else [None] * n,
+        "published_at": published,
     }
-    for name in _COUNT_FIELDS:
-        columns[name] = _counts(frame[source_of[name]], rows, file, source_of[name]) if name in source_of else [None] * n
+    bounded: list[list[str]] = [[] for _ in range(n)]
+    for name in _COUNT_FIELDS + AUTHOR_COUNT_COLUMNS:
+        if name not in source_of:
+            columns[name] = [None] * n
+            continue
+        source = frame[source_of[name]]
+        columns[name] = _counts(source, rows, file, source_of[name], cells)
+        _note_buckets(name, source, columns[name], bounded, report)
+    if any(bounded):
+        columns["count_lower_bounds"] = bounded
     rest = [c for c in available if c not in source_of.values()] if keep_extra else []
     extra = _extra_json(frame[rest])
     if "extra" in source_of:  # a source that already has an extra JSON column: merge it in
-        extra = [_merge_extra(e, v, file, r) for e, v, r in zip(extra, values("extra"), rows.tolist())]
+        extra = [_merge_extra(e, v, file, r, cells) for e, v, r in zip(extra, values("extra"), rows.tolist())]
     columns["extra"] = extra
     return _attach(_note_table(columns, file), report)
 
 
-def _merge_extra(base: str, value: Any, file: str, row: int) -> str:
+def _cell_text(value: Any) -> str:
+    if _is_missing(value):
+        return ""
+    if isinstance(value, (list, tuple, dict, np.ndarray)):
+        return clean_text(json.dumps(value.tolist() if isinstance(value, np.ndarray) else value,
+                                     ensure_ascii=False, default=str))
+    return clean_text(str(value))
+
+
+def _note_buckets(name: str, source: pd.Series, values: list[int | None], bounded: list[list[str]],
+                  report: ReadReport) -> None:
+    """Mark the rows of count `name` written as a bucket (`1w+`): the stored value is its lower bound."""
+    marks = _bucketed(source)
+    hits = [i for i in np.flatnonzero(marks).tolist() if values[i] is not None]
+    for i in hits:
+        bounded[i].append(name)
+    if hits:
+        example = clean_text(source.iloc[hits[0]])
+        report.notes.append(f"{len(hits):,} '{name}' value(s) are bucketed (e.g. {example!r}): kept as lower "
+                            "bounds, listed in count_lower_bounds")
+
+
+def _times_from_ids(ids: list[str], published: list[int | None], rows: list[int], file: str, cells: _Cells,
+                    report: ReadReport) -> list[int | None]:
+    """Fill missing publish times from ObjectId-style ids: 24 hex digits, the first 8 the unix time (s)."""
+    out = list(published)
+    decoded = 0
+    for i, (note_id, seconds) in enumerate(zip(ids, published)):
+        if seconds is not None:
+            continue
+        if not _OBJECT_ID.fullmatch(note_id):
+            cells.bad(file, rows[i], "note_id", note_id, "an ObjectId (24 hex digits) to take the time from")
+            continue
+        seconds = int(note_id[:8], 16)
+        if not _MIN_SECONDS <= seconds < _MAX_SECONDS:
+            cells.bad(file, rows[i], "note_id", note_id, f"an ObjectId holding {_TIME_RANGE}")
+            continue
+        out[i] = seconds
+        decoded += 1
+    if decoded:
+        report.notes.append(f"published_at of {decoded:,} note(s) taken from the ObjectId in their note_id")
+    return out
+
+
+_OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
+# an open tag: `#` (or a malformed `##`, or `# ` as machine translation writes it) then word characters up to
+# a blank, punctuation or the end; not inside a word, a URL anchor or an HTML entity (`&#39;`)
+_OPEN_TAG = re.compile(r"(?<![\w&#/])#{1,2} ?(\w+)")
+_STRAY_HASH = re.compile(r"(?<!\S)#+(?!\S)|(?<!\S)#+(?=[^\w\s])")
+_SPACES = re.compile(r"[^\S\n]+")
+_EDGES = re.compile(r" *\n *")
+
+
+def _inline_hashtags(title: str, content: str, open_style: bool) -> tuple[str, str, list[str]]:
+    """(title, content, tags): closed `#…#` tags of content, then (open_style) open ones of content and title,
+    removed from the text; tags too long to be hashtags keep their words; stray `#`s go too."""
+    body, tags = split_hashtags(content)
+    if not open_style:
+        return title, body, tags
+    body, body_tags = _strip_open_tags(body)
+    title, title_tags = _strip_open_tags(title)
+    return title, body, _merge_tags(tags, body_tags + title_tags)
+
+
+def _strip_open_tags(text: str) -> tuple[str, list[str]]:
+    if "#" not in text:
+        return text, []
+    found: list[str] = []
+
+    def take(match: re.Match) -> str:
+        tag = match.group(1)
+        if tag.isdigit() or len(tag) > MAX_TAG_CHARS:  # `#1` is a rank, a long run is words
+            return tag if len(tag) > MAX_TAG_CHARS else match.group(0)
+        found.append(tag)
+        return " "
+
+    text = _STRAY_HASH.sub(" ", _OPEN_TAG.sub(take, text))
+    text = _EDGES.sub("\n", _SPACES.sub(" ", text)).strip()
+    return text, _merge_tags([], found)
+
+
+def _merge_extra(base: str, value: Any, file: str, row: int, cells: _Cells = _RAISE) -> str:
     if _is_missing(value):
         return base
+    original = value
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
-            raise DataError("extra is not a JSON object", file=file, row=row, field="extra") from None
+        except (json.JSONDecodeError, RecursionError):
+            value = None
     if not isinstance(value, dict):
-        raise DataError("extra is not a JSON object", file=file, row=row, field="extra")
+        cells.bad(file, row, "extra", original, "a JSON object")
+        return base
     return json.dumps({**json.loads(base), **value}, ensure_ascii=False, default=str)
 
 
@@ -1317,8 +1840,11 @@ FORMATS: dict[str, str] = {
     "kuairec": "KuaiRec 2.0 captions folder (kuairec_caption_category.csv)",
     "hackernews": "Hacker News posts CSV (id,title,url,num_points,num_comments,author,created_at)",
     "weibo": "Weibo posts (weibo_cctv_2020 layout): a folder of CSVs or one CSV",
-    "csv": "any CSV with a header; --map FIELD=COLUMN",
+    "mind": "MIND news folder (news.tsv + behaviors.tsv): notes and click events (history + clicked impressions)",
+    "csv": "any CSV (delimiter detected, or headerless with names=...); --map FIELD=COLUMN",
+    "tsv": "any tab-separated file; --map FIELD=COLUMN",
     "jsonl": "any JSON-lines file; --map FIELD=COLUMN",
+    "json": "any JSON array of objects; --map FIELD=COLUMN",
     "parquet": "any Parquet file; --map FIELD=COLUMN",
 }
 
@@ -1362,8 +1888,11 @@ _READERS: dict[str, Callable[..., ReadResult]] = {
     "kuairec": _notes_source(read_kuairec),
     "hackernews": _notes_source(read_hackernews),
     "weibo": _notes_source(read_weibo),
+    "mind": _pair_source(read_mind),
     "csv": _generic_source("csv"),
+    "tsv": _generic_source("tsv"),
     "jsonl": _generic_source("jsonl"),
+    "json": _generic_source("json"),
     "parquet": _generic_source("parquet"),
 }
 
@@ -1391,7 +1920,7 @@ def read_source(fmt: str, path: str | Path, **options: Any) -> ReadResult:
     return reader(Path(path), **options)
 
 
-EVENT_FORMATS = frozenset({"qilin", "movielens"})
+EVENT_FORMATS = frozenset({"qilin", "movielens", "mind"})
 PAIR_FORMATS = frozenset({"notellm-csv"})
 
 

@@ -53,6 +53,18 @@ PAIR_SCHEMA = pa.schema(
 )
 
 NOTE_COLUMNS = NOTE_SCHEMA.names
+
+# Optional Note columns: a table has them only where its source does (readers add them, `read_notes` keeps
+# them, every other stage may ignore them). Author-level counts as the source saw them, and which of the
+# note's counts are a bucket's lower bound (`1w+` -> likes 10000 with "likes" listed here).
+OPTIONAL_NOTE_FIELDS = (
+    pa.field("followers", pa.int64()),         # the author's followers
+    pa.field("author_notes", pa.int64()),      # the author's number of notes
+    pa.field("author_likes", pa.int64()),      # the author's total likes (and collects, where the source sums them)
+    pa.field("count_lower_bounds", pa.list_(pa.string())),
+)
+OPTIONAL_NOTE_COLUMNS = tuple(f.name for f in OPTIONAL_NOTE_FIELDS)
+AUTHOR_COUNT_COLUMNS = ("followers", "author_notes", "author_likes")
 _LIST_COLUMNS = ("hashtags", "category", "image_paths")
 
 
@@ -86,8 +98,19 @@ def notes_to_table(rows: Iterable[dict[str, Any]], source: str = "<memory>") -> 
     return pa.table(columns, schema=NOTE_SCHEMA)
 
 
+def note_table_for_writing(table: pa.Table) -> pa.Table:
+    """The Note table as it is stored: NOTE_SCHEMA's columns and types, then the optional columns it has."""
+    return table.select(list(NOTE_COLUMNS) + [c for c in OPTIONAL_NOTE_COLUMNS if c in table.column_names]) \
+        .cast(note_schema(table))
+
+
+def note_schema(table: pa.Table) -> pa.Schema:
+    """NOTE_SCHEMA plus the optional Note columns `table` has (in OPTIONAL_NOTE_FIELDS order)."""
+    return pa.schema(list(NOTE_SCHEMA) + [f for f in OPTIONAL_NOTE_FIELDS if f.name in table.column_names])
+
+
 def write_notes(table: pa.Table, path: str | Path) -> Path:
-    return write_parquet(table.cast(NOTE_SCHEMA), path)
+    return write_parquet(note_table_for_writing(table), path)
 
 
 def read_table_with(path: str | Path, kind: str, required: Sequence[str]) -> pa.Table:
@@ -115,9 +138,9 @@ def read_notes(path: str | Path) -> pa.Table:
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(len(table), NOTE_SCHEMA.field(name).type))
     try:
-        return table.select(NOTE_COLUMNS).cast(NOTE_SCHEMA)
+        return note_table_for_writing(table)
     except (pa.ArrowException, ValueError) as exc:
-        bad = next((f.name for f in NOTE_SCHEMA if not _castable(table.column(f.name), f.type)), None)
+        bad = next((f.name for f in note_schema(table) if not _castable(table.column(f.name), f.type)), None)
         raise DataError(f"a column does not have the Note table's type ({str(exc).splitlines()[0]})",
                         file=str(path), field=bad) from None
 

@@ -86,10 +86,9 @@ def _table(source: TableSource, what: str, required: Iterable[str]) -> pa.Table:
     if isinstance(source, pa.Table):
         table, name = source, f"<{what} table>"
     else:
-        path = Path(source)
-        if not path.exists():
-            raise DataError(f"{what} table does not exist", file=str(path))
-        table, name = pq.read_table(path), str(path)
+        from notellm.data.schema import read_table_with
+
+        table, name = read_table_with(source, what, ()), str(source)  # a one-line error for a non-Parquet file
     missing = [c for c in required if c not in table.column_names]
     if missing:
         raise DataError(f"not a {what} table: missing column(s) {missing}", file=name)
@@ -149,17 +148,33 @@ def _check_fraction(test_fraction: float) -> None:
 
 # ---- the splits -----------------------------------------------------------------------------------------------
 def split_items_ml_i2i(events: TableSource, pairs: TableSource, test_fraction: float = 0.2,
-                       seed: int = 0) -> Split:
+                       seed: int = 0, notes: TableSource | None = None) -> Split:
     """Protocol ml-i2i-v1: the sorted ids of all clicked items (`sort_ids`), permuted by
-    `numpy.random.default_rng(seed)`; the first round(test_fraction * n) are test (new) items."""
+    `numpy.random.default_rng(seed)`; the first round(test_fraction * n) are test (new) items.
+
+    With `notes`, only clicked items that are notes with text (a title or content) are split (MIND's
+    behaviours name news that its news.tsv lacks or has without text); the others are counted in info."""
     _check_fraction(test_fraction)
     clicks = _table(events, "event", ("note_id",))
     items = sort_ids(_ids(clicks.column("note_id")))
+    info: dict[str, Any] = {"protocol": "ml-i2i-v1", "seed": seed, "test_fraction": test_fraction}
+    if notes is not None:
+        with_text = _notes_with_text(_table(notes, "note", ("note_id",)))
+        info["clicked_items_without_text"] = sum(1 for i in items if i not in with_text)
+        items = [i for i in items if i in with_text]
     order = np.random.default_rng(seed).permutation(len(items))
     n_test = int(round(test_fraction * len(items)))
     test = {items[i] for i in order[:n_test]}
-    info = {"protocol": "ml-i2i-v1", "seed": seed, "test_fraction": test_fraction, "clicked_items": len(items)}
+    info["clicked_items"] = len(items)
     return _finish("items_ml_i2i", items, test, _pairs(pairs), info)
+
+
+def _notes_with_text(notes: pa.Table) -> set[str]:
+    """Ids of notes whose title or content is not blank."""
+    ids = _ids(notes.column("note_id"))
+    texts = [notes.column(c).to_pylist() if c in notes.column_names else [None] * notes.num_rows
+             for c in ("title", "content")]
+    return {i for i, t, c in zip(ids, *texts) if (t or "").strip() or (c or "").strip()}
 
 
 def _first_seen(events: pa.Table | None) -> dict[str, int]:
