@@ -1336,11 +1336,11 @@ def read_kuairec(folder: str | Path, *, on_bad_rows: str = "error") -> pa.Table:
 
 
 # ---------------------------------------------------------------------------------------- Hacker News
-def read_hackernews(path: str | Path, *, tz: str = "America/New_York", on_bad_rows: str = "error") -> pa.Table:
+def read_hackernews(path: str | Path, *, timezone: str = "America/New_York", on_bad_rows: str = "error") -> pa.Table:
     """Hacker News posts (id,title,url,num_points,num_comments,author,created_at[,text]).
 
     likes = num_points, comments = num_comments, author_id = author, content = text when the file has
-    it and the post has one, else the url. created_at `M/D/YYYY H:MM` is read in `tz` (the Kaggle
+    it and the post has one, else the url. created_at `M/D/YYYY H:MM` is read in `timezone` (the Kaggle
     "Hacker News Posts" data is in US Eastern time) and stored in UTC.
     """
     _check_policy("on_bad_rows", on_bad_rows, BAD_ROW_POLICIES)
@@ -1360,7 +1360,7 @@ def read_hackernews(path: str | Path, *, tz: str = "America/New_York", on_bad_ro
         "title": _texts(frame["title"]),
         "content": [t or u for t, u in zip(texts, urls)],
         "author_id": _optional_str(frame["author"]) if "author" in frame.columns else [None] * n,
-        "published_at": _datetimes(frame["created_at"], rows, file, "created_at", fmt="%m/%d/%Y %H:%M", tz=tz,
+        "published_at": _datetimes(frame["created_at"], rows, file, "created_at", fmt="%m/%d/%Y %H:%M", tz=timezone,
                                    cells=cells),
         "likes": _counts(frame["num_points"], rows, file, "num_points", cells)
         if "num_points" in frame.columns else [None] * n,
@@ -1389,7 +1389,8 @@ def _weibo_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
     return [Path(p) for p in source]
 
 
-def read_weibo(folder_or_files: str | Path | Sequence[str | Path], *, year: int = 2020, tz: str = "Asia/Shanghai",
+def read_weibo(folder_or_files: str | Path | Sequence[str | Path], *, year: int = 2020,
+               timezone: str = "Asia/Shanghai",
                keep_tag_text: bool = False, on_bad_rows: str = "error") -> pa.Table:
     """Weibo posts crawled as weibo_cctv_2020 (pub_time, weibo_content, forward, comment, like, weibo_url,
     weibo_topic) from a folder of CSVs, a list of files or one file.
@@ -1416,7 +1417,7 @@ def read_weibo(folder_or_files: str | Path | Sequence[str | Path], *, year: int 
             values = _counts(frame[source], frame["_row"], str(path), source, cells) if source in frame.columns \
                 else [None] * len(frame)
             frame[target] = pd.array(values, dtype="Int64")
-        frame["_published"] = _weibo_times(frame, str(path), year, tz, cells)
+        frame["_published"] = _weibo_times(frame, str(path), year, timezone, cells)
         frames.append(frame)
     frame = pd.concat(frames, ignore_index=True)
     frame["_key"] = [_canonical_url(u) for u in frame["weibo_url"].tolist()]
