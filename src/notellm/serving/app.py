@@ -24,12 +24,13 @@ from typing import Any, Sequence
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse  # noqa: F401
 from fastapi.staticfiles import StaticFiles
 
-from notellm.errors import DataError, NotellmError
+from notellm.errors import NotellmError
 from notellm.serving.batching import MicroBatcher
-from notellm.serving.components import describe, load_tagger
+from notellm.serving.components import describe, load_tagger, public_name
+from notellm.serving.responses import SafeJSONResponse, install_error_handlers
 from notellm.serving.schemas import (EmbedResponse, PopularityResponse, ServingLimits, SimilarResponse,
                                      TagsResponse, request_models)
 
@@ -129,16 +130,17 @@ class Service:
         """The SimilarResponse body built as plain JSON: the hot path skips pydantic's re-validation."""
         results = [{"rank": r, "note_id": i, "score": round(s, 6), "title": self.titles.get(i),
                     "category": self.categories.get(i)} for r, (i, s) in enumerate(hits, 1)]
-        return JSONResponse({"note_id": note_id, "title": self.titles.get(note_id) if note_id else None, "k": k,
+        return SafeJSONResponse({"note_id": note_id, "title": self.titles.get(note_id) if note_id else None, "k": k,
                              "results": results})
 
     def health(self) -> dict[str, Any]:
         index = self.index
         return {
             "status": "ok",
-            "model": (getattr(self.embedder, "meta", {}) or {}).get("model") if self.embedder is not None else None,
+            "model": public_name((getattr(self.embedder, "meta", {}) or {}).get("model"))
+            if self.embedder is not None else None,
             "index": None if index is None else {"count": len(index), "dim": index.dim, "kind": index.config.kind,
-                                                 "model": index.meta.get("model")},
+                                                 "model": public_name(index.meta.get("model"))},
             "notes": self.notes_count if self.notes_count is not None else (len(self.titles) or None),
             "components": {"embedder": self.embedder is not None, "index": index is not None,
                            "titles": bool(self.titles), "tagger": describe(self.tagger),
@@ -190,7 +192,7 @@ class BodySizeLimit:
         length = headers.get(b"content-length")
         if length is not None:
             if not length.isdigit():
-                return await JSONResponse({"detail": "Content-Length is not a number"}, 400)(scope, receive, send)
+                return await SafeJSONResponse({"detail": "Content-Length is not a number"}, 400)(scope, receive, send)
             if int(length) > self.max_bytes:
                 return await self._refuse(scope, receive, send, too_large(int(length), self.max_bytes))
             return await self.app(scope, receive, send)
@@ -220,7 +222,7 @@ class BodySizeLimit:
 
     @staticmethod
     async def _refuse(scope, receive, send, payload: dict[str, str]) -> None:
-        await JSONResponse(payload, status_code=413, headers={"connection": "close"})(scope, receive, send)
+        await SafeJSONResponse(payload, status_code=413, headers={"connection": "close"})(scope, receive, send)
 
 
 def create_app(index=None, embedder=None, notes=None, tagger=None, popularity=None,
@@ -239,20 +241,13 @@ def create_app(index=None, embedder=None, notes=None, tagger=None, popularity=No
         finally:
             await service.stop()
 
-    app = FastAPI(title=title, lifespan=lifespan,
+    app = FastAPI(title=title, lifespan=lifespan, default_response_class=SafeJSONResponse,
                   description="Note embeddings, similar notes, hashtag/category suggestions and popularity "
                               "prediction. The creator's page is at `/`.")
     app.state.service = service
     app.add_middleware(BodySizeLimit, max_bytes=lim.max_body_bytes)
 
-    @app.exception_handler(DataError)
-    async def data_error(_request: Request, exc: DataError):
-        return JSONResponse({"detail": str(exc), "field": exc.field}, status_code=422)
-
-    @app.exception_handler(NotellmError)
-    async def notellm_error(_request: Request, exc: NotellmError):
-        log.error("request failed: %s", exc)
-        return JSONResponse({"detail": str(exc)}, status_code=500)
+    install_error_handlers(app)
 
     @app.get("/health", summary="model, index size and which components are loaded")
     async def health() -> dict[str, Any]:
@@ -284,7 +279,7 @@ def create_app(index=None, embedder=None, notes=None, tagger=None, popularity=No
         embedder = service.require("embedder")
         notes_ = [note_dict(n, f"request-{i}") for i, n in enumerate(body.notes)]
         vectors = await service.batchers["embed"].submit_many(notes_)
-        return EmbedResponse(model=embedder.meta.get("model"), dim=int(vectors[0].shape[0]),
+        return EmbedResponse(model=public_name(embedder.meta.get("model")), dim=int(vectors[0].shape[0]),
                              vectors=[v.tolist() for v in vectors])
 
     @app.post("/tags", response_model=TagsResponse, summary="suggested hashtags and category for a note")

@@ -59,7 +59,7 @@ class PopularityPredictor:
 
     def describe(self) -> dict[str, Any]:
         meta = self.loaded.meta
-        return {"model": self.model_dir, "backbone": meta.get("backbone"), "target": meta.get("target", {}),
+        return {"model": public_name(self.model_dir), "backbone": meta.get("backbone"), "target": meta.get("target", {}),
                 "features": meta.get("features", {}).get("names", [])}
 
 
@@ -84,6 +84,17 @@ def load_tagger(kind: str, embedder: Any = None, notes: Any = None, n_tags: int 
     categories = category_paths(rows, levels)
     settings = GenerationSettings(n_tags=n_tags, constrain_category=bool(categories), batch_size=8)
     return NoteGenerator(embedder.model, settings, categories=categories or None)
+
+
+def public_name(model: Any) -> str | None:
+    """What /health and responses may say about a model or folder: a folder's name, never its server path
+    (a hub id such as `Qwen/Qwen3-0.6B` or `zero-shot:tiny-qwen3` is not a path and is kept)."""
+    if model is None:
+        return None
+    text = str(model)
+    if text.startswith("zero-shot:") or not (Path(text).is_absolute() or Path(text).exists()):
+        return text
+    return Path(text).name
 
 
 def describe(component: Any) -> dict[str, Any] | None:

@@ -24,16 +24,40 @@ class ServingLimits:
     search_wait_ms: float = 0.0         # 0: search at once; requests that arrive meanwhile form the next batch
 
 
+def lone_surrogate_at(text: str) -> int | None:
+    """The position of the first lone UTF-16 surrogate (e.g. from JSON "\\ud800"): not a character, cannot be
+    encoded as UTF-8, and would reach the tokenizer or a log line otherwise."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def check_text(text: str) -> str:
+    at = lone_surrogate_at(text)
+    if at is not None:
+        raise ValueError(f"contains a lone UTF-16 surrogate (U+{ord(text[at]):04X}) at character {at}; "
+                         f"send valid Unicode text")
+    return text
+
+
 class NoteBase(BaseModel):
     """A note written by a client. Only text: paths and other fields are refused (extra fields are 422)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("title", "content", mode="after", check_fields=False)
+    @classmethod
+    def valid_text(cls, text: str) -> str:
+        return check_text(text)
 
     @field_validator("hashtags", mode="after", check_fields=False)
     @classmethod
     def clean_tags(cls, tags: list[str]) -> list[str]:
         cleaned = []
         for i, tag in enumerate(tags):
+            check_text(tag)
             text = tag.replace("[话题]", "").strip().strip("#").strip()
             if not text:
                 raise ValueError(f"hashtag {i} ({tag!r}) is empty once '#' and '[话题]' are removed")
