@@ -83,7 +83,8 @@ def errors_at(response):
 def test_health_names_model_index_and_components(client, world):
     body = client.get("/health").json()
     assert body["model"] == "model"  # the folder's name: /health never shows server paths
-    assert body["index"] == {"count": 32, "dim": 16, "kind": "flat", "model": "model"}
+    assert body["index"] == {"backend": "faiss", "count": 32, "dim": 16, "kind": "flat", "model": "model",
+                             "pending_writes": 0, "tombstones": 0}
     assert str(world["root"]) not in str(body)
     assert body["notes"] == 32
     comp = body["components"]

@@ -95,8 +95,29 @@ def request_models(limits: ServingLimits) -> dict[str, type[BaseModel]]:
         model_config = ConfigDict(extra="forbid")
         note: NoteIn
 
+    class NoteWrite(NoteIn):
+        """A note to store: its text (embedded on arrival), optionally its id and category."""
+        note_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:/-]+$",
+                                    description="omit to get a new id")
+        category: list[Annotated[str, Field(min_length=1, max_length=50)]] = Field(
+            default_factory=list, max_length=4, description="coarse to fine")
+
+        @field_validator("category", mode="after")
+        @classmethod
+        def valid_category(cls, levels: list[str]) -> list[str]:
+            return [check_text(level) for level in levels]
+
+    class WriteRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        notes: list[NoteWrite] = Field(min_length=1, max_length=limits.max_notes)
+
+    class UpdateRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        note: NoteIn
+        category: list[Annotated[str, Field(min_length=1, max_length=50)]] = Field(default_factory=list, max_length=4)
+
     return {"NoteIn": NoteIn, "SimilarRequest": SimilarRequest, "EmbedRequest": EmbedRequest,
-            "NoteRequest": NoteRequest}
+            "NoteRequest": NoteRequest, "WriteRequest": WriteRequest, "UpdateRequest": UpdateRequest}
 
 
 class SimilarNote(BaseModel):
@@ -124,6 +145,21 @@ class TagsResponse(BaseModel):
     hashtags: list[str]
     category: list[str] = Field(description="coarse to fine")
     tagger: str
+
+
+class WrittenNote(BaseModel):
+    note_id: str
+    created: bool = Field(description="false: an existing note was replaced")
+
+
+class WriteResponse(BaseModel):
+    written: list[WrittenNote]
+    count: int = Field(description="notes in the store after the write")
+
+
+class DeleteResponse(BaseModel):
+    deleted: str
+    count: int
 
 
 class PopularityResponse(BaseModel):
