@@ -103,7 +103,8 @@ def results_of(driver, draft_id):
         "score": root.find_element(By.CSS_SELECTOR, "[data-testid=score]").text,
         "tags": [c.text for c in root.find_elements(By.CSS_SELECTOR, "[data-testid=tags] .chip")],
         "category": root.find_element(By.CSS_SELECTOR, "[data-testid=category]").text,
-        "similar": [t.get_attribute("title") for t in root.find_elements(By.CSS_SELECTOR, ".similar-item .title")],
+        "similar": [t.text for t in root.find_elements(By.CSS_SELECTOR, ".similar-item .title-text")],
+        "similar_text": root.find_element(By.CSS_SELECTOR, "[data-testid=similar]").text,
     }
 
 

@@ -307,7 +307,10 @@ def test_openapi_documents_the_endpoints_and_limits(client):
     assert {"/health", "/notes/{note_id}/similar", "/similar", "/embed", "/tags", "/popularity"} <= set(spec["paths"])
     k = next(p for p in spec["paths"]["/notes/{note_id}/similar"]["get"]["parameters"] if p["name"] == "k")
     assert k["schema"]["maximum"] == 100 and k["schema"]["minimum"] == 1
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower()  # Swagger UI from the package: offline
+    for asset in ("/docs-static/swagger-ui-bundle.js", "/docs-static/swagger-ui.css"):
+        assert asset in docs.text and client.get(asset).status_code == 200
 
 
 def test_the_page_and_its_assets_are_served(client):

@@ -15,6 +15,7 @@ parsing; clients never name files.
 """
 
 # no `from __future__ import annotations`: FastAPI must see the request models built inside create_app
+import asyncio
 import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,7 @@ from notellm.errors import NotellmError
 from notellm.serving.batching import MicroBatcher
 from notellm.serving.components import describe, load_tagger, public_name
 from notellm.inference.store import as_store
+from notellm.serving.readable import PopularityContext
 from notellm.serving.responses import SafeJSONResponse, install_error_handlers
 from notellm.serving.security import RateLimit, TokenCheck
 from notellm.serving.writes import WriteLog, decode_vector, encode_vector
@@ -76,6 +78,7 @@ class Service:
         self._check_dims()
         self.titles, self.categories = _note_lookup(notes if notes is not None else getattr(index, "notes", None))
         self.notes_count = None if notes is None else notes.num_rows
+        self.popularity_context = PopularityContext.build(popularity, notes) if popularity is not None else None
         self.write_log = WriteLog(write_log) if write_log is not None else None
         self.replayed = self._replay() if self.write_log is not None else 0
         # one thread runs every model call (the lock around the model); searches get their own thread
@@ -322,6 +325,7 @@ def create_app(index=None, embedder=None, notes=None, tagger=None, popularity=No
             await service.stop()
 
     app = FastAPI(title=title, lifespan=lifespan, default_response_class=SafeJSONResponse,
+                  docs_url=None, redoc_url=None,  # /docs below serves Swagger UI's files itself: works offline
                   description="Note embeddings, similar notes, hashtag/category suggestions and popularity "
                               "prediction. The creator's page is at `/`.")
     app.state.service = service
@@ -374,9 +378,17 @@ def create_app(index=None, embedder=None, notes=None, tagger=None, popularity=No
               dependencies=model_reads)
     async def popularity(body: NoteRequest) -> PopularityResponse:  # type: ignore[valid-type]
         model = service.require("popularity")
-        score = await service.batchers["popularity"].submit(note_dict(body.note, "request"))
+        note = note_dict(body.note, "request")
+        jobs = [service.batchers["popularity"].submit(note)]
+        if service.tagger is not None:  # the predicted category, for the percentile within it
+            jobs.append(service.batchers["tags"].submit(note))
+        results = await asyncio.gather(*jobs)
+        score, category = results[0], (list(results[1].category) if len(results) > 1 else None)
         info = describe(model) or {}
-        return PopularityResponse(score=score, target=info.get("target"), model=info.get("model"))
+        readable = (service.popularity_context.explain(score, (category or [None])[0])
+                    if service.popularity_context is not None else {})
+        return PopularityResponse(score=score, target=info.get("target"), model=info.get("model"),
+                                  category=category, **readable)
 
     # ---- writes ----
     def check_writes() -> None:
@@ -427,7 +439,30 @@ def create_app(index=None, embedder=None, notes=None, tagger=None, popularity=No
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    mount_offline_docs(app, title)
     return app
+
+
+def mount_offline_docs(app: FastAPI, title: str) -> None:
+    """Swagger UI at /docs from the pinned `swagger-ui-bundle` package (no CDN, so it works offline); without
+    the package, FastAPI's default page (which loads Swagger UI from a CDN)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        swagger_ui_path = None
+        log.warning("swagger-ui-bundle is not installed: /docs loads Swagger UI from a CDN")
+    if swagger_ui_path is not None:
+        app.mount("/docs-static", StaticFiles(directory=swagger_ui_path), name="docs-static")
+    local = swagger_ui_path is not None
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url, title=f"{title} API",
+            **({"swagger_js_url": "/docs-static/swagger-ui-bundle.js", "swagger_css_url": "/docs-static/swagger-ui.css",
+                "swagger_favicon_url": "/docs-static/favicon-32x32.png"} if local else {}))
 
 
 def create_app_from_paths(model: str | None = None, index: str | None = None, notes: str | None = None,

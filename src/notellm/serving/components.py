@@ -57,6 +57,14 @@ class PopularityPredictor:
         rows = [{**n, "published_at": n.get("published_at") or now} for n in notes]
         return predict_table(self.loaded, notes_to_table(rows, source="request"), source="request")
 
+    @property
+    def heldout(self) -> dict[str, Any] | None:
+        return self.loaded.heldout
+
+    @property
+    def target_weights(self) -> dict[str, float] | None:
+        return (self.loaded.meta.get("target") or {}).get("weights")
+
     def describe(self) -> dict[str, Any]:
         meta = self.loaded.meta
         return {"model": public_name(self.model_dir), "backbone": meta.get("backbone"), "target": meta.get("target", {}),

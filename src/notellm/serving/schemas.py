@@ -166,3 +166,9 @@ class PopularityResponse(BaseModel):
     score: float
     target: dict[str, Any] | None = Field(None, description="what the score measures (from the model)")
     model: str | None = None
+    category: list[str] | None = Field(None, description="the predicted category (when a tagger is loaded)")
+    percentile: dict[str, Any] | None = Field(
+        None, description="share of reference notes below the score, overall and in the predicted category")
+    interval: dict[str, Any] | None = Field(
+        None, description="80% interval from the model's held-out error; `margin`: differences up to it are "
+                          "too close to call")
