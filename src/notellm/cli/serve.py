@@ -33,6 +33,10 @@ def serve(
                                                    help="folder written by `notellm popularity train`"),
     tagger: str = typer.Option("none", help="hashtag/category suggestions: none | model (the served NoteLLM "
                                             "generates) | knn (tags of the nearest --notes)"),
+    coldstart_model: Optional[str] = typer.Option(None, "--coldstart-model",
+                                                  help="folder written by `notellm coldstart sft` / `align` "
+                                                       "(POST /coldstart)"),
+    coldstart_language: str = typer.Option("en", help="language of the cold-start prompts it was trained on"),
     write_log: Optional[str] = typer.Option(None, "--write-log",
                                             help="enable POST/PUT/DELETE /notes: each write is fsynced to this "
                                                  "file before it is acknowledged and replayed at start"),
@@ -62,7 +66,8 @@ def serve(
     web = create_app_from_paths(model=model, index=index, notes=notes, popularity_model=popularity_model,
                                 tagger=tagger, limits=limits, backend=backend, milvus_uri=milvus_uri,
                                 write_log=write_log, api_key=api_key, protect_reads=protect_reads,
-                                rate_limit=rate_limit)
+                                rate_limit=rate_limit, coldstart_model=coldstart_model,
+                                coldstart_language=coldstart_language)
     writes = f", writes logged to {write_log}" if write_log else ""
     console.print(f"[green]serving[/] http://{host}:{port}/  (API docs: /docs{writes})")
     uvicorn.run(web, host=host, port=port, log_level=log_level, workers=1)

@@ -37,7 +37,7 @@ from notellm.serving.readable import PopularityContext
 from notellm.serving.responses import SafeJSONResponse, install_error_handlers
 from notellm.serving.security import RateLimit, TokenCheck
 from notellm.serving.writes import WriteLog, decode_vector, encode_vector
-from notellm.serving.schemas import (DeleteResponse, EmbedResponse, PopularityResponse, ServingLimits,
+from notellm.serving.schemas import (ColdStartResponse, DeleteResponse, EmbedResponse, PopularityResponse, ServingLimits,
                                      SimilarResponse, TagsResponse, WriteResponse, request_models)
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -53,6 +53,8 @@ MISSING = {
               "notes.parquet` (tags of the nearest notes)",
     "popularity": "no popularity model is loaded: start the server with `notellm serve --popularity-model DIR` "
                   "(a folder written by `notellm popularity train`)",
+    "coldstart": "no cold-start model is loaded: start the server with `notellm serve --coldstart-model DIR` "
+                 "(a folder written by `notellm coldstart sft` or `align`)",
     "write_log": "writes are off: start the server with `notellm serve --write-log FILE` (and --api-key, or "
                  "NOTELLM_API_KEY, when it listens beyond 127.0.0.1)",
 }
@@ -71,8 +73,9 @@ class Service:
     """The loaded components and the queues in front of them; one per app."""
 
     def __init__(self, index=None, embedder=None, notes=None, tagger=None, popularity=None,
-                 limits: ServingLimits | None = None, write_log: str | Path | None = None):
+                 limits: ServingLimits | None = None, write_log: str | Path | None = None, coldstart=None):
         self.index = as_store(index)
+        self.coldstart = coldstart
         self.embedder, self.tagger, self.popularity = embedder, tagger, popularity
         self.limits = limits or ServingLimits()
         self._check_dims()
@@ -92,6 +95,8 @@ class Service:
             "tags": MicroBatcher(self._tags_batch, lim.model_batch, lim.model_wait_ms, self.model_thread, "tags"),
             "popularity": MicroBatcher(self._popularity_batch, lim.model_batch, lim.model_wait_ms,
                                        self.model_thread, "popularity"),
+            "coldstart": MicroBatcher(self._coldstart_batch, lim.model_batch, lim.model_wait_ms,
+                                      self.model_thread, "coldstart"),
             # writes share the search thread: a write and a query never touch the store at once; concurrent
             # writes share one fsync (group commit)
             "write": MicroBatcher(self._write_batch, lim.search_batch, 0.0, self.search_thread, "write"),
@@ -186,6 +191,9 @@ class Service:
             self._apply(record)
         return results
 
+    def _coldstart_batch(self, prompts: list[str]) -> list[tuple[str, float | None]]:
+        return self.coldstart.answer(prompts)
+
     def _embed_batch(self, notes: list[dict[str, Any]]) -> list[np.ndarray]:
         return list(np.asarray(self.embedder.encode(notes), dtype=np.float32))
 
@@ -215,7 +223,7 @@ class Service:
             "notes": self.notes_count if self.notes_count is not None else (len(self.titles) or None),
             "components": {"embedder": self.embedder is not None, "index": index is not None,
                            "titles": bool(self.titles), "tagger": describe(self.tagger),
-                           "popularity": describe(self.popularity)},
+                           "popularity": describe(self.popularity), "coldstart": describe(self.coldstart)},
             "limits": asdict(self.limits),
             "batching": {name: {"batches": b.batches, "items": b.items, "largest_batch": b.largest_batch,
                                 "busy_seconds": round(b.busy_seconds, 3), "cpu_seconds": round(b.cpu_seconds, 3)}
@@ -299,17 +307,18 @@ class BodySizeLimit:
 def create_app(index=None, embedder=None, notes=None, tagger=None, popularity=None,
                limits: ServingLimits | None = None, title: str = "notellm", write_log: str | Path | None = None,
                api_key: str | None = None, protect_reads: bool = False, rate_limit: float = 0.0,
-               rate_burst: int | None = None) -> FastAPI:
+               rate_burst: int | None = None, coldstart=None) -> FastAPI:
     """The app for already-loaded components (any of them may be None; see module doc).
 
     `write_log`: enables POST/PUT/DELETE /notes, logged there before they are acknowledged and replayed now.
     `api_key`: the token write endpoints (and with `protect_reads` every endpoint) require.
     `rate_limit`: model requests per second per client (0: unlimited)."""
-    service = Service(index, embedder, notes, tagger, popularity, limits, write_log)
+    service = Service(index, embedder, notes, tagger, popularity, limits, write_log, coldstart)
     lim = service.limits
     models = request_models(lim)
     SimilarRequest, EmbedRequest, NoteRequest = models["SimilarRequest"], models["EmbedRequest"], models["NoteRequest"]
     WriteRequest, UpdateRequest = models["WriteRequest"], models["UpdateRequest"]
+    ColdStartRequest = models["ColdStartRequest"]
     token = TokenCheck(api_key)
     service.rate = limiter = RateLimit(rate_limit, rate_burst)
     reads = [Depends(token)] if protect_reads else []
@@ -390,6 +399,25 @@ def create_app(index=None, embedder=None, notes=None, tagger=None, popularity=No
         return PopularityResponse(score=score, target=info.get("target"), model=info.get("model"),
                                   category=category, **readable)
 
+    @app.post("/coldstart", response_model=ColdStartResponse, dependencies=model_reads,
+              summary="predicted score of a draft from the author's past posts (cold-start model)")
+    async def coldstart(body: ColdStartRequest) -> ColdStartResponse:  # type: ignore[valid-type]
+        from notellm.data.schema import empty_note
+
+        scorer = service.require("coldstart")
+        past = [{**empty_note(f"past-{i}"), "title": p.title, "content": p.content, "hashtags": list(p.hashtags),
+                 "category": list(p.category), "score": p.score} for i, p in enumerate(body.past_posts)]
+        if not past:
+            past = scorer.author_posts(body.author_id)
+            if not past:
+                raise HTTPException(404, f"author '{body.author_id}' has no posts in the served notes: send "
+                                         f"past_posts instead")
+        draft = {**note_dict(body.note, "draft"), "category": list(body.category)}
+        prompt = scorer.prompt(draft, past, body.author_id)
+        answer, score = await service.batchers["coldstart"].submit(prompt)
+        return ColdStartResponse(score=score, answer=answer, past_posts=len(past),
+                                 model=(describe(scorer) or {}).get("model"))
+
     # ---- writes ----
     def check_writes() -> None:
         service.require("write_log")
@@ -468,7 +496,8 @@ def mount_offline_docs(app: FastAPI, title: str) -> None:
 def create_app_from_paths(model: str | None = None, index: str | None = None, notes: str | None = None,
                           popularity_model: str | None = None, tagger: str = "none",
                           limits: ServingLimits | None = None, backend: str = "faiss",
-                          milvus_uri: str | None = None, **options: Any) -> FastAPI:
+                          milvus_uri: str | None = None, coldstart_model: str | None = None,
+                          coldstart_language: str = "en", **options: Any) -> FastAPI:
     """Load the components from folders (server-side paths, given by whoever starts the server).
     `backend="milvus"`: vectors live in the Milvus collection at `milvus_uri` (filled from `index` the first
     time). `options`: create_app's write_log, api_key, protect_reads, rate_limit, rate_burst."""
@@ -501,8 +530,13 @@ def create_app_from_paths(model: str | None = None, index: str | None = None, no
 
         popularity = PopularityPredictor(popularity_model)
     tag_source = note_table if note_table is not None else getattr(idx, "notes", None)
+    coldstart = None
+    if coldstart_model:
+        from notellm.serving.components import ColdStartScorer
+
+        coldstart = ColdStartScorer(coldstart_model, coldstart_language, notes=note_table)
     if note_table is None and idx is not None:
         note_table = idx.notes
     return create_app(index=store, embedder=embedder, notes=note_table,
                       tagger=load_tagger(tagger, embedder, tag_source), popularity=popularity, limits=limits,
-                      **options)
+                      coldstart=coldstart, **options)

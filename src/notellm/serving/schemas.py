@@ -116,7 +116,28 @@ def request_models(limits: ServingLimits) -> dict[str, type[BaseModel]]:
         note: NoteIn
         category: list[Annotated[str, Field(min_length=1, max_length=50)]] = Field(default_factory=list, max_length=4)
 
-    return {"NoteIn": NoteIn, "SimilarRequest": SimilarRequest, "EmbedRequest": EmbedRequest,
+    Category = list[Annotated[str, Field(min_length=1, max_length=50)]]
+
+    class PastPost(NoteIn):
+        category: Category = Field(default_factory=list, max_length=4)
+        score: float = Field(ge=-1e6, le=1e6, allow_inf_nan=False, description="its popularity score")
+
+    class ColdStartRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        note: NoteIn
+        category: Category = Field(default_factory=list, max_length=4, description="the draft's category")
+        past_posts: list[PastPost] = Field(default_factory=list, max_length=10,
+                                           description="the author's past posts, oldest first")
+        author_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$",
+                                      description="resolve past posts from the served notes (when none given)")
+
+        @model_validator(mode="after")
+        def has_history(self):
+            if not self.past_posts and not self.author_id:
+                raise ValueError("give past_posts (the author's earlier posts with scores) or author_id")
+            return self
+
+    return {"ColdStartRequest": ColdStartRequest, "NoteIn": NoteIn, "SimilarRequest": SimilarRequest, "EmbedRequest": EmbedRequest,
             "NoteRequest": NoteRequest, "WriteRequest": WriteRequest, "UpdateRequest": UpdateRequest}
 
 
@@ -160,6 +181,13 @@ class WriteResponse(BaseModel):
 class DeleteResponse(BaseModel):
     deleted: str
     count: int
+
+
+class ColdStartResponse(BaseModel):
+    score: float | None = Field(description="predicted popularity score; null when the model's answer was not a number")
+    answer: str = Field(description="the model's answer as generated")
+    past_posts: int = Field(description="how many past posts the prompt showed")
+    model: str | None = None
 
 
 class PopularityResponse(BaseModel):
