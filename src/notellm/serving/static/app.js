@@ -91,26 +91,52 @@ function renderPopularity(draft, result) {
   const target = result.target || {};
   const name = target.name ? String(target.name).toUpperCase() : "score";
   const pct = result.percentile;
+  const iv = result.interval;
+  const scoreText = el("span", {"data-testid": "score", text: result.score.toFixed(2)});
   const headline = pct
     ? el("span", {class: "score", "data-testid": "percentile",
-                  text: `Top ${Math.max(1, Math.round(100 - pct.overall))}%`})
-    : el("span", {class: "score", text: result.score.toFixed(2)});
+                  text: `${ordinal(pct.overall)} percentile`})
+    : el("span", {class: "score"}, scoreText);
   const lines = [el("div", {class: "score-line"}, headline,
     el("span", {class: "score-note", text: pct
-      ? `more popular than about ${Math.round(pct.overall)}% of ${pct.among} (${ordinal(pct.overall)} percentile)`
+      ? `more popular than about ${Math.round(pct.overall)}% of ${pct.among}`
       : `${name}: higher means more likes, collects and comments`}))];
   if (pct && pct.category) {
     lines.push(el("p", {class: "percentile-category", "data-testid": "percentile-category",
       text: `In ${pct.category.name}: ${ordinal(pct.category.percentile)} percentile of ${pct.category.notes} notes`}));
   }
-  const iv = result.interval;
-  lines.push(el("p", {class: "formula"}, document.createTextNode(`${name} `),
-    el("span", {"data-testid": "score", text: result.score.toFixed(2)}),
-    document.createTextNode(iv
-      ? `, likely between ${iv.low.toFixed(2)} and ${iv.high.toFixed(2)} (${Math.round(iv.coverage * 100)}% of ` +
-        `${iv.from.replace("the model's error on ", "")} fell inside)`
-      : (target.formula ? ` = ${target.formula}` : ""))));
+  if (pct || iv) {  // the raw score, with how far off the model usually is
+    lines.push(el("p", {class: "formula", "data-testid": "interval"}, document.createTextNode(`${name} `),
+      pct ? scoreText : document.createTextNode(result.score.toFixed(2)),
+      document.createTextNode(iv
+        ? `, likely between ${iv.low.toFixed(2)} and ${iv.high.toFixed(2)} (${Math.round(iv.coverage * 100)}% of ` +
+          `${iv.from.replace("the model's error on ", "")} fell inside)` : "")));
+  }
+  if (target.formula) lines.push(el("p", {class: "formula", text: `${name} = ${target.formula}`}));
   setSection(draft, "popularity", "ok", el("div", {}, ...lines));
+}
+
+// "title | score" lines of the past-posts panel -> [{title, score}]; a line without a number is an error
+function readPastPosts() {
+  const lines = document.getElementById("past-posts").value.split("\n").map((l) => l.trim()).filter(Boolean);
+  const posts = [];
+  lines.forEach((line, i) => {
+    const cut = line.lastIndexOf("|");
+    const score = cut < 0 ? NaN : Number(line.slice(cut + 1).trim());
+    const title = (cut < 0 ? line : line.slice(0, cut)).trim();
+    if (!title || !Number.isFinite(score)) throw new Error(`line ${i + 1}: write "title | score", e.g. 火锅分享 | 2.5`);
+    posts.push({title, score});
+  });
+  return posts;
+}
+
+function renderColdStart(draft, result) {
+  const body = result.score == null
+    ? el("p", {class: "muted", text: `The cold-start model did not answer with a number ("${result.answer}").`})
+    : el("div", {class: "score-line"},
+        el("span", {class: "score", "data-testid": "coldstart-score", text: result.score.toFixed(2)}),
+        el("span", {class: "score-note", text: `predicted from your ${result.past_posts} past posts`}));
+  setSection(draft, "coldstart", "ok", body);
 }
 
 function renderTags(draft, result) {
@@ -169,11 +195,23 @@ async function analyse(draft) {
   const button = draft.root.querySelector("button.analyse");
   button.disabled = true;
   for (const name of ["popularity", "tags", "similar"]) setSection(draft, name, "loading");
+  const coldSection = draft.root.querySelector(".result.coldstart");
+  const pastError = document.getElementById("past-error");
+  let past = [];
+  try { past = readPastPosts(); pastError.hidden = true; } catch (err) {
+    pastError.textContent = err.message; pastError.hidden = false;
+  }
+  coldSection.hidden = past.length === 0;
   const jobs = [
     api("/popularity", {note}).then((r) => renderPopularity(draft, r), (e) => failure(draft, "popularity", e)),
     api("/tags", {note}).then((r) => renderTags(draft, r), (e) => failure(draft, "tags", e)),
     api("/similar", {note, k: SIMILAR_K}).then((r) => renderSimilar(draft, r), (e) => failure(draft, "similar", e)),
   ];
+  if (past.length) {
+    setSection(draft, "coldstart", "loading");
+    jobs.push(api("/coldstart", {note, past_posts: past}).then((r) => renderColdStart(draft, r),
+                                                                (e) => failure(draft, "coldstart", e)));
+  }
   await Promise.allSettled(jobs);
   button.disabled = false;
   renderComparison();
