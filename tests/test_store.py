@@ -119,3 +119,36 @@ def test_compact_writes_folds_the_log_into_the_index_folder(data, tmp_path):
     assert index.config.kind == "hnsw" and len(index) == N and "n2" not in index.row
     assert index.titles()["new"] == "新" and (tmp_path / "w.log").read_bytes() == b""
     np.testing.assert_allclose(index.vector_of("new"), queries[0], atol=1e-6)
+
+
+def test_the_server_writes_and_reads_through_milvus_as_through_faiss(data, tmp_path):
+    """Same app, same writes, both backends: the same answers; a restart replays the log into Milvus too."""
+    pytest.importorskip("milvus_lite", reason="the Milvus backend needs pip install -e .[milvus]")
+    from fastapi.testclient import TestClient
+
+    from helpers.write_server import HashEmbedder
+    from notellm.serving.app import create_app
+
+    ids, x, _ = data
+    index = build_index(ids, x, {"model": "hash-embedder", "dim": DIM})
+    auth = {"Authorization": "Bearer t"}
+    new = {"note_id": "fresh", "title": "新笔记", "content": "刚发布"}
+
+    def session(store, log):
+        with TestClient(create_app(index=store, embedder=HashEmbedder(DIM), write_log=log, api_key="t")) as c:
+            assert c.post("/notes", json={"notes": [new]}, headers=auth).status_code == 201
+            assert c.delete("/notes/n4", headers=auth).status_code == 200
+            return (c.post("/similar", json={"note": {"title": new["title"], "content": new["content"]}, "k": 8}).json(),
+                    c.get("/notes/n10/similar", params={"k": 8}).json())
+
+    via_faiss = session(FaissStore(index), tmp_path / "f.log")
+    milvus = MilvusStore.from_index(index, str(tmp_path / "m.db"))
+    via_milvus = session(milvus, tmp_path / "m.log")
+    for a, b in zip(via_faiss, via_milvus):
+        assert [r["note_id"] for r in a["results"]] == [r["note_id"] for r in b["results"]]
+        np.testing.assert_allclose([r["score"] for r in a["results"]], [r["score"] for r in b["results"]], atol=1e-5)
+    assert via_milvus[0]["results"][0]["note_id"] == "fresh"
+    assert all("n4" not in [r["note_id"] for r in answer["results"]] for answer in via_milvus)
+    with TestClient(create_app(index=milvus, write_log=tmp_path / "m.log")) as c:  # replay over Milvus: no change
+        assert c.get("/health").json()["index"]["count"] == N and c.get("/notes/fresh/similar").status_code == 200
+    milvus.client.close()
