@@ -96,10 +96,19 @@ def count(path: str, method: str, kind: str) -> None:
     COUNTS[f"{method} {path}"][kind] += 1
 
 
-def fill_path(path: str, value: str) -> str:
+def raw_quote(value) -> str:
+    """Percent-encoded bytes of any string, lone surrogates included (as a hostile client would send them)."""
     from urllib.parse import quote
 
-    return path.replace("{note_id}", quote(value.encode("utf-8", "surrogatepass"), safe="") or "x")
+    return quote(str(value).encode("utf-8", "surrogatepass"), safe="")
+
+
+def fill_path(path: str, value: str) -> str:
+    return path.replace("{note_id}", raw_quote(value) or "x")
+
+
+def with_query(url: str, query: dict) -> str:
+    return url + ("?" + "&".join(f"{raw_quote(k)}={raw_quote(v)}" for k, v in query.items()) if query else "")
 
 
 def test_every_endpoint_answers_schema_guided_json_without_a_5xx(fuzz_app):
@@ -120,8 +129,7 @@ def test_every_endpoint_answers_schema_guided_json_without_a_5xx(fuzz_app):
             url = fill_path(path, note_id)
             content = body_bytes(body) if body_schema else None
             headers = {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"}
-            response = client.request(method, url, params={k: str(v) for k, v in query.items()}, content=content,
-                                      headers=headers)
+            response = client.request(method, with_query(url, query), content=content, headers=headers)
             check(response, f"{method} {url} {content!r:.200}")
             count(path, method, "json")
 
