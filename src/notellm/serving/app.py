@@ -4,8 +4,15 @@
     app = create_app_from_paths(model="runs/model", index="runs/index", notes="notes.parquet")
 
 Endpoints: `GET /health`, `GET /notes/{id}/similar?k=`, `POST /similar`, `POST /embed`, `POST /tags`,
-`POST /popularity`, the page at `/`, OpenAPI docs at `/docs`. Every component is optional: an endpoint
-whose component is missing answers 503 saying which `notellm serve` option provides it.
+`POST /popularity` (score, percentile, interval), `POST /coldstart`, the writes `POST /notes`,
+`PUT /notes/{id}`, `DELETE /notes/{id}`, the page at `/`, OpenAPI docs at `/docs` (served offline). Every
+component is optional: an endpoint whose component is missing answers 503 saying which `notellm serve`
+option provides it. Every invalid request is a 4xx whose JSON body names the field (serving/responses.py).
+
+Writes (with `write_log`): embedded on the model thread, then logged and fsynced (serving/writes.py) and
+applied to the vector store (inference/store.py) on the search thread, so a write and a query never touch
+the store at once and a write is visible to every request after its acknowledgement. The token and the
+per-client rate limit are in serving/security.py.
 
 Concurrency: model work (embedding, tags, popularity) runs on one thread - the lock around the model - fed
 by micro-batching queues, so concurrent requests within a few milliseconds share one forward pass. Index
@@ -25,8 +32,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request
-from fastapi.responses import FileResponse, JSONResponse  # noqa: F401
+from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from notellm.errors import NotellmError
