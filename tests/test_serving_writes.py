@@ -108,6 +108,8 @@ def test_model_endpoints_are_rate_limited_per_client(world, tmp_path):  # noqa: 
         assert codes == [200, 200, 429]
         refused = c.post("/similar", json={"note": {"title": "火锅"}})
         assert int(refused.headers["retry-after"]) >= 1 and "per second per client" in refused.json()["detail"]
+        made_up = {"Authorization": "Bearer made-up"}  # an invalid token is no new identity: still this address
+        assert c.post("/similar", json={"note": {"title": "火锅"}}, headers=made_up).status_code == 429
         assert c.post("/similar", json={"note": {"title": "火锅"}}, headers=AUTH).status_code == 200  # another client
         assert c.get("/notes/0-0-0/similar").status_code == 200  # index reads are not limited
 

@@ -327,7 +327,7 @@ def create_app(index=None, embedder=None, notes=None, tagger=None, popularity=No
     WriteRequest, UpdateRequest = models["WriteRequest"], models["UpdateRequest"]
     ColdStartRequest = models["ColdStartRequest"]
     token = TokenCheck(api_key)
-    service.rate = limiter = RateLimit(rate_limit, rate_burst)
+    service.rate = limiter = RateLimit(rate_limit, rate_burst, tokens=token)
     reads = [Depends(token)] if protect_reads else []
     model_reads = reads + [Depends(limiter)]
     writes = [Depends(token), Depends(limiter)]

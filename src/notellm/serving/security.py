@@ -43,6 +43,9 @@ class TokenCheck:
     def __init__(self, api_key: str | None):
         self.key = api_key.encode("utf-8") if api_key else None
 
+    def valid(self, token: str | None) -> bool:
+        return bool(self.key and token) and hmac.compare_digest(token.encode("latin-1", "replace"), self.key)
+
     def __call__(self, request: Request) -> None:
         if self.key is None:
             return
@@ -58,7 +61,9 @@ class TokenCheck:
 class RateLimit:
     """Token bucket per client: `per_second` sustained, `burst` at once. 0 disables it."""
 
-    def __init__(self, per_second: float = 0.0, burst: int | None = None, max_clients: int = 10_000):
+    def __init__(self, per_second: float = 0.0, burst: int | None = None, max_clients: int = 10_000,
+                 tokens: TokenCheck | None = None):
+        self.tokens = tokens  # only a valid token names a client: made-up tokens would each get a fresh bucket
         self.rate = float(per_second)
         self.burst = float(burst if burst is not None else max(1, math.ceil(2 * per_second)))
         self.max_clients = max_clients
@@ -68,7 +73,7 @@ class RateLimit:
 
     def client_of(self, request: Request) -> str:
         token = presented_token(request)
-        if token:
+        if self.tokens is not None and self.tokens.valid(token):
             return "token:" + hmac.new(b"notellm", token.encode("latin-1", "replace"), "sha256").hexdigest()[:16]
         return "addr:" + (request.client.host if request.client else "?")
 
