@@ -14,6 +14,13 @@ index scan, one at a time), so the table shows what batching buys on this machin
     python benchmarks/serve_load.py                          # 100k x 128, 20 s per run, 8 clients
     python benchmarks/serve_load.py --rate 200               # offered 200 req/s: latency at that rate
     python benchmarks/serve_load.py --duration 10 --concurrency 32 --no-baseline
+    python benchmarks/serve_load.py --writes 0.1 --no-baseline --fault   # issue 18: 90/10 reads/writes, kill -9
+
+With `--writes F` a fraction F of the requests are `POST /notes` (one new note, unique id, behind a token) to
+a server with a write log (each write fsynced before its 201); new notes are embedded by a hash embedder
+(a seeded random unit vector per text: the benchmark measures the serving path, not a model). After the run
+every acknowledged note must be stored exactly once. `--fault`: then 8 writers only, the server is killed
+with SIGKILL mid-run, restarted on the same log, and acknowledged writes that did not survive are counted.
 """
 
 from __future__ import annotations
@@ -43,7 +50,26 @@ def note_ids(n: int) -> list[str]:
     return [f"n{i:06d}" for i in range(n)]
 
 
-def build_app(n: int, dim: int, seed: int, search_batch: int, kind: str):
+TOKEN = "bench-token"
+
+
+class HashEmbedder:
+    """A seeded random unit vector per text (same text, same vector): writes without a model."""
+
+    def __init__(self, dim: int):
+        self.meta, self.dim = {"model": f"random-{dim}d", "dim": dim}, dim
+
+    def encode(self, notes):
+        import hashlib
+
+        out = np.empty((len(notes), self.dim), dtype=np.float32)
+        for i, note in enumerate(notes):
+            seed = int.from_bytes(hashlib.sha256((note["title"] + note["content"]).encode()).digest()[:8], "little")
+            out[i] = np.random.default_rng(seed).standard_normal(self.dim)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def build_app(n: int, dim: int, seed: int, search_batch: int, kind: str, write_log: str | None = None):
     from notellm.inference.index import build_index
     from notellm.serving.app import create_app
     from notellm.serving.schemas import ServingLimits
@@ -52,17 +78,21 @@ def build_app(n: int, dim: int, seed: int, search_batch: int, kind: str):
     vectors = rng.standard_normal((n, dim), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     index = build_index(note_ids(n), vectors, {"model": f"random-{dim}d"}, kind=kind)
-    return create_app(index=index, limits=ServingLimits(search_batch=search_batch))
+    if write_log is None:
+        return create_app(index=index, limits=ServingLimits(search_batch=search_batch))
+    return create_app(index=index, embedder=HashEmbedder(dim), limits=ServingLimits(search_batch=search_batch),
+                      write_log=write_log, api_key=TOKEN)
 
 
-def serve(port: int, n: int, dim: int, seed: int, search_batch: int, kind: str, threads: int) -> None:
+def serve(port: int, n: int, dim: int, seed: int, search_batch: int, kind: str, threads: int,
+          write_log: str | None = None) -> None:
     """Child process: build the index and run uvicorn (1 worker) until terminated."""
     import faiss
     import uvicorn
 
     if threads:
         faiss.omp_set_num_threads(threads)
-    app = build_app(n, dim, seed, search_batch, kind)
+    app = build_app(n, dim, seed, search_batch, kind, write_log)
     uvicorn.run(app, host=HOST, port=port, workers=1, log_level="warning", access_log=False)
 
 
@@ -105,13 +135,16 @@ class CpuMeter:
 
 
 async def load(base: str, n: int, k: int, duration: float, concurrency: int, warmup: float, seed: int,
-               cpu: CpuMeter, rate: float = 0.0):
-    """(latencies in seconds of requests finished after warm-up, error messages, measured seconds)."""
+               cpu: CpuMeter, rate: float = 0.0, writes: float = 0.0, acked: list | None = None):
+    """(latencies in seconds of requests finished after warm-up, error messages, measured seconds); with
+    `writes`, that fraction of requests are POST /notes, timed in `write_latencies`, their ids in `acked`."""
     import httpx
 
     ids = note_ids(n)
     latencies: list[float] = []
     errors: list[str] = []
+    acked = acked if acked is not None else []
+    write_latencies = load.write_latencies = []  # type: ignore[attr-defined]
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     start = time.monotonic()
     measure_from, stop_at = start + warmup, start + warmup + duration
@@ -128,19 +161,27 @@ async def load(base: str, n: int, k: int, duration: float, concurrency: int, war
             now = time.monotonic()
             if now >= stop_at:
                 return
-            note_id = ids[int(rng.integers(n))]
+            is_write = writes > 0 and rng.random() < writes
+            note_id = f"w{worker}-{len(acked)}-{rng.integers(1 << 62)}" if is_write else ids[int(rng.integers(n))]
             t0 = time.perf_counter()
             try:
-                response = await client.get(f"/notes/{note_id}/similar", params={"k": k})
+                if is_write:
+                    response = await client.post("/notes", headers={"Authorization": f"Bearer {TOKEN}"}, json={
+                        "notes": [{"note_id": note_id, "title": f"note {note_id}", "content": "written under load"}]})
+                    problem = None if response.status_code == 201 else f"HTTP {response.status_code}: {response.text[:200]}"
+                    if problem is None:
+                        acked.append(note_id)
+                else:
+                    response = await client.get(f"/notes/{note_id}/similar", params={"k": k})
+                    problem = check(response, note_id, k)
                 elapsed = time.perf_counter() - t0
-                problem = check(response, note_id, k)
             except httpx.HTTPError as exc:
                 elapsed, problem = time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"
             if now >= measure_from:
                 if problem:
                     errors.append(problem)
                 else:
-                    latencies.append(elapsed)
+                    (write_latencies if is_write else latencies).append(elapsed)
 
     async def meter() -> None:
         await asyncio.sleep(max(0.0, measure_from - time.monotonic()))
@@ -192,6 +233,126 @@ def run_one(args, search_batch: int) -> dict:
             "search_cpu_ms": 1e3 * stats["cpu_seconds"] / max(1, stats["items"])}
 
 
+def start_server(args, write_log: str, port: int):
+    ctx = mp.get_context("spawn")
+    server = ctx.Process(target=serve, daemon=True, args=(port, args.n, args.dim, args.seed, args.search_batch,
+                                                          args.kind, args.threads, write_log))
+    server.start()
+    asyncio.run(wait_ready(f"http://{HOST}:{port}", timeout=300))
+    return server
+
+
+async def stored(base: str, acked: list[str]) -> tuple[int, list[str]]:
+    """(store size, acknowledged ids the server does not have)."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        count = (await client.get("/health")).json()["index"]["count"]
+        missing = []
+        for start in range(0, len(acked), 64):
+            chunk = acked[start: start + 64]
+            answers = await asyncio.gather(*(client.get(f"/notes/{i}/similar", params={"k": 1}) for i in chunk))
+            missing += [i for i, r in zip(chunk, answers) if r.status_code != 200]
+    return count, missing
+
+
+def run_writes(args, folder: str) -> dict:
+    """90/10 (or --writes) reads/writes; then every acknowledged write must be stored exactly once."""
+    port, log = free_port(), os.path.join(folder, "load.log")
+    server = start_server(args, log, port)
+    base, acked = f"http://{HOST}:{port}", []
+    try:
+        cpu = CpuMeter(server.pid, args.warmup)
+        latencies, errors, seconds = asyncio.run(load(base, args.n, args.k, args.duration, args.concurrency,
+                                                      args.warmup, args.seed, cpu, args.rate, args.writes, acked))
+        writes = load.write_latencies  # type: ignore[attr-defined]
+        count, missing = asyncio.run(stored(base, acked))
+    finally:
+        server.terminate()
+        server.join(10)
+    pct = (lambda xs, q: float(np.percentile(np.array(xs) * 1e3, q)) if xs else float("nan"))
+    return {"reads": len(latencies), "writes": len(writes), "read_rps": len(latencies) / seconds,
+            "write_rps": len(writes) / seconds, "read_p50": pct(latencies, 50), "read_p99": pct(latencies, 99),
+            "write_p50": pct(writes, 50), "write_p99": pct(writes, 99), "errors": len(errors),
+            "first_error": errors[0] if errors else "", "acked": len(acked), "missing": len(missing),
+            "extra": count - args.n - len(acked)}
+
+
+def run_fault(args, folder: str) -> dict:
+    """Writers only; SIGKILL the server after `--fault-after` s; restart on the same log; count lost acks."""
+    import signal
+
+    port, log = free_port(), os.path.join(folder, "fault.log")
+    server = start_server(args, log, port)
+    base, acked = f"http://{HOST}:{port}", []
+
+    async def write_until_killed():
+        import httpx
+
+        async def writer(worker: int, client) -> None:
+            for n in range(10 ** 9):
+                note_id = f"f{worker}-{n}"
+                try:
+                    r = await client.post("/notes", headers={"Authorization": f"Bearer {TOKEN}"},
+                                          json={"notes": [{"note_id": note_id, "title": f"fault {note_id}"}]})
+                except httpx.HTTPError:
+                    return  # killed under us: not acknowledged
+                if r.status_code == 201:
+                    acked.append(note_id)
+
+        async def killer() -> None:
+            await asyncio.sleep(args.fault_after)
+            os.kill(server.pid, signal.SIGKILL)
+
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            await asyncio.gather(killer(), *(writer(w, client) for w in range(args.concurrency)))
+
+    asyncio.run(write_until_killed())
+    server.join(10)
+    server = start_server(args, log, port)
+    try:
+        count, missing = asyncio.run(stored(base, acked))
+    finally:
+        server.terminate()
+        server.join(10)
+    return {"acked": len(acked), "lost": len(missing), "stored_beyond_acked": count - args.n - len(acked)}
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or "unknown CPU"
+
+
+def main_writes(args) -> int:
+    import tempfile
+
+    print(f"CPU: {cpu_model()}; load average before {os.getloadavg()[0]:.1f}", flush=True)
+    failed = False
+    with tempfile.TemporaryDirectory() as folder:
+        r = run_writes(args, folder)
+        print(f"{'requests':<10}{'count':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
+        print(f"{'reads':<10}{r['reads']:>8,}{r['read_rps']:>9.1f}{r['read_p50']:>9.1f}{r['read_p99']:>9.1f}")
+        print(f"{'writes':<10}{r['writes']:>8,}{r['write_rps']:>9.1f}{r['write_p50']:>9.1f}{r['write_p99']:>9.1f}")
+        print(f"errors {r['errors']}; acknowledged writes {r['acked']}: missing {r['missing']}, "
+              f"stored more than once or unacknowledged {r['extra']}")
+        failed |= bool(r["errors"] or r["missing"] or r["extra"])
+        if r["errors"]:
+            print(f"ERROR: e.g. {r['first_error']}", file=sys.stderr)
+        if args.fault:
+            f = run_fault(args, folder)
+            print(f"fault run: kill -9 after {args.fault_after:.0f} s of {args.concurrency} writers: "
+                  f"{f['acked']} acknowledged, {f['lost']} lost after restart, "
+                  f"{f['stored_beyond_acked']} in-flight unacknowledged writes stored")
+            failed |= bool(f["lost"])
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    return 1 if failed else 0
+
+
 def uvicorn_implementation() -> str:
     """What uvicorn picks by default: uvloop and httptools when installed, else asyncio and h11."""
     from importlib.util import find_spec
@@ -216,7 +377,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0, help="FAISS threads in the server (0: FAISS default, as `notellm serve`)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the run with batching off")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--writes", type=float, default=0.0, help="fraction of requests that are POST /notes")
+    parser.add_argument("--fault", action="store_true", help="with --writes: the kill -9 run too")
+    parser.add_argument("--fault-after", type=float, default=5.0, help="seconds of writes before the kill")
     args = parser.parse_args()
+    if args.writes > 0:
+        return main_writes(args)
 
     offered = f"offered {args.rate:.0f} req/s" if args.rate > 0 else "closed loop"
     print(f"index: {args.n:,} random unit vectors x {args.dim} ({args.kind}); GET /notes/{{id}}/similar?k={args.k}; "

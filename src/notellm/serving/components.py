@@ -57,9 +57,17 @@ class PopularityPredictor:
         rows = [{**n, "published_at": n.get("published_at") or now} for n in notes]
         return predict_table(self.loaded, notes_to_table(rows, source="request"), source="request")
 
+    @property
+    def heldout(self) -> dict[str, Any] | None:
+        return self.loaded.heldout
+
+    @property
+    def target_weights(self) -> dict[str, float] | None:
+        return (self.loaded.meta.get("target") or {}).get("weights")
+
     def describe(self) -> dict[str, Any]:
         meta = self.loaded.meta
-        return {"model": self.model_dir, "backbone": meta.get("backbone"), "target": meta.get("target", {}),
+        return {"model": public_name(self.model_dir), "backbone": meta.get("backbone"), "target": meta.get("target", {}),
                 "features": meta.get("features", {}).get("names", [])}
 
 
@@ -86,6 +94,17 @@ def load_tagger(kind: str, embedder: Any = None, notes: Any = None, n_tags: int 
     return NoteGenerator(embedder.model, settings, categories=categories or None)
 
 
+def public_name(model: Any) -> str | None:
+    """What /health and responses may say about a model or folder: a folder's name, never its server path
+    (a hub id such as `Qwen/Qwen3-0.6B` or `zero-shot:tiny-qwen3` is not a path and is kept)."""
+    if model is None:
+        return None
+    text = str(model)
+    if text.startswith("zero-shot:") or not (Path(text).is_absolute() or Path(text).exists()):
+        return text
+    return Path(text).name
+
+
 def describe(component: Any) -> dict[str, Any] | None:
     """What /health says about a component: its own description when it has one, else its class."""
     if component is None:
@@ -94,3 +113,61 @@ def describe(component: Any) -> dict[str, Any] | None:
         info = component.describe()
         return {"class": type(component).__name__, **{k: v for k, v in info.items() if k != "categories"}}
     return {"class": type(component).__name__}
+
+
+class ColdStartScorer:
+    """A cold-start folder (written by `notellm coldstart sft` / `align`) for drafts: the prompt is the one the
+    model was trained on (data.coldstart.PromptWriter) over the author's past posts with their scores, then
+    the draft; the model's answer is parsed as a number (None: it did not answer with one).
+
+    `author_posts(author_id)`: the author's last posts and scores from the served Note table (oldest first),
+    scored as the instruction data scores them (ScoreConfig: weighted ln(count+1))."""
+
+    def __init__(self, model_dir: str | Path, language: str = "en", notes: Any = None, max_posts: int = 10,
+                 predictor: Any = None):
+        from notellm.data.coldstart import InstructionConfig
+
+        if predictor is None:
+            from notellm.inference.coldstart import ColdStartPredictor
+
+            predictor = ColdStartPredictor(str(model_dir))
+        self.predictor, self.model_dir, self.max_posts = predictor, str(model_dir), max_posts
+        self.cfg = InstructionConfig(language=language)
+        self.notes = notes
+
+    def prompt(self, draft: dict[str, Any], past: Sequence[dict[str, Any]], author_id: str | None) -> str:
+        from dataclasses import replace
+
+        from notellm.data.coldstart import PromptWriter
+        from notellm.data.schema import notes_to_table
+
+        rows = [{k: v for k, v in p.items() if k != "score"} for p in past] + [dict(draft)]
+        cfg = replace(self.cfg, include_user_id=bool(author_id))
+        writer = PromptWriter(notes_to_table(rows, source="request"), cfg, source="request")
+        return writer.prompt(author_id or "", list(range(len(past))), [float(p["score"]) for p in past], len(past))
+
+    def author_posts(self, author_id: str) -> list[dict[str, Any]]:
+        from notellm.data.coldstart import popularity_scores
+
+        if self.notes is None or "author_id" not in self.notes.column_names:
+            return []
+        table = self.notes
+        rows = [i for i, a in enumerate(table.column("author_id").to_pylist()) if a == author_id]
+        if not rows:
+            return []
+        import pyarrow as pa
+
+        mine = table.take(pa.array(rows, type=pa.int64()))
+        scores = popularity_scores(mine, self.cfg.score, source="notes")
+        posts = [{**r, "score": s} for r, s in zip(mine.to_pylist(), scores)]
+        posts.sort(key=lambda p: (p.get("published_at") is None, p.get("published_at") or 0))
+        return posts[-self.max_posts:]
+
+    def answer(self, prompts: Sequence[str]) -> list[tuple[str, float | None]]:
+        from notellm.evaluation.numbers import parse_number
+
+        texts = self.predictor.answers(list(prompts))
+        return [(t, parse_number(t)) for t in texts]
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": public_name(self.model_dir), "language": self.cfg.language}

@@ -79,15 +79,64 @@ function failure(draft, name, err) {
   setSection(draft, name, state, state === "unavailable" ? `Not available on this server: ${err.message}` : err.message);
 }
 
+function ordinal(n) {
+  const r = Math.round(n), t = r % 100;
+  const suffix = t >= 11 && t <= 13 ? "th" : ({1: "st", 2: "nd", 3: "rd"}[r % 10] || "th");
+  return `${r}${suffix}`;
+}
+
 function renderPopularity(draft, result) {
   draft.lastScore = result.score;
+  draft.lastMargin = result.interval ? result.interval.margin : 0;
   const target = result.target || {};
   const name = target.name ? String(target.name).toUpperCase() : "score";
-  const line = el("div", {class: "score-line"},
-    el("span", {class: "score", "data-testid": "score", text: result.score.toFixed(2)}),
-    el("span", {class: "score-note", text: `${name}: higher means more likes, collects and comments`}));
-  setSection(draft, "popularity", "ok", el("div", {}, line,
-    target.formula ? el("p", {class: "formula", text: `${name} = ${target.formula}`}) : null));
+  const pct = result.percentile;
+  const iv = result.interval;
+  const scoreText = el("span", {"data-testid": "score", text: result.score.toFixed(2)});
+  const headline = pct
+    ? el("span", {class: "score", "data-testid": "percentile",
+                  text: `${ordinal(pct.overall)} percentile`})
+    : el("span", {class: "score"}, scoreText);
+  const lines = [el("div", {class: "score-line"}, headline,
+    el("span", {class: "score-note", text: pct
+      ? `more popular than about ${Math.round(pct.overall)}% of ${pct.among}`
+      : `${name}: higher means more likes, collects and comments`}))];
+  if (pct && pct.category) {
+    lines.push(el("p", {class: "percentile-category", "data-testid": "percentile-category",
+      text: `In ${pct.category.name}: ${ordinal(pct.category.percentile)} percentile of ${pct.category.notes} notes`}));
+  }
+  if (pct || iv) {  // the raw score, with how far off the model usually is
+    lines.push(el("p", {class: "formula", "data-testid": "interval"}, document.createTextNode(`${name} `),
+      pct ? scoreText : document.createTextNode(result.score.toFixed(2)),
+      document.createTextNode(iv
+        ? `, likely between ${iv.low.toFixed(2)} and ${iv.high.toFixed(2)} (${Math.round(iv.coverage * 100)}% of ` +
+          `${iv.from.replace("the model's error on ", "")} fell inside)` : "")));
+  }
+  if (target.formula) lines.push(el("p", {class: "formula", text: `${name} = ${target.formula}`}));
+  setSection(draft, "popularity", "ok", el("div", {}, ...lines));
+}
+
+// "title | score" lines of the past-posts panel -> [{title, score}]; a line without a number is an error
+function readPastPosts() {
+  const lines = document.getElementById("past-posts").value.split("\n").map((l) => l.trim()).filter(Boolean);
+  const posts = [];
+  lines.forEach((line, i) => {
+    const cut = line.lastIndexOf("|");
+    const score = cut < 0 ? NaN : Number(line.slice(cut + 1).trim());
+    const title = (cut < 0 ? line : line.slice(0, cut)).trim();
+    if (!title || !Number.isFinite(score)) throw new Error(`line ${i + 1}: write "title | score", e.g. 火锅分享 | 2.5`);
+    posts.push({title, score});
+  });
+  return posts;
+}
+
+function renderColdStart(draft, result) {
+  const body = result.score == null
+    ? el("p", {class: "muted", text: `The cold-start model did not answer with a number ("${result.answer}").`})
+    : el("div", {class: "score-line"},
+        el("span", {class: "score", "data-testid": "coldstart-score", text: result.score.toFixed(2)}),
+        el("span", {class: "score-note", text: `predicted from your ${result.past_posts} past posts`}));
+  setSection(draft, "coldstart", "ok", body);
 }
 
 function renderTags(draft, result) {
@@ -124,9 +173,9 @@ function renderSimilar(draft, result) {
     const category = (hit.category || []).join(" › ");
     list.append(el("li", {class: "similar-item"},
       el("span", {class: "rank", text: String(hit.rank)}),
-      el("span", {class: "title", title: hit.title || hit.note_id},
-        document.createTextNode(hit.title || `note ${hit.note_id}`),
-        el("span", {class: "meta", text: [hit.note_id, category].filter(Boolean).join(" · ")})),
+      el("span", {class: "title", title: `note id ${hit.note_id}`},  // the id only on hover: creators read titles
+        el("span", {class: "title-text", text: hit.title || "untitled note"}),
+        el("span", {class: "meta", text: category})),
       el("span", {class: "bar-wrap"}, el("span", {class: "bar"}, el("span", {style: `width:${pct.toFixed(0)}%`})),
         document.createTextNode(`cos ${hit.score.toFixed(3)}`))));
   }
@@ -146,11 +195,23 @@ async function analyse(draft) {
   const button = draft.root.querySelector("button.analyse");
   button.disabled = true;
   for (const name of ["popularity", "tags", "similar"]) setSection(draft, name, "loading");
+  const coldSection = draft.root.querySelector(".result.coldstart");
+  const pastError = document.getElementById("past-error");
+  let past = [];
+  try { past = readPastPosts(); pastError.hidden = true; } catch (err) {
+    pastError.textContent = err.message; pastError.hidden = false;
+  }
+  coldSection.hidden = past.length === 0;
   const jobs = [
     api("/popularity", {note}).then((r) => renderPopularity(draft, r), (e) => failure(draft, "popularity", e)),
     api("/tags", {note}).then((r) => renderTags(draft, r), (e) => failure(draft, "tags", e)),
     api("/similar", {note, k: SIMILAR_K}).then((r) => renderSimilar(draft, r), (e) => failure(draft, "similar", e)),
   ];
+  if (past.length) {
+    setSection(draft, "coldstart", "loading");
+    jobs.push(api("/coldstart", {note, past_posts: past}).then((r) => renderColdStart(draft, r),
+                                                                (e) => failure(draft, "coldstart", e)));
+  }
   await Promise.allSettled(jobs);
   button.disabled = false;
   renderComparison();
@@ -163,9 +224,12 @@ function renderComparison() {
   const [a, b] = drafts;
   if (!comparing() || a.lastScore == null || b.lastScore == null) { banner.hidden = true; return; }
   const diff = b.lastScore - a.lastScore;
+  const margin = Math.max(a.lastMargin || 0, b.lastMargin || 0, 0.005);
   banner.replaceChildren();
-  if (Math.abs(diff) < 0.005) {
-    banner.append("Both drafts are predicted about equally popular.");
+  if (Math.abs(diff) <= margin) {
+    banner.append(el("strong", {text: "Too close to call"}),
+      `: the drafts differ by ${Math.abs(diff).toFixed(2)}, within the model's usual error of ` +
+      `${margin.toFixed(2)}.`);
   } else {
     const better = diff > 0 ? "Draft B" : "Draft A";
     banner.append(el("strong", {text: better}),
