@@ -3,11 +3,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# The browser test drives a real headless Chromium; install it where we may (root with apt), else it skips.
-if ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  (apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 \
-    || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1)) \
-    || echo "note: could not install chromium; the browser test will skip"
+# The browser test drives a real headless Chromium and checks Chinese is drawn with a CJK font; install them
+# where we may (root with apt), else it skips (no Chromium) or says which package is missing (no font).
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
+   && { ! command -v chromedriver >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -q "Noto Sans CJK"; }; then
+  packages="chromium chromium-driver fonts-noto-cjk"
+  (apt-get install -y -qq $packages >/dev/null 2>&1 \
+    || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $packages >/dev/null 2>&1)) \
+    || echo "note: could not install $packages; the browser test will skip or fail on fonts"
 fi
 export OMP_WAIT_POLICY=PASSIVE TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 exec .venv/bin/python -m pytest -q "$@"
