@@ -167,6 +167,7 @@ def test_a_creator_compares_two_drafts(browser, server, world, shots):  # noqa: 
     assert b["similar"] == expected_titles(world, DRAFT_B)
     banner = browser.find_element(By.ID, "comparison").text
     assert "Draft B is predicted more popular" in banner and f"{score_b - score_a:.2f} higher" in banner
+    assert f"{score_b:.2f} vs {score_a:.2f}" in banner  # the winner's score first
     assert not any(r["note_id"] in a["similar_text"] for r in world["rows"])  # ids only on hover
     # the score read as a percentile (the model's held-out notes: quantiles 0..10) with its 80% interval
     percentile = browser.find_element(By.CSS_SELECTOR, "#draft-a [data-testid=percentile]").text

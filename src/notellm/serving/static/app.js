@@ -231,9 +231,10 @@ function renderComparison() {
       `: the drafts differ by ${Math.abs(diff).toFixed(2)}, within the model's usual error of ` +
       `${margin.toFixed(2)}.`);
   } else {
-    const better = diff > 0 ? "Draft B" : "Draft A";
+    const [better, winner, loser] = diff > 0 ? ["Draft B", b, a] : ["Draft A", a, b];
     banner.append(el("strong", {text: better}),
-      ` is predicted more popular (${Math.abs(diff).toFixed(2)} higher: ${a.lastScore.toFixed(2)} vs ${b.lastScore.toFixed(2)}).`);
+      ` is predicted more popular (${Math.abs(diff).toFixed(2)} higher: ` +
+      `${winner.lastScore.toFixed(2)} vs ${loser.lastScore.toFixed(2)}).`);
   }
   banner.hidden = false;
 }
