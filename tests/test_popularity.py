@@ -307,3 +307,51 @@ def test_stacks_use_only_out_of_fold_llm_scores_and_tolerate_a_subset():
     llm.test_pooled = rng.normal(size=(len(y_te), 6)).astype(np.float32)
     with_pcs = baseline_predictions(cfg.eval, cfg.split.kind, data, llm)["stack: LightGBM all + LLM"]
     assert with_pcs.shape == y_te.shape and np.isfinite(with_pcs).all()
+
+
+# ------------------------------------------------------------------------------------- LLM embeddings as features
+def test_embedding_features_are_cross_fitted_no_training_row_sees_its_own_target():
+    from notellm.data.popularity import group_folds
+    from notellm.evaluation.popularity import EvalConfig, embedding_features
+
+    rng = np.random.default_rng(0)
+    n, dim = 60, 8
+    vectors = rng.normal(size=(n, dim))
+    y = vectors[:, 0] * 2 + rng.normal(0, 0.1, n)
+    folds = group_folds(None, n, 3, 0)
+    ecfg = EvalConfig(llm_pca_dims=4, llm_knn=5)
+    base = embedding_features(ecfg, vectors, vectors[:10], y, folds)
+    target_cols = ["llm_ridge", "llm_knn_mean", "llm_knn_sim"]
+    assert {"llm_pc0", "llm_pc3", *target_cols} <= set(base.train.columns)
+    # the ridge feature carries the signal, out of fold
+    assert np.corrcoef(base.train["llm_ridge"], y)[0, 1] > 0.9
+    for j in (0, 17, 42):  # move one training target: its own row's features must not move; its fold's neither
+        y2 = y.copy()
+        y2[j] += 100.0
+        moved = embedding_features(ecfg, vectors, vectors[:10], y2, folds)
+        same_fold = folds == folds[j]
+        for col in target_cols:
+            assert np.allclose(moved.train[col][same_fold], base.train[col][same_fold]), (j, col)
+        assert not np.allclose(moved.train["llm_ridge"][~same_fold], base.train["llm_ridge"][~same_fold])
+        assert np.allclose(moved.train.filter(like="llm_pc"), base.train.filter(like="llm_pc"))  # no targets
+    # kNN target by hand: the mean target of the k most similar training notes
+    keys = np.eye(4)
+    means, sims = __import__("notellm.evaluation.popularity", fromlist=["knn_target"]).knn_target(
+        np.array([[1.0, 0.1, 0, 0]]), keys, np.array([10.0, 20.0, 30.0, 40.0]), 2)
+    assert means[0] == pytest.approx(15.0) and sims[0] == pytest.approx((1 + 0.1) / np.sqrt(1.01) / 2)
+
+
+def test_llm_features_row_in_the_report_with_a_tiny_zero_shot_model(tmp_path):
+    from notellm.training.popularity import evaluate
+
+    cfg = load_config(PopularityConfig, None, [
+        "eval.svd_components=8", "eval.bootstrap=100", "eval.lgbm_rounds=40", "eval.lgbm_min_child_samples=5",
+        "eval.inner_folds=3", "eval.llm_features=zero-shot:tiny-qwen3@mean", "eval.llm_pca_dims=4", "eval.llm_knn=5",
+        f"output_dir={tmp_path}"])
+    data = prepare(cfg, _synthetic_notes(60))
+    report = evaluate(cfg, data=data)
+    rows = {r["model"] for r in report["rows"]}
+    assert {"LightGBM all + LLM embeddings", "ridge (LLM embeddings)", "kNN target (LLM embeddings)"} <= rows
+    assert report["metrics"]["LightGBM all + LLM embeddings"]["mae"]["value"] > 0
+    cached = list((tmp_path / "features").glob("llm-vectors-*.npy"))
+    assert len(cached) == 1 and np.load(cached[0]).shape[0] == 60
