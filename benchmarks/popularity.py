@@ -45,7 +45,8 @@ DATASETS = {
     "weibo": dict(config=ROOT / "configs" / "popularity_weibo.yaml", path=SHARED / "datasets" / "weibo_cctv_2020",
                   splits=["random", "time"], ages=[False]),
 }
-COLUMNS = ["model", "mae", "rmse", "r2", "spearman", "mae - mean", "best-note hit"]
+COLUMNS = ["model", "mae", "rmse", "r2", "spearman", "mae - mean", "mae - LightGBM all", "spearman - LightGBM all",
+           "best-note hit"]
 REFERENCE = "LightGBM hand+TF-IDF"
 
 
