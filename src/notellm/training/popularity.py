@@ -225,31 +225,38 @@ class PopularityRecipe(Recipe):
 
     def before_training(self, engine: Engine, module: nn.Module) -> dict[str, Any]:
         """Ridge probe: the head starts from a ridge fit (alpha by GCV) on the frozen backbone's states of a
-        bounded, fixed sample of the training notes. Under a time budget the probe stops reading notes after a
-        quarter of it (at least 32 notes), so most of the budget goes to training steps."""
+        bounded, fixed sample of the training notes. Under a time budget the probe reads no batch that would end
+        after a quarter of it (one batch at least), so most of the budget goes to training steps."""
         if self.args.head_init != "ridge":
             return {}
         from sklearn.linear_model import RidgeCV
 
         started = time.time()
         n = min(self.args.probe_max_notes, len(self.ids))
-        sample = np.sort(np.random.default_rng([self.args.seed, 3]).permutation(len(self.ids))[:n])
-        sample = sample[np.argsort([-len(self.ids[i]) for i in sample], kind="stable")]  # batches of like length
+        rng = np.random.default_rng([self.args.seed, 3])
+        sample = np.sort(rng.permutation(len(self.ids))[:n])
+        sample = sample[np.argsort([-len(self.ids[i]) for i in sample], kind="stable")]  # batches of like length,
+        batch = self.args.eval_batch_size
+        batches = [sample[i:i + batch] for i in range(0, n, batch)]
+        batches = [batches[i] for i in rng.permutation(len(batches))]  # in random order: no slow longest-first start
         deadline = started + 0.25 * 60 * self.args.time_budget_min if self.args.time_budget_min else None
         phase = engine.phase("ridge probe on frozen states", n, "notes")
         self.model.eval()
-        states, batch = [], self.args.eval_batch_size
-        for start in range(0, n, batch):
-            rows = sample[start:start + batch]
+        states, read, slowest = [], [], 0.0
+        for rows in batches:
+            # under a budget: stop before a batch that would end past the probe's quarter (one batch at least)
+            if deadline is not None and read and time.time() + slowest > deadline:
+                break
+            t = time.time()
             states.append(pooled_states(self.model, [self.ids[i] for i in rows], self.tokenizer.pad_token_id,
                                         batch_size=batch, device=str(engine.device), bf16=engine.bf16,
                                         padding_side=self.args.padding_side))
+            slowest = max(slowest, time.time() - t)
+            read.append(rows)
             phase.advance(len(rows))
-            if deadline is not None and time.time() > deadline and start + batch >= 32:
-                break
         self.model.train()
         states = np.concatenate(states)
-        sample = sample[:len(states)]
+        sample = np.concatenate(read)
         with torch.no_grad():
             feats = None if self.f_std is None else self.f_std[sample]
             x = self.model.head_input(torch.tensor(states), feats).numpy()
