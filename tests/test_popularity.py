@@ -341,20 +341,29 @@ def test_embedding_features_are_cross_fitted_no_training_row_sees_its_own_target
     assert means[0] == pytest.approx(15.0) and sims[0] == pytest.approx((1 + 0.1) / np.sqrt(1.01) / 2)
 
 
-def test_llm_features_row_in_the_report_with_a_tiny_zero_shot_model(tmp_path):
+def test_llm_features_row_in_the_report_with_a_tiny_frozen_model(tmp_path):
     from notellm.training.popularity import evaluate
 
     cfg = load_config(PopularityConfig, None, [
         "eval.svd_components=8", "eval.bootstrap=100", "eval.lgbm_rounds=40", "eval.lgbm_min_child_samples=5",
-        "eval.inner_folds=3", "eval.llm_features=zero-shot:tiny-qwen3@mean", "eval.llm_pca_dims=4", "eval.llm_knn=5",
+        "eval.inner_folds=3", "eval.llm_features=frozen:tiny-qwen3@last", "eval.llm_pca_dims=4", "eval.llm_knn=5",
+        "model.max_length=24",
         f"output_dir={tmp_path}"])
     data = prepare(cfg, _synthetic_notes(60))
     report = evaluate(cfg, data=data)
     rows = {r["model"] for r in report["rows"]}
     assert {"LightGBM all + LLM embeddings", "ridge (LLM embeddings)", "kNN target (LLM embeddings)"} <= rows
     assert report["metrics"]["LightGBM all + LLM embeddings"]["mae"]["value"] > 0
-    cached = list((tmp_path / "features").glob("llm-vectors-*.npy"))
-    assert len(cached) == 1 and np.load(cached[0]).shape[0] == 60
+    cached = list((tmp_path / "features").glob("llm-vectors-*.npy"))  # one pass, both poolings kept
+    assert len(cached) == 2 and all(np.load(c).shape == (60, 64) for c in cached)
+    from notellm.evaluation.popularity import llm_note_vectors
+    from notellm.inference.popularity import frozen_note_states
+
+    states = frozen_note_states("tiny-qwen3", data.texts[:3], max_length=24, poolings=["mean", "last"])
+    cached_mean = llm_note_vectors("frozen:tiny-qwen3@mean", data, tmp_path / "features",
+                                   regressor_input={"max_length": 24, "suffix": cfg.model.suffix})
+    assert cached_mean[:3] == pytest.approx(states["mean"], abs=1e-5)  # read back from the cache, same numbers
+    assert not np.allclose(states["mean"], states["last"])
 
 
 # ------------------------------------------------------------------------------------------ report pictures

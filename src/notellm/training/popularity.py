@@ -183,6 +183,7 @@ class PopularityRecipe(Recipe):
         from notellm.models.regression import build_regressor
 
         cfg, mcfg = self.args, self.args.model
+        self.engine = engine
         self.bf16 = engine.bf16 if engine is not None else False
         self.data = self.data or prepare(cfg)
         self.rows = self.data.train_idx if self.rows is None else np.asarray(self.rows)
@@ -287,7 +288,7 @@ class PopularityRecipe(Recipe):
                 {"params": head, "lr": self.args.head_lr, "weight_decay": 0.0}]
 
     # results
-    def predict(self, rows: np.ndarray, return_pooled: bool = False):
+    def predict(self, rows: np.ndarray, return_pooled: bool = False, on_batch: Callable[[int], None] | None = None):
         """Scores (on the target's scale) of `data` rows with the current weights."""
         texts = [self.texts[i] for i in rows]
         feats = None if self.feats is None else head_features(self.args, self.data)[rows]
@@ -295,7 +296,7 @@ class PopularityRecipe(Recipe):
                               feature_norm=self.feature_norm, max_length=self.args.model.max_length,
                               suffix=self.args.model.suffix, batch_size=self.args.eval_batch_size,
                               bf16=self.bf16, device=self.args.device, padding_side=self.args.padding_side,
-                              return_pooled=return_pooled)
+                              return_pooled=return_pooled, on_batch=on_batch)
 
     def card(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Everything `inference.popularity` needs to rebuild inputs exactly as in training."""
@@ -336,7 +337,9 @@ class PopularityRecipe(Recipe):
         from notellm.evaluation.regression import regression_metrics
 
         rows = np.asarray(self.score_rows)
-        pred = self.predict(rows)
+        engine = getattr(self, "engine", None)
+        phase = engine.phase("scoring held-out notes", len(rows), "notes") if engine is not None else None
+        pred = self.predict(rows, on_batch=phase.advance if phase is not None else None)
         y = self.data.y[rows]
         write_parquet(pa.table({"note_id": [self.data.note_ids[i] for i in rows], "target": y, "prediction": pred}),
                       folder / "test_predictions.parquet")
@@ -406,7 +409,8 @@ def cross_fit_llm(cfg: PopularityConfig, data: PreparedData, folds: int | None =
         log(f"fold {k + 1}/{folds}: training on {len(fit_rows_k)} notes, scoring {len(hold_rows)} + {len(te)} test")
         recipe = fit_rows(cfg, data, fit_rows_k, root / f"fold-{k}", callbacks, targets)
         rows = np.concatenate([hold_rows, te])
-        out = recipe.predict(rows, return_pooled=want_pooled)
+        phase = recipe.engine.phase(f"fold {k + 1}/{folds}: scoring", len(rows), "notes")
+        out = recipe.predict(rows, return_pooled=want_pooled, on_batch=phase.advance)
         score, pooled = out if want_pooled else (out, None)
         oof[fold_of == k] = score[: len(hold_rows)]
         test_scores.append(score[len(hold_rows):])
