@@ -85,6 +85,8 @@ class PopularityConfig(TrainingArgs):
     bucket_batches: int = 16            # length-sorting window, in batches
     padding_side: str = "right"         # right | left (scores are the same either way)
     eval_batch_size: int = 16           # notes per forward pass when scoring
+    score_heldout: bool = True          # score the split's test notes into the saved card (after the budget;
+                                        # slow on a CPU: false saves right after the last step)
     data: DataConfig = field(default_factory=DataConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -188,7 +190,7 @@ class PopularityRecipe(Recipe):
         self.data = self.data or prepare(cfg)
         self.rows = self.data.train_idx if self.rows is None else np.asarray(self.rows)
         if self.score_rows is True:
-            self.score_rows = self.data.test_idx
+            self.score_rows = self.data.test_idx if cfg.score_heldout else None
         feats = head_features(cfg, self.data)
         dtype = weights_dtype(self.bf16, trains_all_weights=not cfg.lora.enabled)
         torch.manual_seed(cfg.seed)
