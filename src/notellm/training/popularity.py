@@ -312,7 +312,9 @@ class PopularityRecipe(Recipe):
                       "pooling": "last non-padding token",
                       "history_k": cfg.model.history_k, "history_window_days": cfg.model.history_window_days},
             "target": {"name": cfg.target.name, "weights": weights, "formula": describe_target(weights),
-                       "log": "natural", "mean": self.target_norm.mean[0], "std": self.target_norm.std[0]},
+                       "log": "natural", "mean": self.target_norm.mean[0], "std": self.target_norm.std[0],
+                       # a residual head learns other targets than the formula's (its score alone is no WLAES)
+                       "given_targets": self.targets is not None},
             "features": {"names": list(cfg.model.features),
                          "mean": self.feature_norm.mean if self.feature_norm else [],
                          "std": self.feature_norm.std if self.feature_norm else [],
