@@ -139,10 +139,12 @@ def test_progress_callbacks_see_every_phase_from_the_start(tmp_path):
     Engine(PopularityRecipe(cfg), [Spy()]).run()
     phases = [s[1] for s in seen if s[0] == "phase"]
     assert phases[0] == "loading popularity model"
-    assert phases[1:] == ["ridge probe on frozen states", "train", "saving model"]
+    assert phases[1:] == ["ridge probe on frozen states", "train", "saving model", "scoring held-out notes"]
     probe = seen.index(("phase", "ridge probe on frozen states", 16, "notes"))
     assert seen[probe + 1][0] == "progress"  # the probe reports as it goes
     assert ("progress", 2) in seen
+    scoring = seen.index(next(s for s in seen if s[:2] == ("phase", "scoring held-out notes")))
+    assert seen[-1] == ("progress", seen[scoring][2])  # the held-out scoring inside the save reports too
 
 
 def test_trackers_write_tensorboard_and_offline_wandb_runs(tmp_path, monkeypatch):

@@ -307,3 +307,167 @@ def test_stacks_use_only_out_of_fold_llm_scores_and_tolerate_a_subset():
     llm.test_pooled = rng.normal(size=(len(y_te), 6)).astype(np.float32)
     with_pcs = baseline_predictions(cfg.eval, cfg.split.kind, data, llm)["stack: LightGBM all + LLM"]
     assert with_pcs.shape == y_te.shape and np.isfinite(with_pcs).all()
+
+
+# ------------------------------------------------------------------------------------- LLM embeddings as features
+def test_embedding_features_are_cross_fitted_no_training_row_sees_its_own_target():
+    from notellm.data.popularity import group_folds
+    from notellm.evaluation.popularity import EvalConfig, embedding_features
+
+    rng = np.random.default_rng(0)
+    n, dim = 60, 8
+    vectors = rng.normal(size=(n, dim))
+    y = vectors[:, 0] * 2 + rng.normal(0, 0.1, n)
+    folds = group_folds(None, n, 3, 0)
+    ecfg = EvalConfig(llm_pca_dims=4, llm_knn=5)
+    base = embedding_features(ecfg, vectors, vectors[:10], y, folds)
+    target_cols = ["llm_ridge", "llm_knn_mean", "llm_knn_sim"]
+    assert {"llm_pc0", "llm_pc3", *target_cols} <= set(base.train.columns)
+    # the ridge feature carries the signal, out of fold
+    assert np.corrcoef(base.train["llm_ridge"], y)[0, 1] > 0.9
+    for j in (0, 17, 42):  # move one training target: its own row's features must not move; its fold's neither
+        y2 = y.copy()
+        y2[j] += 100.0
+        moved = embedding_features(ecfg, vectors, vectors[:10], y2, folds)
+        same_fold = folds == folds[j]
+        for col in target_cols:
+            assert np.allclose(moved.train[col][same_fold], base.train[col][same_fold]), (j, col)
+        assert not np.allclose(moved.train["llm_ridge"][~same_fold], base.train["llm_ridge"][~same_fold])
+        assert np.allclose(moved.train.filter(like="llm_pc"), base.train.filter(like="llm_pc"))  # no targets
+    # kNN target by hand: the mean target of the k most similar training notes
+    keys = np.eye(4)
+    means, sims = __import__("notellm.evaluation.popularity", fromlist=["knn_target"]).knn_target(
+        np.array([[1.0, 0.1, 0, 0]]), keys, np.array([10.0, 20.0, 30.0, 40.0]), 2)
+    assert means[0] == pytest.approx(15.0) and sims[0] == pytest.approx((1 + 0.1) / np.sqrt(1.01) / 2)
+
+
+def test_llm_features_row_in_the_report_with_a_tiny_frozen_model(tmp_path):
+    from notellm.training.popularity import evaluate
+
+    cfg = load_config(PopularityConfig, None, [
+        "eval.svd_components=8", "eval.bootstrap=100", "eval.lgbm_rounds=40", "eval.lgbm_min_child_samples=5",
+        "eval.inner_folds=3", "eval.llm_features=frozen:tiny-qwen3@last", "eval.llm_pca_dims=4", "eval.llm_knn=5",
+        "model.max_length=24",
+        f"output_dir={tmp_path}"])
+    data = prepare(cfg, _synthetic_notes(60))
+    report = evaluate(cfg, data=data)
+    rows = {r["model"] for r in report["rows"]}
+    assert {"LightGBM all + LLM embeddings", "ridge (LLM embeddings)", "kNN target (LLM embeddings)"} <= rows
+    assert report["metrics"]["LightGBM all + LLM embeddings"]["mae"]["value"] > 0
+    cached = list((tmp_path / "features").glob("llm-vectors-*.npy"))  # one pass, both poolings kept
+    assert len(cached) == 2 and all(np.load(c).shape == (60, 64) for c in cached)
+    from notellm.evaluation.popularity import llm_note_vectors
+    from notellm.inference.popularity import frozen_note_states
+
+    states = frozen_note_states("tiny-qwen3", data.texts[:3], max_length=24, poolings=["mean", "last"])
+    cached_mean = llm_note_vectors("frozen:tiny-qwen3@mean", data, tmp_path / "features",
+                                   regressor_input={"max_length": 24, "suffix": cfg.model.suffix})
+    assert cached_mean[:3] == pytest.approx(states["mean"], abs=1e-5)  # read back from the cache, same numbers
+    assert not np.allclose(states["mean"], states["last"])
+
+
+# ------------------------------------------------------------------------------------------ report pictures
+def _report_with(preds_of_y, n_boot=200):
+    from notellm.evaluation.popularity import score_report
+
+    cfg = load_config(PopularityConfig, None, [f"eval.bootstrap={n_boot}"])
+    data = prepare(cfg, _synthetic_notes())
+    y = data.y[data.test_idx]
+    preds = {name: f(y) for name, f in preds_of_y.items()}
+    return score_report(cfg.eval, cfg.split.kind, cfg.target.resolved(), data, preds), y
+
+
+def test_report_has_paired_differences_against_lightgbm_all():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 1, 400)
+    report, y = _report_with({"mean": lambda y: np.full(len(y), y.mean()),
+                              "LightGBM all, no LLM": lambda y: y + noise[:len(y)],
+                              "exact": lambda y: y.copy()})
+    vs = report["versus_reference"]
+    assert report["reference"] == "LightGBM all, no LLM"
+    assert vs["LightGBM all, no LLM"]["mae"] == {"value": 0.0, "low": 0.0, "high": 0.0}
+    assert vs["exact"]["mae"]["value"] == pytest.approx(-np.abs(noise[:len(y)]).mean())
+    assert vs["exact"]["mae"]["high"] < 0 and vs["exact"]["spearman"]["low"] > 0  # clearly better on both
+    row = {r["model"]: r for r in report["rows"]}["exact"]
+    assert row["mae - LightGBM all"].startswith(f"{vs['exact']['mae']['value']:.3f} [")
+    assert report["predictions"]["target"] == pytest.approx(y.tolist())
+    assert len(report["predictions"]["note_id"]) == len(y) == report["test_notes"]
+
+
+def test_popularity_pngs_are_written_with_one_point_per_test_note(tmp_path):
+    from notellm.evaluation.plots import decile_calibration, plot_popularity, popularity_figures
+
+    rng = np.random.default_rng(1)
+    report, y = _report_with({"mean": lambda y: np.full(len(y), y.mean()),
+                              "LightGBM all, no LLM": lambda y: y + rng.normal(0, 1, len(y)),
+                              "LoRA LLM": lambda y: 0.5 * y + 1})
+    other = dict(report, split="time")
+    figures = popularity_figures([report, other])
+    scatter_axes = [ax for ax in figures["scatter"].axes if ax.collections]
+    assert len(scatter_axes) == 2  # mean and median are left out by default
+    assert all(len(ax.collections[0].get_offsets()) == len(y) for ax in scatter_axes)
+    lines = figures["calibration"].axes[0].get_lines()
+    assert [len(line.get_xdata()) for line in lines[:2]] == [10, 10]
+    assert len(figures["bars"].axes[0].patches) == 2 * 2  # 2 models x 2 splits
+    # calibration by hand: 4 notes in 2 groups sorted by prediction
+    means_p, means_y = decile_calibration([1, 2, 3, 4], [0.4, 0.3, 0.2, 0.1], bins=2)
+    assert means_p == pytest.approx([0.15, 0.35]) and means_y == [3.5, 1.5]
+    paths = plot_popularity(report, tmp_path / "report")
+    assert sorted(p.name for p in paths.values()) == ["report-bars.png", "report-calibration.png",
+                                                      "report-scatter.png"]
+    for p in paths.values():
+        data = p.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+# ------------------------------------------------------------------------------------------ history in the prompt
+def test_history_prompts_by_hand_only_earlier_known_visible_notes():
+    from notellm.data.popularity import author_history_prompts
+
+    authors = ["a", "a", "a", "a", "b"]
+    seconds = np.array([0, 1, 1, 5, 2]) * 86400.0
+    titles = ["一", "二", "三", "四", "五"]
+    y = np.array([1.0, 2.0, np.nan, 4.0, 9.0])
+    out = author_history_prompts(authors, seconds, titles, y, k=2)
+    assert out[0] == "" and out[4] == ""                         # no earlier note of the same author
+    assert out[1] == out[2] == "作者之前的笔记：\n《一》热度 1.0\n\n"  # a tie is not earlier
+    assert out[3] == "作者之前的笔记：\n《一》热度 1.0\n《二》热度 2.0\n\n"  # note 2's target is unknown: never history
+    assert author_history_prompts(authors, seconds, titles, y, k=1)[3] == "作者之前的笔记：\n《二》热度 2.0\n\n"
+    assert author_history_prompts(authors, seconds, titles, y, k=5, window_days=4.5)[3] == \
+        "作者之前的笔记：\n《二》热度 2.0\n\n"                       # day 0 is outside a 4.5-day window of day 5
+    hidden = author_history_prompts(authors, seconds, titles, y, k=5, visible=np.array([1, 0, 1, 1, 1], bool))
+    assert hidden[3] == "作者之前的笔记：\n《一》热度 1.0\n\n"
+    # perturbing a note's target changes only the blocks of its author's strictly later notes
+    for j in range(5):
+        y2 = y.copy()
+        y2[j] = 7.5 if np.isfinite(y2[j]) else np.nan
+        moved = author_history_prompts(authors, seconds, titles, y2, k=5)
+        changed = {i for i in range(5) if moved[i] != out[i]}
+        assert changed <= {i for i in range(5) if authors[i] == authors[j] and seconds[i] > seconds[j]}, j
+        assert j != 0 or changed == {1, 2, 3}
+
+
+def test_history_texts_keep_the_test_side_out_of_training_inputs():
+    from notellm.data.popularity import history_prompted_texts
+
+    table = notes_to_table([note("a", hours=0, title="训练"), note("b", hours=1, title="测试"),
+                            note("c", hours=2, title="训练二")])
+    test = np.array([False, True, False])
+    texts = history_prompted_texts(table, ["x", "y", "z"], np.array([1.0, 2.0, 3.0]), k=5, test=test)
+    assert texts[1] == "作者之前的笔记：\n《训练》热度 1.0\n\ny"           # a test note reads earlier notes
+    assert texts[2] == "作者之前的笔记：\n《训练》热度 1.0\n\nz"           # a training note never reads a test target
+
+
+def test_residual_targets_are_cross_fitted():
+    from notellm.evaluation.popularity import residual_targets
+
+    cfg = load_config(PopularityConfig, None, ["eval.svd_components=4", "eval.lgbm_rounds=20",
+                                               "eval.lgbm_min_child_samples=5", "eval.inner_folds=3"])
+    data = prepare(cfg, _synthetic_notes(48))
+    base = residual_targets(cfg.eval, cfg.split.kind, data)
+    assert np.isnan(base[data.test_idx]).all() and np.isfinite(base[data.train_idx]).all()
+    j = data.train_idx[0]
+    data.y = data.y.copy()
+    data.y[j] += 50.0  # a row's own target never reaches the GBDT that predicts it: its residual moves by 50
+    moved = residual_targets(cfg.eval, cfg.split.kind, data)
+    assert moved[j] - base[j] == pytest.approx(50.0)

@@ -171,3 +171,24 @@ def test_cli_predict_one_note_and_a_table(saved_model, tmp_path, capsys):
         assert "row 2, field 'content': the note has no text" in message
     finally:
         sys.argv = argv
+
+
+def test_history_prompt_model_saves_and_predicts_the_same_and_learns_given_targets(tmp_path):
+    wlaes = np.log(np.arange(8) + 1.0)  # the table's own target (likes = i), so predict_table sees the same history
+    cfg = tiny_cfg(tmp_path, max_steps=1, batch_size=4, head_init="zeros")
+    cfg.model.history_k, cfg.model.max_length = 2, 64
+    data = prepared(targets=wlaes)
+    residuals = np.linspace(-1.0, 1.0, 8)
+    recipe = PopularityRecipe(cfg, data, rows=np.arange(8), score_rows=None, targets=residuals)
+    Engine(recipe).run()
+    assert recipe.texts[0] == data.texts[0]
+    assert recipe.texts[3].startswith(f"作者之前的笔记：\n《{TEXTS[1]}》热度 {wlaes[1]:.1f}\n《")
+    assert recipe.target_norm.mean[0] == pytest.approx(0.0)  # it learned the given targets, not data.y
+    _randomise_adapters(recipe.model, seed=2)
+    out = tmp_path / "model"
+    with saving(out) as folder:
+        recipe.save(recipe.module, folder, {})
+    loaded = load_model(out)
+    assert loaded.meta["input"]["history_k"] == 2
+    got = predict_table(loaded, _notes([(t, "") for t in TEXTS]), bf16="false")
+    assert got == pytest.approx(recipe.predict(np.arange(8)), abs=1e-4)

@@ -124,7 +124,9 @@ def evaluate(
     overrides: Optional[List[str]] = OVERRIDES,
     model: Optional[str] = typer.Option(None, help="a trained model folder to score on the same test notes"),
     stack: bool = typer.Option(False, help="also cross-fit LLMs (eval.stack_folds) and the stacked GBDT (slow)"),
-    json_out: Optional[str] = typer.Option(None, "--json", help="write the full report (intervals, ranking) here"),
+    json_out: Optional[str] = typer.Option(None, "--json", help="write the full report (intervals, ranking, test "
+                                           "predictions) here, with its pictures beside it (-scatter/-calibration/"
+                                           "-bars .png)"),
 ) -> None:
     """Mean, median, TF-IDF ridge, LightGBM baselines (and the model / stack) on one split, with bootstrap 95% intervals."""
     from rich.table import Table
@@ -138,12 +140,15 @@ def evaluate(
     table = Table(title=f"{report['split']} split: {report['train_notes']} train / {report['test_notes']} test notes, "
                         f"target {report['target']}, note age {'on' if report['use_age'] else 'off'}, "
                         f"author history {'on' if report['use_history'] else 'off'} (95% bootstrap intervals)")
-    columns = ["model", *METRICS, "mae - mean", "best-note hit"]
+    columns = ["model", *METRICS, "mae - mean", "mae - LightGBM all", "spearman - LightGBM all", "best-note hit"]
     for col in columns:
         table.add_column(col, justify="left" if col == "model" else "right")
     for row in report["rows"]:
         table.add_row(*(row.get(c, "") for c in columns))
     console.print(table)
     if json_out:
+        from notellm.evaluation.plots import plot_popularity
+
         write_json(report, json_out)
-        console.print(f"[green]wrote[/] {json_out}")
+        pictures = plot_popularity(report, Path(json_out).with_suffix(""))
+        console.print(f"[green]wrote[/] {json_out} and {', '.join(p.name for p in pictures.values())}")

@@ -354,6 +354,61 @@ def author_history_features(author_ids: Sequence[Any], seconds: np.ndarray, targ
     return pd.DataFrame(out)
 
 
+def author_history_prompts(author_ids: Sequence[Any], seconds: np.ndarray, titles: Sequence[str],
+                           targets: np.ndarray, k: int, window_days: float = 0.0, title_chars: int = 30,
+                           visible: np.ndarray | None = None) -> list[str]:
+    """For each note, a text block of its author's `k` latest notes published strictly before it (within
+    `window_days` when > 0), each with its known target: the history a model reads before the note itself
+    (the MultiSmpLLM idea). Notes whose target is unknown (NaN) or not `visible` are never history; "" when a
+    note has no such earlier note. The note's own target never appears in its block."""
+    n = len(author_ids)
+    seconds = np.asarray(seconds, dtype=float)
+    targets = np.asarray(targets, dtype=float)
+    usable = np.isfinite(targets) & np.isfinite(seconds)
+    if visible is not None:
+        usable &= np.asarray(visible, dtype=bool)
+    out = [""] * n
+    if k <= 0:
+        return out
+    groups: dict[Any, list[int]] = {}
+    for i, a in enumerate(author_ids):
+        if a is not None and a != "" and np.isfinite(seconds[i]):
+            groups.setdefault(a, []).append(i)
+    for rows in groups.values():
+        known = np.asarray([i for i in rows if usable[i]], dtype=int)
+        if len(known) == 0:
+            continue
+        known = known[np.argsort(seconds[known], kind="stable")]
+        t_hist = seconds[known]
+        for i in rows:
+            end = int(np.searchsorted(t_hist, seconds[i], side="left"))  # strictly earlier
+            start = max(0, end - k)
+            if window_days > 0:
+                start = max(start, int(np.searchsorted(t_hist, seconds[i] - window_days * 86400.0, side="left")))
+            if end <= start:
+                continue
+            lines = [f"《{(titles[j] or '').strip()[:title_chars]}》热度 {targets[j]:.1f}" for j in known[start:end]]
+            out[i] = "作者之前的笔记：\n" + "\n".join(lines) + "\n\n"
+    return out
+
+
+def history_prompted_texts(table: pa.Table, texts: Sequence[str], targets: np.ndarray, k: int,
+                           window_days: float = 0.0, source: str = "<notes>",
+                           test: np.ndarray | None = None) -> list[str]:
+    """`texts` with each note's author-history block (`author_history_prompts`) in front. With a `test` mask,
+    training notes read only training notes' targets (nothing of the test side leaks into training inputs);
+    test notes read every earlier note, as the GBDT's author-history features do."""
+    if k <= 0:
+        return list(texts)
+    seconds = publish_seconds(table, source, required=False)
+    authors, titles = table.column("author_id").to_pylist(), table.column("title").to_pylist()
+    full = author_history_prompts(authors, seconds, titles, targets, k, window_days)
+    if test is None:
+        return [h + t for h, t in zip(full, texts)]
+    train_view = author_history_prompts(authors, seconds, titles, targets, k, window_days, visible=~test)
+    return [(full[i] if test[i] else train_view[i]) + texts[i] for i in range(len(texts))]
+
+
 # ------------------------------------------------------------------------------------------ all together
 def feature_frame(table: pa.Table, names: Sequence[str], targets: np.ndarray | None = None, *,
                   timezone: str = "Asia/Shanghai", as_of: str | None = None, history: HistoryConfig | None = None,

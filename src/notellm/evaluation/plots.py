@@ -6,6 +6,9 @@
   reference and the margin beta*h -> run_dir/curves.png.
 - `plot_runs(run_dirs, out)`: several runs side by side, one line per run, one panel per quantity (the loss,
   and the preference shifts where the runs logged them): e.g. DPO vs DPOP vs IDPOP from the same SFT model.
+- `plot_popularity(reports, out_prefix)`: a popularity score report (`evaluation.popularity.score_report`) as
+  three PNGs: predicted vs actual per model, calibration by decile of the prediction, and MAE bars with their
+  95% bootstrap intervals per model and split (one bar per report given).
 """
 
 from __future__ import annotations
@@ -127,3 +130,102 @@ def plot_runs(run_dirs: dict[str, str | Path] | list[str | Path], out: str | Pat
         if key in PREFERENCE_KEYS:
             ax.axhline(0.0, color="black", linewidth=0.8)
     return _save(fig, plt, Path(out))
+# ------------------------------------------------------------------------------------------------ popularity
+POPULARITY_PLOTS = ("scatter", "calibration", "bars")
+_SKIP_MODELS = ("mean", "median")
+
+
+def _report_models(report: dict[str, Any], models: list[str] | None) -> list[str]:
+    preds = report.get("predictions")
+    if not preds:
+        raise DataError("this popularity report has no predictions (written by an older notellm): re-run eval")
+    names = [m for m in preds if m not in ("note_id", "target")]
+    if models is None:
+        return [m for m in names if m not in _SKIP_MODELS]
+    missing = [m for m in models if m not in names]
+    if missing:
+        raise DataError(f"the report has no model {missing[0]!r}; it has {names}")
+    return list(models)
+
+
+def decile_calibration(y, p, bins: int = 10) -> tuple[list[float], list[float]]:
+    """(mean prediction, mean target) in each of `bins` equal-count groups of notes sorted by prediction."""
+    import numpy as np
+
+    order = np.argsort(np.asarray(p, dtype=float), kind="stable")
+    groups = [g for g in np.array_split(order, min(bins, len(order))) if len(g)]
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    return [float(p[g].mean()) for g in groups], [float(y[g].mean()) for g in groups]
+
+
+def popularity_figures(reports: dict[str, Any] | list[dict[str, Any]], models: list[str] | None = None,
+                       labels: list[str] | None = None) -> dict[str, Any]:
+    """Matplotlib figures {scatter, calibration, bars} of one report (scatter and calibration use the first
+    report; bars show every report side by side, labelled by `labels` or each report's split)."""
+    import numpy as np
+
+    plt = _use_agg()
+    reports = [reports] if isinstance(reports, dict) else list(reports)
+    first = reports[0]
+    names = _report_models(first, models)
+    y = np.asarray(first["predictions"]["target"], dtype=float)
+    lo, hi = float(y.min()), float(y.max())
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    scatter, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.8 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        p = np.asarray(first["predictions"][name], dtype=float)
+        ax.scatter(y, p, s=6, alpha=0.5)
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
+        mae = first["metrics"][name]["mae"]["value"]
+        ax.set(title=f"{name}\nMAE {mae:.3f}", xlabel="actual", ylabel="predicted")
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    scatter.suptitle(f"{first['split']} split: {first['test_notes']} test notes, target {first['target']}",
+                     fontsize=9)
+    scatter.tight_layout()
+
+    calibration, ax = plt.subplots(figsize=(6, 5))
+    for name in names:
+        mp, my = decile_calibration(y, first["predictions"][name])
+        ax.plot(mp, my, marker="o", ms=3, label=name)
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--", label="perfect")
+    ax.set(xlabel="mean prediction (decile of the prediction)", ylabel="mean actual", title="calibration by decile")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    calibration.tight_layout()
+
+    labels = labels or [f"{r['split']} split" for r in reports]
+    bars, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) * len(reports) + 2), 4.5))
+    width = 0.8 / len(reports)
+    for k, (report, label) in enumerate(zip(reports, labels)):
+        shown = [n for n in names if n in report["metrics"]]
+        x = np.array([names.index(n) for n in shown]) + (k - (len(reports) - 1) / 2) * width
+        ints = [report["metrics"][n]["mae"] for n in shown]
+        values = np.array([i["value"] for i in ints])
+        err = np.array([[i["value"] - i["low"] for i in ints], [i["high"] - i["value"] for i in ints]])
+        ax.bar(x, values, width, yerr=err, capsize=3, label=label)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="MAE (95% bootstrap interval)", title="test MAE by model and split")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    bars.tight_layout()
+    return {"scatter": scatter, "calibration": calibration, "bars": bars}
+
+
+def plot_popularity(reports: dict[str, Any] | list[dict[str, Any]], out_prefix: str | Path,
+                    models: list[str] | None = None, labels: list[str] | None = None) -> dict[str, Path]:
+    """Write `<out_prefix>-scatter.png`, `-calibration.png`, `-bars.png`; returns their paths."""
+    plt = _use_agg()
+    figures = popularity_figures(reports, models, labels)
+    out_prefix = Path(out_prefix)
+    paths = {}
+    for kind, fig in figures.items():
+        target = out_prefix.with_name(f"{out_prefix.name}-{kind}.png")
+        with atomic_path(target, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+        plt.close(fig)
+        paths[kind] = target
+    return paths

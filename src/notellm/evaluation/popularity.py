@@ -52,8 +52,9 @@ class EvalConfig:
     stack_max_notes: int = 0           # cross-fit on at most this many training notes (0: all); the rest get no
                                        # LLM score and the stacks are fitted on the notes that have one
     stack_embedding_dims: int = 0      # PCA dims of the LLM's pooled states added to the stack (0: score only)
-    llm_features: str = "none"         # none | zero-shot:<backbone>[@pooling] | a NoteLLM model folder: its note
-                                       # embeddings become LightGBM features (PCA, kNN target, ridge score)
+    llm_features: str = "none"         # none | zero-shot:<backbone>[@pooling] | frozen:<backbone>[@mean|last] |
+                                       # a NoteLLM model folder: its note embeddings become LightGBM features
+                                       # (PCA, kNN target, ridge score)
     llm_pca_dims: int = 32             # PCA components of the embeddings (fitted on training notes only)
     llm_knn: int = 20                  # neighbours of the kNN-target feature (0: none)
 
@@ -133,9 +134,11 @@ def gbdt_blocks(data: PreparedData, use_age: bool, use_history: bool) -> pd.Data
 
 def baseline_predictions(ecfg: EvalConfig, split_kind: str, data: PreparedData, llm: LLMScores | None = None,
                          use_age: bool | None = None, use_history: bool | None = None,
-                         log: Log = _quiet, note_vectors: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Test predictions of every baseline (and of the LLM and the stack when `llm` is given; and of LightGBM with
-    LLM embedding features when `note_vectors`, one row per note of `data`, are given)."""
+                         log: Log = _quiet, note_vectors: np.ndarray | dict[str, np.ndarray] | None = None,
+                         residual: LLMScores | None = None) -> dict[str, np.ndarray]:
+    """Test predictions of every baseline (and of the LLM and the stack when `llm` is given; of LightGBM with
+    LLM embedding features when `note_vectors`, one row per note of `data` (or {label: rows}), are given; and
+    LightGBM all + an LLM trained on its cross-fitted residuals when `residual` is given)."""
     use_age = ecfg.use_age if use_age is None else use_age
     use_history = ecfg.use_history if use_history is None else use_history
     tr, te = data.train_idx, data.test_idx
@@ -164,17 +167,59 @@ def baseline_predictions(ecfg: EvalConfig, split_kind: str, data: PreparedData, 
     x_tr["tfidf_ridge"], x_te["tfidf_ridge"] = text.ridge_oof, text.ridge_test
     preds["LightGBM all, no LLM"] = _lgbm(ecfg, x_tr, y_tr, x_te, ecfg.seed)
     if note_vectors is not None:
-        emb = embedding_features(ecfg, note_vectors[tr], note_vectors[te], y_tr, folds)
-        if ecfg.llm_knn:
-            preds["kNN target (LLM embeddings)"] = emb.test["llm_knn_mean"].to_numpy()
-        preds["ridge (LLM embeddings)"] = emb.test["llm_ridge"].to_numpy()
-        preds["LightGBM all + LLM embeddings"] = _lgbm(ecfg, pd.concat([x_tr, emb.train], axis=1), y_tr,
-                                                       pd.concat([x_te, emb.test], axis=1), ecfg.seed)
+        named = note_vectors if isinstance(note_vectors, dict) else {"": note_vectors}
+        for label, vectors in named.items():
+            tag = f" ({label})" if label else ""
+            emb = embedding_features(ecfg, vectors[tr], vectors[te], y_tr, folds)
+            if ecfg.llm_knn:
+                preds[f"kNN target (LLM embeddings{', ' + label if label else ''})"] = emb.test["llm_knn_mean"].to_numpy()
+            preds[f"ridge (LLM embeddings{', ' + label if label else ''})"] = emb.test["llm_ridge"].to_numpy()
+            preds[f"LightGBM all + LLM embeddings{tag}"] = _lgbm(ecfg, pd.concat([x_tr, emb.train], axis=1), y_tr,
+                                                                 pd.concat([x_te, emb.test], axis=1), ecfg.seed)
+    if residual is not None:
+        preds["residual: LightGBM all + LLM residual"] = preds["LightGBM all, no LLM"] + residual.test
     if llm is not None:
         preds["LoRA LLM"] = llm.test
         if llm.oof is not None:
             preds.update(stack_predictions(ecfg, x_tr, x_te, y_tr, llm, folds))
     return preds
+
+
+def residual_targets(ecfg: EvalConfig, split_kind: str, data: PreparedData, use_age: bool | None = None,
+                     use_history: bool | None = None) -> np.ndarray:
+    """y minus the cross-fitted prediction of LightGBM all (no LLM) for training rows (each from a GBDT over
+    the other `eval.inner_folds` folds, authors kept together in an author split), NaN for test rows: the
+    targets of the residual head. The final score is LightGBM all (fitted on every training row) + the LLM."""
+    use_age = ecfg.use_age if use_age is None else use_age
+    use_history = ecfg.use_history if use_history is None else use_history
+    tr, te = data.train_idx, data.test_idx
+    y_tr = data.y[tr]
+    folds = group_folds([data.authors[i] for i in tr] if split_kind == "author" else None, len(tr),
+                        ecfg.inner_folds, ecfg.seed)
+    out = np.full(len(data.y), np.nan)
+    for k in np.unique(folds):
+        fit, hold = tr[folds != k], tr[folds == k]
+        x_fit, x_hold = gbdt_all_features(ecfg, split_kind, data, fit, hold, use_age, use_history)
+        out[hold] = data.y[hold] - _lgbm(ecfg, x_fit, data.y[fit], x_hold, ecfg.seed)
+    return out
+
+
+def gbdt_all_features(ecfg: EvalConfig, split_kind: str, data: PreparedData, fit_rows: np.ndarray,
+                      score_rows: np.ndarray, use_age: bool, use_history: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The inputs of "LightGBM all, no LLM" for `fit_rows` (TF-IDF ridge cross-fitted) and `score_rows`, with
+    every text statistic fitted on `fit_rows` only."""
+    folds = group_folds([data.authors[i] for i in fit_rows] if split_kind == "author" else None, len(fit_rows),
+                        ecfg.inner_folds, ecfg.seed)
+    text = text_features(ecfg, [data.texts[i] for i in fit_rows], [data.texts[i] for i in score_rows],
+                         data.y[fit_rows], folds)
+    blocks = gbdt_blocks(data, use_age, use_history)
+    svd_cols = [f"svd{i}" for i in range(text.svd_train.shape[1])]
+    x_fit = pd.concat([blocks.iloc[fit_rows].reset_index(drop=True), pd.DataFrame(text.svd_train, columns=svd_cols)],
+                      axis=1)
+    x_score = pd.concat([blocks.iloc[score_rows].reset_index(drop=True),
+                         pd.DataFrame(text.svd_test, columns=svd_cols)], axis=1)
+    x_fit["tfidf_ridge"], x_score["tfidf_ridge"] = text.ridge_oof, text.ridge_test
+    return x_fit, x_score
 
 
 @dataclass
@@ -231,30 +276,58 @@ def embedding_features(ecfg: EvalConfig, train_vectors: np.ndarray, test_vectors
     return EmbeddingFeatures(train, test)
 
 
-def llm_note_vectors(spec: str, data: PreparedData, cache_dir: str | Path | None = None,
-                     on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-    """Embeddings of every note of `data` by a NoteLLM folder or `zero-shot:<backbone>[@pooling]` (the note
-    prompt of `notellm embed`), cached in `cache_dir` by model and note ids."""
-    import hashlib
-    import json
+FROZEN_PREFIX = "frozen:"
 
+
+def llm_note_vectors(spec: str, data: PreparedData, cache_dir: str | Path | None = None,
+                     on_batch: Callable[[int], None] | None = None,
+                     regressor_input: dict[str, Any] | None = None) -> np.ndarray:
+    """Embeddings of every note of `data` by a NoteLLM folder, `zero-shot:<backbone>[@pooling]` (the note
+    prompt of `notellm embed`) or `frozen:<backbone>[@mean|last]` (the untrained backbone over the regressor's
+    input: `regressor_input` max_length and suffix), cached in `cache_dir` by spec, input and note ids."""
     from notellm.inference.embed import Embedder
 
-    key = hashlib.sha256(json.dumps([spec, data.note_ids]).encode("utf-8")).hexdigest()[:16]
-    cache = Path(cache_dir) / f"llm-vectors-{key}.npy" if cache_dir else None
+    regressor_input = regressor_input or {}
+    cache = _vector_cache(cache_dir, spec, data, regressor_input) if cache_dir else None
     if cache is not None and cache.is_file():
         vectors = np.load(cache, allow_pickle=False)
         if vectors.shape[0] == len(data.note_ids):
             return vectors
-    notes = data.table.select(["note_id", "title", "content", "hashtags", "category", "image_paths"]).to_pylist()
-    vectors = Embedder(spec).encode(notes, on_batch=on_batch)
-    if cache is not None:
-        from notellm.io import atomic_path
+    if spec.startswith(FROZEN_PREFIX):
+        from notellm.inference.popularity import frozen_note_states
 
-        with atomic_path(cache, suffix=".npy") as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, vectors.astype(np.float32), allow_pickle=False)
+        backbone, _, pooling = spec[len(FROZEN_PREFIX):].partition("@")
+        states = frozen_note_states(backbone, data.texts, max_length=regressor_input.get("max_length", 128),
+                                    suffix=regressor_input.get("suffix", ""), on_batch=on_batch)
+        if cache_dir:  # one forward pass gives every pooling: keep the others for the next call
+            for other, other_vectors in states.items():
+                if other != (pooling or "mean"):
+                    _save_vectors(_vector_cache(cache_dir, f"{FROZEN_PREFIX}{backbone}@{other}", data,
+                                                regressor_input), other_vectors)
+        vectors = states[pooling or "mean"]
+    else:
+        notes = data.table.select(["note_id", "title", "content", "hashtags", "category", "image_paths"]).to_pylist()
+        vectors = Embedder(spec).encode(notes, on_batch=on_batch)
+    if cache is not None:
+        _save_vectors(cache, vectors)
     return vectors
+
+
+def _vector_cache(cache_dir: str | Path, spec: str, data: PreparedData, regressor_input: dict[str, Any]) -> Path:
+    import hashlib
+    import json
+
+    key = hashlib.sha256(json.dumps([spec, data.note_ids, regressor_input if spec.startswith(FROZEN_PREFIX) else {},
+                                     data.texts[:1]]).encode("utf-8")).hexdigest()[:16]
+    return Path(cache_dir) / f"llm-vectors-{key}.npy"
+
+
+def _save_vectors(path: Path, vectors: np.ndarray) -> None:
+    from notellm.io import atomic_path
+
+    with atomic_path(path, suffix=".npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, vectors.astype(np.float32), allow_pickle=False)
 
 
 def stack_predictions(ecfg: EvalConfig, x_tr: pd.DataFrame, x_te: pd.DataFrame, y_tr: np.ndarray, llm: LLMScores,
@@ -286,14 +359,21 @@ def stack_predictions(ecfg: EvalConfig, x_tr: pd.DataFrame, x_te: pd.DataFrame, 
 
 
 # ------------------------------------------------------------------------------------------- evaluation
+REFERENCE = "LightGBM all, no LLM"   # the model every LLM row has to beat
+
+
 def score_report(ecfg: EvalConfig, split_kind: str, weights: dict[str, float], data: PreparedData,
-                 preds: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Metrics with bootstrap intervals, MAE difference against the mean baseline, best-note ranking."""
-    from notellm.evaluation.regression import best_note_ranking, bootstrap_metrics, result_rows
+                 preds: dict[str, np.ndarray], reference: str = REFERENCE) -> dict[str, Any]:
+    """Metrics with bootstrap intervals, MAE difference against the mean baseline, paired MAE and Spearman
+    differences against `reference` (LightGBM on everything without the LLM), best-note ranking, and the test
+    predictions themselves (for the plots)."""
+    from notellm.evaluation.regression import best_note_ranking, bootstrap_metrics, paired_differences, result_rows
 
     te = data.test_idx
     y = data.y[te]
     intervals = bootstrap_metrics(y, preds, baseline="mean", n_boot=ecfg.bootstrap, seed=ecfg.seed)
+    versus = (paired_differences(y, preds, reference, n_boot=ecfg.bootstrap, seed=ecfg.seed)
+              if reference in preds else {})
     groups = [data.authors[i] for i in te]
     ranking = {name: best_note_ranking(y, p, groups) for name, p in preds.items()}
     return {
@@ -301,7 +381,11 @@ def score_report(ecfg: EvalConfig, split_kind: str, weights: dict[str, float], d
         "target": describe_target(weights),
         "metrics": {name: {m: asdict(iv) for m, iv in ints.items()} for name, ints in intervals.items()},
         "ranking": ranking,
-        "rows": result_rows(intervals, ranking),
+        "reference": reference if versus else None,
+        "versus_reference": {name: {m: asdict(iv) for m, iv in ints.items()} for name, ints in versus.items()},
+        "rows": result_rows(intervals, ranking, versus=versus, label="LightGBM all"),
+        "predictions": {"note_id": [data.note_ids[i] for i in te], "target": y.tolist(),
+                        **{name: np.asarray(p, dtype=float).tolist() for name, p in preds.items()}},
     }
 
 

@@ -105,6 +105,25 @@ def bootstrap_metrics(y: Sequence[float], predictions: Mapping[str, Sequence[flo
     return out
 
 
+def paired_differences(y: Sequence[float], predictions: Mapping[str, Sequence[float]], reference: str,
+                       n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict[str, dict[str, Interval]]:
+    """Per model: MAE and Spearman minus the `reference` model's, over the same resamples (paired).
+    MAE below zero / Spearman above zero = better than the reference; `clear` when the interval excludes 0."""
+    y = np.asarray(y, dtype=float)
+    idx = bootstrap_indices(len(y), n_boot, seed)
+    yb = y[idx]
+    lo_q, hi_q = 100 * alpha / 2, 100 * (1 - alpha / 2)
+    ref_p = _check(y, np.asarray(predictions[reference]))[1]
+    ref_point, ref_boot = regression_metrics(y, ref_p), _metrics_rows(yb, ref_p[idx])
+    out: dict[str, dict[str, Interval]] = {}
+    for name, p in predictions.items():
+        p = _check(y, np.asarray(p))[1]
+        point, boot = regression_metrics(y, p), _metrics_rows(yb, p[idx])
+        out[name] = {m: _interval(point[m] - ref_point[m], boot[m] - ref_boot[m], lo_q, hi_q)
+                     for m in ("mae", "spearman")}
+    return out
+
+
 def best_note_ranking(y: Sequence[float], p: Sequence[float], groups: Sequence[Any], min_notes: int = 2) -> dict[str, float]:
     """Share of authors (with >= `min_notes` test notes) whose top-predicted note is their best note."""
     y, p = _check(np.asarray(y), np.asarray(p))
@@ -134,8 +153,10 @@ def markdown_table(rows: Sequence[Mapping[str, str]], columns: Sequence[str]) ->
 
 
 def result_rows(intervals: Mapping[str, Mapping[str, Interval]], ranking: Mapping[str, Mapping[str, float]] | None = None,
-                digits: int = 3) -> list[dict[str, str]]:
-    """One printable row per model: metric [low, high], MAE difference to the baseline, ranking hit rate."""
+                digits: int = 3, versus: Mapping[str, Mapping[str, Interval]] | None = None,
+                label: str = "reference") -> list[dict[str, str]]:
+    """One printable row per model: metric [low, high], MAE difference to the baseline, paired MAE and Spearman
+    differences to a reference model (`versus`, from `paired_differences`), ranking hit rate."""
     rows = []
     for name, ints in intervals.items():
         row = {"model": name}
@@ -143,6 +164,9 @@ def result_rows(intervals: Mapping[str, Mapping[str, Interval]], ranking: Mappin
             row[m] = ints[m].text(digits)
         if "mae_diff" in ints:
             row["mae - mean"] = ints["mae_diff"].text(digits)
+        if versus and name in versus:
+            row[f"mae - {label}"] = versus[name]["mae"].text(digits)
+            row[f"spearman - {label}"] = versus[name]["spearman"].text(digits)
         if ranking and name in ranking and ranking[name]["authors"]:
             r = ranking[name]
             plural = "s" if r["authors"] != 1 else ""

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from notellm.data.popularity import HistoryConfig, feature_frame, history_feature_names, note_texts, target_values
+from notellm.data.popularity import (HistoryConfig, feature_frame, history_feature_names, history_prompted_texts,
+                                     note_texts, target_values)
 from notellm.device import autocast, resolve_bf16, resolve_device
 from notellm.errors import ConfigError, DataError
 
@@ -97,6 +98,42 @@ def pooled_states(model, ids: Sequence[Sequence[int]], pad_id: int, *, batch_siz
                 on_batch(len(idx))
     if out is None:
         return np.empty((0, 0), dtype=np.float32)
+    return out
+
+
+def frozen_note_states(backbone: str, texts: Sequence[str], *, max_length: int, suffix: str = "",
+                       poolings: Sequence[str] = ("mean", "last"), batch_size: int = 16, bf16: bool = False,
+                       seed: int = 0, on_batch: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """States of an untrained backbone over the regressor's own input (note text cut to `max_length` with
+    `suffix` kept), every pooling from one forward pass: `mean` over real tokens, `last` = the last real
+    token (what the regression head reads). float32, one row per text."""
+    import torch
+
+    from notellm.models.backbone import load_backbone
+    from notellm.models.regression import decoder_of, pool_last, position_ids_from_mask
+
+    unknown = set(poolings) - {"mean", "last"}
+    if unknown:
+        raise ValueError(f"poolings must be mean or last, not {sorted(unknown)}")
+    causal_lm, tokenizer = load_backbone(backbone, dtype="bfloat16" if bf16 else "float32", seed=seed)
+    decoder = decoder_of(causal_lm).eval()
+    ids, _ = encode_texts(tokenizer, texts, max_length, suffix)
+    order = np.argsort([-len(x) for x in ids], kind="stable")
+    out: dict[str, np.ndarray] = {}
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            input_ids, mask = collate([ids[i] for i in idx], tokenizer.pad_token_id, "right")
+            with autocast("cpu", bf16):
+                hidden = decoder(input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                                 use_cache=False).last_hidden_state.float()
+            pooled = {"last": lambda: pool_last(hidden, mask),
+                      "mean": lambda: (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)}
+            for name in poolings:
+                vec = pooled[name]().numpy()
+                out.setdefault(name, np.empty((len(ids), vec.shape[1]), dtype=np.float32))[idx] = vec
+            if on_batch:
+                on_batch(len(idx))
     return out
 
 
@@ -198,6 +235,10 @@ def predict_table(loaded: LoadedModel, table: pa.Table, source: str = "<notes>",
     meta = loaded.meta
     feats = table_features(loaded, table, source, as_of, feature_overrides)
     texts = note_texts(table, meta["input"]["content_chars"], source)
+    if meta["input"].get("history_k", 0):  # the author's earlier notes in this table, with their known scores
+        targets = target_values(table, meta["target"]["weights"], source, missing="nan")
+        texts = history_prompted_texts(table, texts, targets, meta["input"]["history_k"],
+                                       meta["input"].get("history_window_days", 0.0), source)
     if rows is not None:
         rows = np.asarray(rows, dtype=int)
         feats = None if feats is None else feats[rows]

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from notellm.data.popularity import (DataConfig, HistoryConfig, PreparedData, SplitConfig, TargetConfig,
-                                     describe_target, feature_frame, group_folds, prepare_data)
+                                     describe_target, feature_frame, group_folds, history_prompted_texts,
+                                     prepare_data)
 from notellm.device import weights_dtype
 from notellm.errors import ConfigError
 from notellm.evaluation.popularity import (EvalConfig, LLMScores, baseline_predictions, check_no_overlap,
@@ -58,6 +59,9 @@ class PopularityModelConfig:
     content_chars: int = 600            # content is cut to this many characters before tokenising
     suffix: str = ""                    # text always kept after the (cut) note; "" = RedNoob's input exactly
     features: list[str] = field(default_factory=list)  # numeric features concatenated to the head input
+    history_k: int = 0                  # history in the prompt: the author's k latest earlier notes with their
+                                        # scores before the note (0: none); raise max_length to make room
+    history_window_days: float = 0.0    # only earlier notes within this many days (0: any)
 
 
 _OLD_TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "bf16", "device",
@@ -81,6 +85,8 @@ class PopularityConfig(TrainingArgs):
     bucket_batches: int = 16            # length-sorting window, in batches
     padding_side: str = "right"         # right | left (scores are the same either way)
     eval_batch_size: int = 16           # notes per forward pass when scoring
+    score_heldout: bool = True          # score the split's test notes into the saved card (after the budget;
+                                        # slow on a CPU: false saves right after the last step)
     data: DataConfig = field(default_factory=DataConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -116,6 +122,12 @@ class PopularityConfig(TrainingArgs):
 def prepare(cfg: PopularityConfig, table: pa.Table | None = None, source: str = "<notes>") -> PreparedData:
     """The configured split of the configured source, with every feature block."""
     return prepare_data(cfg.data, cfg.target, cfg.split, cfg.eval.history, cfg.model.content_chars, table, source)
+
+
+def model_texts(cfg: PopularityConfig, data: PreparedData) -> list[str]:
+    """The regressor's input text of every row: the note, after its author's history when `model.history_k`."""
+    return history_prompted_texts(data.table, data.texts, data.y, cfg.model.history_k, cfg.model.history_window_days,
+                                  data.source, test=data.test)
 
 
 def head_features(cfg: PopularityConfig, data: PreparedData) -> np.ndarray | None:
@@ -156,14 +168,16 @@ class RegressionModule(nn.Module):
 
 class PopularityRecipe(Recipe):
     """RedNoob on the shared engine. `rows` are the training rows of `data` (default: the split's training
-    notes); `score_rows` get scored into the folder's held-out error (default: the split's test notes)."""
+    notes); `score_rows` get scored into the folder's held-out error (default: the split's test notes);
+    `targets` (one per row of `data`) replace `data.y` as what the model learns (e.g. residuals of a GBDT)."""
 
     kind = "popularity"
 
     def __init__(self, args: PopularityConfig, data: PreparedData | None = None, rows: np.ndarray | None = None,
-                 score_rows: np.ndarray | None | bool = True):
+                 score_rows: np.ndarray | None | bool = True, targets: np.ndarray | None = None):
         self.args, self.data = args, data
         self.rows, self.score_rows = rows, score_rows
+        self.targets = targets
         self.input_keys = ("data.path",) if data is None or rows is None else ()
 
     # setup
@@ -171,11 +185,12 @@ class PopularityRecipe(Recipe):
         from notellm.models.regression import build_regressor
 
         cfg, mcfg = self.args, self.args.model
+        self.engine = engine
         self.bf16 = engine.bf16 if engine is not None else False
         self.data = self.data or prepare(cfg)
         self.rows = self.data.train_idx if self.rows is None else np.asarray(self.rows)
         if self.score_rows is True:
-            self.score_rows = self.data.test_idx
+            self.score_rows = self.data.test_idx if cfg.score_heldout else None
         feats = head_features(cfg, self.data)
         dtype = weights_dtype(self.bf16, trains_all_weights=not cfg.lora.enabled)
         torch.manual_seed(cfg.seed)
@@ -186,9 +201,12 @@ class PopularityRecipe(Recipe):
         if cfg.gradient_checkpointing:
             model.decoder.gradient_checkpointing_enable()
         self.model = model
-        texts = [self.data.texts[i] for i in self.rows]
-        self.ids, self.truncated = encode_texts(self.tokenizer, texts, mcfg.max_length, mcfg.suffix)
-        y = self.data.y[self.rows]
+        self.texts = model_texts(cfg, self.data)
+        self.ids, self.truncated = encode_texts(self.tokenizer, [self.texts[i] for i in self.rows], mcfg.max_length,
+                                                mcfg.suffix)
+        y = (self.data.y if self.targets is None else np.asarray(self.targets, dtype=float))[self.rows]
+        if not np.isfinite(y).all():
+            raise ConfigError("every training row needs a finite target")
         self.target_norm = Standardizer.fit(y[:, None])
         self.y_std = torch.tensor(self.target_norm.transform(y[:, None])[:, 0], dtype=torch.float32)
         self.feats = None if feats is None else feats[self.rows]
@@ -204,35 +222,44 @@ class PopularityRecipe(Recipe):
     def fingerprint(self) -> dict[str, Any]:
         out = super().fingerprint()
         out["rows"] = _digest_ids([self.data.note_ids[i] for i in self.rows])
+        if self.targets is not None:
+            out["targets"] = _digest_ids([f"{v:.6g}" for v in np.asarray(self.targets)[self.rows]])
         return out
 
     def before_training(self, engine: Engine, module: nn.Module) -> dict[str, Any]:
         """Ridge probe: the head starts from a ridge fit (alpha by GCV) on the frozen backbone's states of a
-        bounded, fixed sample of the training notes. Under a time budget the probe stops reading notes after a
-        quarter of it (at least 32 notes), so most of the budget goes to training steps."""
+        bounded, fixed sample of the training notes. Under a time budget the probe reads no batch that would end
+        after a quarter of it (one batch at least), so most of the budget goes to training steps."""
         if self.args.head_init != "ridge":
             return {}
         from sklearn.linear_model import RidgeCV
 
         started = time.time()
         n = min(self.args.probe_max_notes, len(self.ids))
-        sample = np.sort(np.random.default_rng([self.args.seed, 3]).permutation(len(self.ids))[:n])
-        sample = sample[np.argsort([-len(self.ids[i]) for i in sample], kind="stable")]  # batches of like length
+        rng = np.random.default_rng([self.args.seed, 3])
+        sample = np.sort(rng.permutation(len(self.ids))[:n])
+        sample = sample[np.argsort([-len(self.ids[i]) for i in sample], kind="stable")]  # batches of like length,
+        batch = self.args.eval_batch_size
+        batches = [sample[i:i + batch] for i in range(0, n, batch)]
+        batches = [batches[i] for i in rng.permutation(len(batches))]  # in random order: no slow longest-first start
         deadline = started + 0.25 * 60 * self.args.time_budget_min if self.args.time_budget_min else None
         phase = engine.phase("ridge probe on frozen states", n, "notes")
         self.model.eval()
-        states, batch = [], self.args.eval_batch_size
-        for start in range(0, n, batch):
-            rows = sample[start:start + batch]
+        states, read, slowest = [], [], 0.0
+        for rows in batches:
+            # under a budget: stop before a batch that would end past the probe's quarter (one batch at least)
+            if deadline is not None and read and time.time() + slowest > deadline:
+                break
+            t = time.time()
             states.append(pooled_states(self.model, [self.ids[i] for i in rows], self.tokenizer.pad_token_id,
                                         batch_size=batch, device=str(engine.device), bf16=engine.bf16,
                                         padding_side=self.args.padding_side))
+            slowest = max(slowest, time.time() - t)
+            read.append(rows)
             phase.advance(len(rows))
-            if deadline is not None and time.time() > deadline and start + batch >= 32:
-                break
         self.model.train()
         states = np.concatenate(states)
-        sample = sample[:len(states)]
+        sample = np.concatenate(read)
         with torch.no_grad():
             feats = None if self.f_std is None else self.f_std[sample]
             x = self.model.head_input(torch.tensor(states), feats).numpy()
@@ -263,15 +290,15 @@ class PopularityRecipe(Recipe):
                 {"params": head, "lr": self.args.head_lr, "weight_decay": 0.0}]
 
     # results
-    def predict(self, rows: np.ndarray, return_pooled: bool = False):
+    def predict(self, rows: np.ndarray, return_pooled: bool = False, on_batch: Callable[[int], None] | None = None):
         """Scores (on the target's scale) of `data` rows with the current weights."""
-        texts = [self.data.texts[i] for i in rows]
+        texts = [self.texts[i] for i in rows]
         feats = None if self.feats is None else head_features(self.args, self.data)[rows]
         return predict_scores(self.model, self.tokenizer, texts, feats, target_norm=self.target_norm,
                               feature_norm=self.feature_norm, max_length=self.args.model.max_length,
                               suffix=self.args.model.suffix, batch_size=self.args.eval_batch_size,
                               bf16=self.bf16, device=self.args.device, padding_side=self.args.padding_side,
-                              return_pooled=return_pooled)
+                              return_pooled=return_pooled, on_batch=on_batch)
 
     def card(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Everything `inference.popularity` needs to rebuild inputs exactly as in training."""
@@ -282,9 +309,12 @@ class PopularityRecipe(Recipe):
             "input": {"template": "帖子标题：<title>\\n\\n帖子话题：<#tags>\\n\\n帖子内容：<content>",
                       "content_chars": cfg.model.content_chars, "max_length": cfg.model.max_length,
                       "suffix": cfg.model.suffix, "padding_side": cfg.padding_side,
-                      "pooling": "last non-padding token"},
+                      "pooling": "last non-padding token",
+                      "history_k": cfg.model.history_k, "history_window_days": cfg.model.history_window_days},
             "target": {"name": cfg.target.name, "weights": weights, "formula": describe_target(weights),
-                       "log": "natural", "mean": self.target_norm.mean[0], "std": self.target_norm.std[0]},
+                       "log": "natural", "mean": self.target_norm.mean[0], "std": self.target_norm.std[0],
+                       # a residual head learns other targets than the formula's (its score alone is no WLAES)
+                       "given_targets": self.targets is not None},
             "features": {"names": list(cfg.model.features),
                          "mean": self.feature_norm.mean if self.feature_norm else [],
                          "std": self.feature_norm.std if self.feature_norm else [],
@@ -311,7 +341,9 @@ class PopularityRecipe(Recipe):
         from notellm.evaluation.regression import regression_metrics
 
         rows = np.asarray(self.score_rows)
-        pred = self.predict(rows)
+        engine = getattr(self, "engine", None)
+        phase = engine.phase("scoring held-out notes", len(rows), "notes") if engine is not None else None
+        pred = self.predict(rows, on_batch=phase.advance if phase is not None else None)
         y = self.data.y[rows]
         write_parquet(pa.table({"note_id": [self.data.note_ids[i] for i in rows], "target": y, "prediction": pred}),
                       folder / "test_predictions.parquet")
@@ -342,19 +374,22 @@ def train(cfg: PopularityConfig, callbacks: Sequence[Callback] | None = None,
 
 
 def fit_rows(cfg: PopularityConfig, data: PreparedData, rows: np.ndarray, output_dir: str | Path,
-             callbacks: Sequence[Callback] | None = None) -> PopularityRecipe:
+             callbacks: Sequence[Callback] | None = None, targets: np.ndarray | None = None) -> PopularityRecipe:
     """Train on `rows` of `data` into `output_dir` (resumable); return the recipe holding the trained model."""
-    recipe = PopularityRecipe(replace(cfg, output_dir=str(output_dir)), data, rows=rows, score_rows=None)
+    recipe = PopularityRecipe(replace(cfg, output_dir=str(output_dir)), data, rows=rows, score_rows=None,
+                              targets=targets)
     recipe.summary = Engine(recipe, callbacks).run()
     return recipe
 
 
 def cross_fit_llm(cfg: PopularityConfig, data: PreparedData, folds: int | None = None,
-                  callbacks: Sequence[Callback] | None = None, log: Log = _quiet) -> LLMScores:
+                  callbacks: Sequence[Callback] | None = None, log: Log = _quiet,
+                  targets: np.ndarray | None = None) -> LLMScores:
     """`folds` >= 2: the training notes (or a random `eval.stack_max_notes` of them) are cut into folds
     (authors kept together in an author split); fold model k trains on the other folds and scores fold k
     and the test notes. `oof` is NaN for training notes outside the subset. `folds` = 1: one model on all
-    (or the subset of) training notes, no `oof`."""
+    (or the subset of) training notes, no `oof`. `targets` (one per row of `data`, e.g. the cross-fitted
+    residuals of `evaluation.popularity.residual_targets`) replace `data.y` as what the models learn."""
     folds = folds or cfg.eval.stack_folds
     tr, te = data.train_idx, data.test_idx
     subset = np.arange(len(tr))
@@ -363,7 +398,7 @@ def cross_fit_llm(cfg: PopularityConfig, data: PreparedData, folds: int | None =
     want_pooled = cfg.eval.stack_embedding_dims > 0
     root = Path(cfg.output_dir) / "stack"
     if folds == 1:
-        recipe = fit_rows(cfg, data, tr[subset], root / "all", callbacks)
+        recipe = fit_rows(cfg, data, tr[subset], root / "all", callbacks, targets)
         out = recipe.predict(te, return_pooled=want_pooled)
         score, pooled = out if want_pooled else (out, None)
         return LLMScores(score, None, pooled, None, [_fold_info(recipe)])
@@ -376,9 +411,10 @@ def cross_fit_llm(cfg: PopularityConfig, data: PreparedData, folds: int | None =
     for k in range(folds):
         fit_rows_k, hold_rows = tr[(fold_of >= 0) & (fold_of != k)], tr[fold_of == k]
         log(f"fold {k + 1}/{folds}: training on {len(fit_rows_k)} notes, scoring {len(hold_rows)} + {len(te)} test")
-        recipe = fit_rows(cfg, data, fit_rows_k, root / f"fold-{k}", callbacks)
+        recipe = fit_rows(cfg, data, fit_rows_k, root / f"fold-{k}", callbacks, targets)
         rows = np.concatenate([hold_rows, te])
-        out = recipe.predict(rows, return_pooled=want_pooled)
+        phase = recipe.engine.phase(f"fold {k + 1}/{folds}: scoring", len(rows), "notes")
+        out = recipe.predict(rows, return_pooled=want_pooled, on_batch=phase.advance)
         score, pooled = out if want_pooled else (out, None)
         oof[fold_of == k] = score[: len(hold_rows)]
         test_scores.append(score[len(hold_rows):])
@@ -413,7 +449,8 @@ def evaluate(cfg: PopularityConfig, model_dir: str | Path | None = None, stack: 
         from notellm.evaluation.popularity import llm_note_vectors
 
         log(f"note embeddings by {cfg.eval.llm_features}")
-        vectors = llm_note_vectors(cfg.eval.llm_features, data, Path(cfg.output_dir) / "features")
+        vectors = llm_note_vectors(cfg.eval.llm_features, data, Path(cfg.output_dir) / "features",
+                                   regressor_input={"max_length": cfg.model.max_length, "suffix": cfg.model.suffix})
     preds = baseline_predictions(cfg.eval, cfg.split.kind, data, llm, log=log, note_vectors=vectors)
     if model_dir is not None:
         check_no_overlap(model_dir, data)
@@ -428,4 +465,4 @@ def evaluate(cfg: PopularityConfig, model_dir: str | Path | None = None, stack: 
 
 
 __all__ = ["PopularityConfig", "PopularityModelConfig", "PopularityRecipe", "RegressionModule", "cross_fit_llm",
-           "evaluate", "fit_rows", "head_features", "length_bucketed_batches", "prepare", "train", "HistoryConfig"]
+           "evaluate", "fit_rows", "head_features", "model_texts", "length_bucketed_batches", "prepare", "train", "HistoryConfig"]
