@@ -110,7 +110,7 @@ def embed_table(notes_path: str, model: str, out_dir: str, shard_size: int = 409
         vectors = embedder.encode(chunk, on_batch=(lambda n: progress.advance(task, n)) if progress else None)
         with atomic_path(_shard_path(out, k), suffix=".npz") as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, ids=np.array([r["note_id"] for r in chunk], dtype=object), vectors=vectors)
+                np.savez(f, ids=np.array([str(r["note_id"]) for r in chunk], dtype=str), vectors=vectors)
     if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()  # every process, so the main one merges only once all shards are written
     if rank == 0:
@@ -129,11 +129,22 @@ def merge_shards(out: Path, n_shards: int, meta: dict[str, Any]) -> Path:
     ids: list[str] = []
     parts = []
     for k in range(n_shards):
-        with np.load(_shard_path(out, k), allow_pickle=True) as data:
-            ids.extend(str(i) for i in data["ids"])
-            parts.append(data["vectors"])
+        shard_ids, vectors = read_shard(_shard_path(out, k))
+        ids.extend(shard_ids)
+        parts.append(vectors)
     write_embeddings(ids, np.concatenate(parts), meta, out)
     return out
+
+
+def read_shard(path: Path) -> tuple[list[str], np.ndarray]:
+    """The ids and vectors of one shard, read without unpickling: a planted or damaged file is refused."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return [str(i) for i in data["ids"]], np.asarray(data["vectors"], dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001 - anything unreadable without pickle is a refused shard
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"embedding shard is damaged or not written by notellm embed (never unpickled: {first}); "
+                        f"delete it to recompute it", file=str(path)) from None
 
 
 def write_embeddings(ids: Sequence[str], vectors: np.ndarray, meta: dict[str, Any], out_dir: str | Path) -> Path:
@@ -155,7 +166,7 @@ def read_embeddings(path: str | Path) -> tuple[list[str], np.ndarray, dict[str, 
     for name in ("embeddings.npy", "note_ids.txt", "meta.json"):
         if not (path / name).exists():
             raise DataError(f"not an embeddings folder (missing {name})", file=str(path))
-    vectors = np.load(path / "embeddings.npy")
+    vectors = np.load(path / "embeddings.npy", allow_pickle=False)
     ids = (path / "note_ids.txt").read_text(encoding="utf-8").splitlines()
     meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
     if len(ids) != vectors.shape[0]:
