@@ -54,3 +54,130 @@ def test_a_planted_pickle_shard_is_refused_and_nothing_runs(tmp_path, notes, cap
     assert "shard-00000.npz" in line and "never unpickled" in line
     assert not marker.exists()
     assert not (out / "embeddings.npy").exists()
+
+
+@pytest.fixture()
+def cached_models(monkeypatch):
+    """Each `notellm embed` below loads the same tiny models: load each once (the fingerprints still hash the
+    model folders on disk, so a changed folder is still seen)."""
+    from notellm.inference import embed as embed_mod
+
+    cache, load = {}, embed_mod.load_model_for_embedding
+
+    def cached(model, bf16, pooling=None):
+        key = (model, bf16, pooling)
+        if key not in cache:
+            cache[key] = load(model, bf16, pooling)
+        return cache[key]
+
+    monkeypatch.setattr(embed_mod, "load_model_for_embedding", cached)
+
+
+def _kill_after_merge_of(out, kept_shards: int) -> None:
+    """What a kill leaves: the first `kept_shards` shards, no merged files."""
+    for shard in sorted((out / "shards").glob("shard-*.npz"))[kept_shards:]:
+        shard.unlink()
+    for name in ("embeddings.npy", "note_ids.txt", "meta.json"):
+        (out / name).unlink()
+
+
+def test_embed_resume_with_another_shard_size_or_input_is_refused_and_restart_starts_fresh(
+        tmp_path, notes, capsys, cached_models):
+    from notellm.inference.embed import read_embeddings
+
+    out = tmp_path / "e"
+    assert run("embed", notes, "-m", MODEL, "-o", out, "--shard-size", 10, "--fp32") == 0
+    _kill_after_merge_of(out, kept_shards=3)
+    capsys.readouterr()
+    # main wrote 30 of 32 notes here (shards 0-2 of size 10 kept, shard 4 of size 7 added), exit 0
+    assert run("embed", notes, "-m", MODEL, "-o", out, "--shard-size", 7, "--fp32") == 2
+    line = one_line_error(capsys)
+    assert "shard_size: 10 -> 7" in line and "--restart" in line and "different embedding run" in line
+    assert not (out / "embeddings.npy").exists()
+    # another input under the same path: rows and ids changed
+    import pyarrow.parquet as pq
+
+    original = notes.read_bytes()
+    pq.write_table(pq.read_table(notes).slice(0, 20), notes)
+    assert run("embed", notes, "-m", MODEL, "-o", out, "--shard-size", 10, "--fp32") == 2
+    line = one_line_error(capsys)
+    assert "input.rows: 32 -> 20" in line and "input.ids_sha256" in line
+    # pooling is a prompt setting; --bf16 the dtype
+    notes.write_bytes(original)
+    assert run("embed", notes, "-m", MODEL, "-o", out, "--shard-size", 10, "--pooling", "mean", "--fp32") == 2
+    assert "prompt.pooling: 'before_emb' -> 'mean'" in one_line_error(capsys)
+    assert run("embed", notes, "-m", MODEL, "-o", out, "--shard-size", 10, "--bf16") == 2
+    assert "dtype: 'float32' -> 'bfloat16'" in one_line_error(capsys)
+    # the same table rewritten (new mtime, same bytes) resumes: only the content is compared
+    assert run("embed", notes, "-m", MODEL, "-o", out, "--shard-size", 10, "--fp32") == 0
+    ids, resumed, meta = read_embeddings(out)
+    assert len(ids) == 32 and meta["fingerprint"]["shard_size"] == 10
+    # --restart discards the shards: the result equals a fresh run with the new shard size
+    assert run("embed", notes, "-m", MODEL, "-o", out, "--shard-size", 7, "--fp32", "--restart") == 0
+    assert run("embed", notes, "-m", MODEL, "-o", tmp_path / "fresh", "--shard-size", 7, "--fp32") == 0
+    ids7, restarted, _ = read_embeddings(out)
+    _, fresh, _ = read_embeddings(tmp_path / "fresh")
+    assert ids7 == ids and sorted(p.name for p in (out / "shards").iterdir()) == [f"shard-{k:05d}.npz" for k in range(5)]
+    np.testing.assert_allclose(restarted, fresh, atol=1e-6)
+    np.testing.assert_allclose(restarted, resumed, atol=1e-5)
+
+
+def test_embed_resume_with_a_changed_model_folder_is_refused(tmp_path, notes, capsys, cached_models):
+    from safetensors.torch import load_file, save_file
+
+    from notellm.models.notellm import NoteLLMConfig, build_notellm
+
+    model_dir = tmp_path / "model"
+    build_notellm(NoteLLMConfig(backbone="tiny-qwen3", dim=16)).save(model_dir)
+    out = tmp_path / "e"
+    assert run("embed", notes, "-m", model_dir, "-o", out, "--shard-size", 10, "--fp32") == 0
+    _kill_after_merge_of(out, kept_shards=2)
+    # "another model" in the same folder: other projection weights
+    head = next(model_dir.glob("*.safetensors"))
+    tensors = load_file(head)
+    save_file({k: v + 1 for k, v in tensors.items()}, str(head))
+    capsys.readouterr()
+    assert run("embed", notes, "-m", model_dir, "-o", out, "--shard-size", 10, "--fp32") == 2
+    line = one_line_error(capsys)
+    assert "model.sha256: sha256" in line and "--restart" in line
+
+
+@pytest.mark.parametrize("flag, value", [("--shard-size", -5), ("--shard-size", 0), ("--batch-size", 0),
+                                          ("--batch-size", -1)])
+def test_embed_sizes_must_be_positive(tmp_path, notes, capsys, flag, value):
+    out = tmp_path / "e"
+    assert run("embed", notes, "-m", MODEL, "-o", out, flag, value) == 2
+    assert f"{flag} must be a whole number of notes >= 1, got {value}" in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_embed_output_replaces_the_folder_whole_and_refuses_a_foreign_one(tmp_path, notes, capsys, cached_models):
+    out = tmp_path / "e"
+    assert run("embed", notes, "-m", MODEL, "-o", out, "--fp32") == 0
+    first = (out / "embeddings.npy").stat().st_ino
+    # what a kill during the merge leaves: a temp folder beside --out and a temp shard inside it
+    (tmp_path / ".e.123.tmp").mkdir()
+    (tmp_path / ".e.123.tmp" / "embeddings.npy").write_bytes(b"half")
+    (out / "shards" / ".shard-00000.npz.abc.npz.tmp").write_bytes(b"half")
+    assert run("embed", notes, "-m", MODEL, "-o", out, "--fp32") == 0
+    assert (out / "embeddings.npy").stat().st_ino != first  # a new folder, not files rewritten in place
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    leftovers += [p.name for p in (out / "shards").iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
+    # --out . (or any folder holding other things) would be replaced whole: refused
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "thesis.tex").write_text("years of work")
+    capsys.readouterr()
+    assert run("embed", notes, "-m", MODEL, "-o", project, "--fp32") == 2
+    assert "is not an embeddings output" in one_line_error(capsys)
+    assert (project / "thesis.tex").read_text() == "years of work"
+
+
+def test_a_non_parquet_file_given_to_embed_is_a_one_line_error(tmp_path, capsys):
+    for name, data in (("notes.csv", b"note_id,title\n1,a\n"), ("notes.parquet", b"PAR1 not really PAR1"),
+                       ("empty.parquet", b"")):
+        (tmp_path / name).write_bytes(data)
+        assert run("embed", tmp_path / name, "-m", MODEL, "-o", tmp_path / "e") == 2
+        line = one_line_error(capsys)
+        assert name in line and "Parquet" in line
