@@ -181,3 +181,64 @@ def test_a_non_parquet_file_given_to_embed_is_a_one_line_error(tmp_path, capsys)
         assert run("embed", tmp_path / name, "-m", MODEL, "-o", tmp_path / "e") == 2
         line = one_line_error(capsys)
         assert name in line and "Parquet" in line
+
+
+# ---- index folders ----------------------------------------------------------------------------------------
+def _embeddings(folder, ids, seed):
+    from notellm.inference.embed import write_embeddings
+
+    x = np.random.default_rng(seed).standard_normal((len(ids), 8)).astype(np.float32)
+    return write_embeddings(ids, x / np.linalg.norm(x, axis=1, keepdims=True), {"model": f"m{seed}"}, folder)
+
+
+def test_a_crash_while_saving_an_index_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from notellm.inference.embed import read_embeddings
+    from notellm.inference.index import build_index, load_index
+
+    old_ids, new_ids = [f"a{i}" for i in range(20)], [f"b{i}" for i in range(20)]
+    ids, x, meta = read_embeddings(_embeddings(tmp_path / "old", old_ids, 1))
+    notes = pa.table({"note_id": old_ids + new_ids, "title": ["t"] * 40, "category": [["c"]] * 40})
+    build_index(ids, x, meta, notes=notes).save(tmp_path / "index")
+    ids2, x2, meta2 = read_embeddings(_embeddings(tmp_path / "new", new_ids, 2))
+    rebuilt = build_index(ids2, x2, meta2, notes=notes)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")  # dies after index.faiss is written, before the ids
+
+    monkeypatch.setattr(pq, "write_table", crash)
+    with pytest.raises(OSError):
+        rebuilt.save(tmp_path / "index")
+    monkeypatch.undo()
+    # main: the new index.faiss beside the old index.json, loaded without a word (old ids, new vectors)
+    loaded = load_index(tmp_path / "index")
+    assert loaded.ids == old_ids
+    np.testing.assert_allclose(loaded.vector_of("a3"), x[3], atol=1e-6)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_an_index_whose_ids_do_not_match_its_vectors_is_a_one_line_error(tmp_path, capsys):
+    import json
+
+    emb = _embeddings(tmp_path / "emb", [f"n{i}" for i in range(10)], 0)
+    assert run("index", "build", emb, "--out", tmp_path / "index") == 0
+    meta = json.loads((tmp_path / "index" / "index.json").read_text())
+    meta["ids"] = meta["ids"][:-1]
+    (tmp_path / "index" / "index.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert run("index", "info", tmp_path / "index") == 2
+    assert "holds 10 vectors but 9 note ids" in one_line_error(capsys)
+    (tmp_path / "index" / "index.faiss").write_bytes(b"not faiss")
+    assert run("index", "info", tmp_path / "index") == 2
+    assert "damaged index folder" in one_line_error(capsys)
+
+
+def test_index_build_into_a_folder_that_is_not_an_index_is_refused(tmp_path, capsys):
+    emb = _embeddings(tmp_path / "emb", [f"n{i}" for i in range(10)], 0)
+    before = sorted(p.name for p in emb.iterdir())
+    capsys.readouterr()
+    assert run("index", "build", emb, "--out", emb) == 2  # main: wrote the index files into the embeddings
+    assert "is a folder that is not an index" in one_line_error(capsys)
+    assert sorted(p.name for p in emb.iterdir()) == before
