@@ -242,3 +242,59 @@ def test_index_build_into_a_folder_that_is_not_an_index_is_refused(tmp_path, cap
     assert run("index", "build", emb, "--out", emb) == 2  # main: wrote the index files into the embeddings
     assert "is a folder that is not an index" in one_line_error(capsys)
     assert sorted(p.name for p in emb.iterdir()) == before
+
+
+# ---- bad images and bad arguments -------------------------------------------------------------------------
+def _png_header_only(path, width: int, height: int):
+    """A PNG that claims width x height pixels in a few bytes (the decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return str(path)
+
+
+def test_a_decompression_bomb_is_a_counted_skip_never_zeros(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from notellm.data.images import ImageReader, ResizeNormalize
+    from notellm.errors import DataError
+
+    good = tmp_path / "good.png"
+    Image.new("RGB", (12, 12), (200, 10, 10)).save(good)
+    bomb = _png_header_only(tmp_path / "bomb.png", 30_000, 30_000)  # 900 M pixels in 45 bytes
+    reports = []
+    reader = ImageReader(ResizeNormalize(8), on_error="skip", report=reports.append)
+    [(readable, images)] = reader.read([("n1", [bomb, str(good)])])  # main: DecompressionBombError traceback
+    assert readable == [str(good)] and len(images) == 1
+    assert reader.summary()["images_skipped"] == 1 and "decompression bomb" in reports[0]
+    # between MAX_IMAGE_PIXELS and twice that PIL only warns (and would decode it): refused as well
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    warned = ImageReader(ResizeNormalize(8), on_error="skip", report=reports.append)
+    [(readable, images)] = warned.read([("n2", [str(good)])])  # 144 pixels
+    assert readable == [] and images == [] and warned.summary()["notes_affected"] == 1
+    with pytest.raises(DataError, match="decompression bomb"):
+        ImageReader(ResizeNormalize(8), on_error="error").read([("n3", [str(good)])])
+
+
+def test_eval_recall_ks_must_be_positive(tmp_path, capsys):
+    files = write_toy(tmp_path)
+    for ks in ("0,-1", "10,0", "-5"):
+        assert run("eval", "recall", "--notes", files["notes"], "--pairs", files["pairs"], "--baseline", "tfidf-word",
+                   "--ks", ks) == 2
+        assert f"--ks must be whole numbers >= 1 (how many neighbours count), got '{ks}'" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("k", [0, -1])
+def test_recommend_k_must_be_positive(tmp_path, capsys, k):
+    emb = _embeddings(tmp_path / "emb", [f"n{i}" for i in range(10)], 0)
+    assert run("index", "build", emb, "--out", tmp_path / "index") == 0
+    capsys.readouterr()
+    assert run("recommend", "--index", tmp_path / "index", "--note-id", "n1", "-k", k, "--json") == 2  # main: [] exit 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"error: -k must be a whole number of notes >= 1, got {k}" in captured.err.splitlines()

@@ -32,6 +32,8 @@ def recommend(
 
     if (note_id is None) == (note_json is None):
         raise NotellmError("give exactly one of --note-id and --note-json")
+    if k < 1:
+        raise NotellmError(f"-k must be a whole number of notes >= 1, got {k}")
     idx = load_index(index)
     if note_id is not None:
         hits = idx.neighbours_of(note_id, k=k, category=category)
