@@ -298,3 +298,31 @@ def test_recommend_k_must_be_positive(tmp_path, capsys, k):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert f"error: -k must be a whole number of notes >= 1, got {k}" in captured.err.splitlines()
+
+
+# ---- temps of killed writers ------------------------------------------------------------------------------
+def test_a_write_cleans_the_temps_a_killed_writer_left_but_not_a_live_writers(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from notellm.io import atomic_dir, write_json
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # exited and reaped: the pid of a killed writer
+    stale = tmp_path / f".out.json.pid{dead_pid}.abc.tmp"
+    legacy = tmp_path / ".out.json.xyz.tmp"  # written before temps carried a pid
+    live = tmp_path / f".out.json.pid{os.getpid()}.def.tmp"  # a writer that is still running
+    other = tmp_path / f".other.json.pid{dead_pid}.ghi.tmp"
+    for path in (stale, legacy, live, other):
+        path.write_text("half")
+    write_json({"a": 1}, tmp_path / "out.json")  # main: every temp stayed for ever
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.json", live.name, other.name])
+    # a folder moved aside by a writer killed between its two renames is put back by the next writer
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "x").write_text("old")
+    os.replace(tmp_path / "folder", tmp_path / f".folder.pid{dead_pid}.123.old.tmp")
+    with atomic_dir(tmp_path / "folder") as tmp:
+        assert (tmp_path / "folder" / "x").read_text() == "old"
+        (tmp / "x").write_text("new")
+    assert (tmp_path / "folder" / "x").read_text() == "new"
