@@ -117,7 +117,8 @@ def test_embed_resume_with_another_shard_size_or_input_is_refused_and_restart_st
     assert run("embed", notes, "-m", MODEL, "-o", tmp_path / "fresh", "--shard-size", 7, "--fp32") == 0
     ids7, restarted, _ = read_embeddings(out)
     _, fresh, _ = read_embeddings(tmp_path / "fresh")
-    assert ids7 == ids and sorted(p.name for p in (out / "shards").iterdir()) == [f"shard-{k:05d}.npz" for k in range(5)]
+    assert ids7 == ids
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [f"shard-{k:05d}.npz" for k in range(5)]
     np.testing.assert_allclose(restarted, fresh, atol=1e-6)
     np.testing.assert_allclose(restarted, resumed, atol=1e-5)
 

@@ -1,9 +1,13 @@
 """Batch embedding of note tables: length-sorted batches, inference mode, bf16 where the hardware has it,
-output sharded to disk (resumable after a kill) and merged into one folder:
+output sharded to disk (resumable after a kill) and merged into one folder that replaces `out_dir` whole:
 
     out_dir/embeddings.npy   float32 [n, dim], L2-normalised, in note-table order
     out_dir/note_ids.txt     one note id per line, same order
-    out_dir/meta.json        model, prompt, pooling, dim, count
+    out_dir/meta.json        model, prompt, pooling, dim, count, the run's fingerprint
+    out_dir/shards/          the finished shards (ids, vectors, fingerprint; no pickle), kept for reruns
+
+A shard carries the fingerprint of the run that made it (model content, input rows/ids/bytes, prompt settings,
+dtype, shard size); a rerun whose fingerprint differs is refused, naming each change, unless it restarts.
 
 Across processes (`accelerate launch notellm embed ...`), shard k goes to process k % world; the main
 process merges when every shard is on disk.
@@ -151,11 +155,13 @@ def run_fingerprint(notes_path: str | Path, ids: Sequence[str], model: str, embe
     else:
         model_fp = {"sha256": _sha256_of(model)}
     meta = embedder.meta
-    fingerprint = {"format": SHARD_FORMAT, "model": model_fp,
-            "input": _input_fingerprint(notes_path, ids, (known or {}).get("input")),
-            "prompt": {"backbone": meta["backbone"], "pooling": meta["pooling"], "template": meta["prompt"],
-                       "max_length": meta["max_length"]},
-            "dtype": "bfloat16" if embedder.bf16 else "float32", "shard_size": shard_size}
+    fingerprint = {
+        "format": SHARD_FORMAT, "model": model_fp,
+        "input": _input_fingerprint(notes_path, ids, (known or {}).get("input")),
+        "prompt": {"backbone": meta["backbone"], "pooling": meta["pooling"], "template": meta["prompt"],
+                   "max_length": meta["max_length"]},
+        "dtype": "bfloat16" if embedder.bf16 else "float32", "shard_size": shard_size,
+    }
     return json.loads(json.dumps(fingerprint, default=str))  # as a shard stores it (tuples become lists)
 
 
