@@ -201,6 +201,8 @@ def embed_table(notes_path: str, model: str, out_dir: str, shard_size: int = 409
     _positive(shard_size, "shard_size")
     _positive(batch_size, "batch_size")
     out = Path(out_dir)
+    if rank == 0:  # killed between the merge's two renames: the previous folder (and its shards) comes back
+        clean_stale_temps(out.parent, out.name)
     check_output_folder(out)
     table = read_notes(notes_path)
     cols = ["note_id", "title", "content", "hashtags", "category", "image_paths"]
