@@ -6,16 +6,18 @@
 - `atomic_dir(target)`: a temporary folder beside the target; on success every file in it is fsynced and
   the folder replaces the target in one rename (the previous version, if any, is moved aside first and
   removed after). A reader sees the old folder or the new one, never a mix of their files.
-- `clean_stale_temps(folder)`: removes the temporary files and folders a killed run left behind.
+- `clean_stale_temps(folder)`: removes the temporary files and folders a killed run left behind (both
+  writers above call it for their target first, so every rerun cleans up after the run it replaces).
 
-Temporary names start with `.` and end with `.tmp`, so they are easy to recognise and never collide with
-real outputs.
+Temporary names start with `.NAME.pid<PID>.` and end with `.tmp`, so they are easy to recognise, never collide
+with real outputs, and a cleaner leaves the temps of a writer that is still running alone.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -28,6 +30,7 @@ import pyarrow.parquet as pq
 
 TEMP_SUFFIX = ".tmp"
 _OLD_SUFFIX = ".old.tmp"
+_PID = re.compile(r"\.pid(\d+)\.")
 
 
 def _fsync_file(path: Path) -> None:
@@ -58,7 +61,8 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     succeeds (the temporary file is removed otherwise)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + TEMP_SUFFIX, dir=target.parent)
+    clean_stale_temps(target.parent, target.name)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=suffix + TEMP_SUFFIX, dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -84,7 +88,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(target.parent, target.name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=target.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
@@ -94,7 +98,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
         _fsync_dir(tmp)
         old = None
         if target.exists() or target.is_symlink():
-            old = target.with_name(f".{target.name}.{os.getpid()}.{time.time_ns()}{_OLD_SUFFIX}")
+            old = target.with_name(f"{_temp_prefix(target)}{time.time_ns()}{_OLD_SUFFIX}")
             os.replace(target, old)
         os.replace(tmp, target)
         _fsync_dir(target.parent)
@@ -103,6 +107,30 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             _remove(tmp)
+
+
+def _temp_prefix(target: Path) -> str:
+    """`.NAME.pid<PID>.`: the writer's process id, so a cleaner leaves the temps of a live writer alone."""
+    return f".{target.name}.pid{os.getpid()}."
+
+
+def _writer_alive(temp_name: str) -> bool:
+    """Whether the process that made this temp is still running (on this machine; a zombie counts as dead)."""
+    match = _PID.search(temp_name)
+    if match is None:
+        return False  # a temp of an older notellm, without a process id
+    pid = int(match.group(1))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2] != "Z"
+    except (OSError, ValueError, IndexError):
+        return True
 
 
 def _remove(path: Path) -> None:
@@ -125,6 +153,8 @@ def clean_stale_temps(folder: str | os.PathLike, name: str | None = None) -> int
     for entry in sorted(folder.iterdir()):
         if not (entry.name.startswith(prefix) and entry.name.endswith(TEMP_SUFFIX)):
             continue
+        if _writer_alive(entry.name):  # another process is writing it right now
+            continue
         if entry.name.endswith(_OLD_SUFFIX):
             original = folder / _original_name(entry.name)
             if not original.exists():  # killed between the two renames: the old version goes back
@@ -137,7 +167,7 @@ def clean_stale_temps(folder: str | os.PathLike, name: str | None = None) -> int
 
 
 def _original_name(temp_name: str) -> str:
-    """`.NAME.<pid>.<ns>.old.tmp` -> NAME (NAME may itself contain dots)."""
+    """`.NAME.pid<pid>.<ns>.old.tmp` -> NAME (NAME may itself contain dots)."""
     stem = temp_name[1:-len(_OLD_SUFFIX)]
     return stem.rsplit(".", 2)[0]
 

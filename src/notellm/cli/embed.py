@@ -19,8 +19,14 @@ def embed(
     shard_size: int = typer.Option(4096, help="notes per on-disk shard; finished shards are skipped on resume"),
     pooling: str = typer.Option(None, help="override pooling: before_emb | emb | last | mean"),
     bf16: bool = typer.Option(None, "--bf16/--fp32", help="default: bf16 where the CPU/GPU supports it"),
+    restart: bool = typer.Option(False, "--restart", help="discard the shards of an earlier run in --out and "
+                                                           "start fresh"),
 ) -> None:
     """Embed every note; a killed run started again resumes from its finished shards.
+
+    The shards carry a fingerprint of the model, the note table, the prompt settings, the dtype and the shard
+    size: a rerun with any of them changed is refused (use --restart, or another --out). The finished folder
+    replaces --out whole.
 
     On several GPUs: `accelerate launch -m notellm.cli embed ...` (each process takes every world-th shard;
     the main process merges).
@@ -39,6 +45,7 @@ def embed(
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     with progress() as bar:
         result = embed_table(notes, model, out, shard_size=shard_size, batch_size=batch_size, bf16=bf16,
-                             pooling=pooling, rank=rank, world=world, progress=bar)
+                             pooling=pooling, rank=rank, world=world, progress=bar,
+                             restart=restart)
     if result is not None:
         console.print(f"[green]wrote[/] {result}/embeddings.npy")

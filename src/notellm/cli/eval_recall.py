@@ -42,6 +42,8 @@ def recall(
         k_list = [int(k) for k in ks.split(",")] if ks else None
     except ValueError:
         raise NotellmError(f"--ks must be comma-separated integers, got '{ks}'") from None
+    if k_list is not None and (not k_list or min(k_list) < 1):
+        raise NotellmError(f"--ks must be whole numbers >= 1 (how many neighbours count), got '{ks}'")
     if baseline is not None:
         from notellm.evaluation.baselines import BASELINES
 

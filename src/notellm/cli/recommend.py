@@ -39,6 +39,8 @@ def recommend(
         raise NotellmError("give exactly one of --note-id and --note-json")
     if fusion not in ("rrf", "weighted"):
         raise NotellmError(f"--fusion must be rrf or weighted, got '{fusion}'")
+    if k < 1:
+        raise NotellmError(f"-k must be a whole number of notes >= 1, got {k}")
     idx = load_index(index)
     if note_id is not None:
         vector, exclude, source = idx.vector_of(note_id), {note_id}, note_id

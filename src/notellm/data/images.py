@@ -5,7 +5,8 @@
 - Preprocessing is deterministic (no random flip or crop, at training or inference): the vision tower's own
   Hugging Face image processor when it has one, else a resize to the tower's input size and a per-channel
   normalisation (`ResizeNormalize`).
-- An image that is missing or cannot be decoded is never replaced by zeros. With `on_error="skip"` it is
+- An image that is missing, cannot be decoded or is a decompression bomb (more pixels than PIL's
+  `Image.MAX_IMAGE_PIXELS`) is never replaced by zeros. With `on_error="skip"` it is
   dropped from its note (the note keeps its other images, or becomes text-only), and the problem is counted
   and reported once per (note, file); with `on_error="error"` it raises `DataError` naming the file, the note
   and the field.
@@ -14,7 +15,7 @@
 from __future__ import annotations
 
 import logging
-
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -122,9 +123,15 @@ class ImageReader:
         resolved = self.resolve(path)
         if not resolved.is_file():
             raise FileNotFoundError(f"no such file {resolved}")
-        with Image.open(resolved) as im:
-            im.load()  # decode now: a truncated or corrupt file fails here, not later inside the model
-            rgb = im.convert("RGB")
+        try:
+            with warnings.catch_warnings():
+                # PIL only warns between MAX_IMAGE_PIXELS and twice that: such an image is refused too
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(resolved) as im:
+                    im.load()  # decode now: a truncated or corrupt file fails here, not later inside the model
+                    rgb = im.convert("RGB")
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ValueError(f"decompression bomb refused ({exc})") from None
         if rgb.width == 0 or rgb.height == 0:
             raise ValueError("image has no pixels")
         return rgb

@@ -1,9 +1,13 @@
 """Batch embedding of note tables: length-sorted batches, inference mode, bf16 where the hardware has it,
-output sharded to disk (resumable after a kill) and merged into one folder:
+output sharded to disk (resumable after a kill) and merged into one folder that replaces `out_dir` whole:
 
     out_dir/embeddings.npy   float32 [n, dim], L2-normalised, in note-table order
     out_dir/note_ids.txt     one note id per line, same order
-    out_dir/meta.json        model, prompt, pooling, dim, count
+    out_dir/meta.json        model, prompt, pooling, dim, count, the run's fingerprint
+    out_dir/shards/          the finished shards (ids, vectors, fingerprint; no pickle), kept for reruns
+
+A shard carries the fingerprint of the run that made it (model content, input rows/ids/bytes, prompt settings,
+dtype, shard size); a rerun whose fingerprint differs is refused, naming each change, unless it restarts.
 
 Across processes (`accelerate launch notellm embed ...`), shard k goes to process k % world; the main
 process merges when every shard is on disk.
@@ -11,8 +15,10 @@ process merges when every shard is on disk.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -20,8 +26,9 @@ import numpy as np
 import torch
 
 from notellm.device import bf16_supported
-from notellm.errors import DataError, NotellmError
-from notellm.io import atomic_path, write_json
+from notellm.errors import ConfigError, DataError, NotellmError
+from notellm.fingerprint import describe_changes, file_digest
+from notellm.io import atomic_dir, atomic_path, clean_stale_temps
 
 ZERO_SHOT_PREFIX = "zero-shot:"  # `zero-shot:<backbone>[@pooling]`: an untrained NoteLLM (PromptEOL-style)
 
@@ -85,37 +92,151 @@ def load_embedder(model_dir: str, **kwargs) -> Embedder:
 
 
 # ---- sharded, resumable runs -----------------------------------------------------------------------------
+SHARDS = "shards"
+SHARD_FORMAT = 2  # shards of format 1 held ids as pickled objects; they are refused, never unpickled
+_OUTPUT_FILES = ("embeddings.npy", "note_ids.txt", "meta.json")
+
+
 def _shard_path(out_dir: Path, k: int) -> Path:
-    return out_dir / "shards" / f"shard-{k:05d}.npz"
+    return out_dir / SHARDS / f"shard-{k:05d}.npz"
+
+
+def _positive(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"--{name.replace('_', '-')} must be a whole number of notes >= 1, got {value!r}")
+    return value
+
+
+def _barrier(world: int) -> None:
+    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def check_output_folder(out: Path) -> None:
+    """`out` is replaced whole when the run finishes: refuse a file, or a folder holding anything but an
+    earlier embeddings output (so `--out .` cannot delete a project)."""
+    if out.is_file():
+        raise ConfigError(f"--out {out} is a file; give a folder for the embeddings")
+    if out.is_dir():
+        foreign = [p.name for p in out.iterdir() if p.name not in (*_OUTPUT_FILES, SHARDS, "recall.json")]
+        if foreign and not (out / "meta.json").is_file():
+            raise ConfigError(f"--out {out} is a folder that is not an embeddings output (it holds {foreign[0]!r}); "
+                              f"choose a new folder: it is replaced whole when the run finishes")
+
+
+def _sha256_of(path: str | Path) -> str:
+    return "sha256:" + file_digest(path)["sha256"]
+
+
+def _input_fingerprint(notes_path: str | Path, ids: Sequence[str], known: dict[str, Any] | None) -> dict[str, Any]:
+    """Rows, a hash of the ids and of the file's bytes; the file hash is taken from `known` (an earlier run's
+    fingerprint) when size and modification time are unchanged, so resuming a big table does not re-hash it."""
+    path = Path(notes_path)
+    ids_sha = "sha256:" + hashlib.sha256(json.dumps(list(ids), ensure_ascii=False).encode("utf-8")).hexdigest()
+    file: dict[str, Any]
+    if path.is_file():
+        stat = path.stat()
+        old = (known or {}).get("file") or {}
+        if old.get("bytes") == stat.st_size and old.get("mtime_ns") == stat.st_mtime_ns and old.get("sha256"):
+            file = dict(old)
+        else:
+            file = {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": _sha256_of(path)}
+    else:  # a folder of Parquet files: its files' content
+        file = {"sha256": _sha256_of(path)}
+    return {"rows": len(ids), "ids_sha256": ids_sha, "file": file}
+
+
+def run_fingerprint(notes_path: str | Path, ids: Sequence[str], model: str, embedder: "Embedder",
+                    shard_size: int, known: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the vectors of a shard depend on: the model (its folder's content, or the zero-shot backbone), the
+    input, the prompt settings, the dtype and the shard size (which fixes the notes of shard k)."""
+    if model.startswith(ZERO_SHOT_PREFIX):
+        model_fp: dict[str, Any] = {"zero_shot": model[len(ZERO_SHOT_PREFIX):]}
+    else:
+        model_fp = {"sha256": _sha256_of(model)}
+    meta = embedder.meta
+    fingerprint = {
+        "format": SHARD_FORMAT, "model": model_fp,
+        "input": _input_fingerprint(notes_path, ids, (known or {}).get("input")),
+        "prompt": {"backbone": meta["backbone"], "pooling": meta["pooling"], "template": meta["prompt"],
+                   "max_length": meta["max_length"]},
+        "dtype": "bfloat16" if embedder.bf16 else "float32", "shard_size": shard_size,
+    }
+    return json.loads(json.dumps(fingerprint, default=str))  # as a shard stores it (tuples become lists)
+
+
+def _shard_fingerprint(path: Path) -> dict[str, Any]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return json.loads(str(data["fingerprint"]))
+    except Exception as exc:  # noqa: BLE001 - anything unreadable without pickle is a refused shard
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"embedding shard is damaged or not written by this notellm embed (never unpickled: "
+                        f"{first}); rerun with --restart to discard the shards", file=str(path)) from None
+
+
+def _existing_shards(out: Path) -> list[Path]:
+    folder = out / SHARDS
+    return sorted(folder.glob("shard-*.npz")) if folder.is_dir() else []
+
+
+def _check_resumable(out: Path, fingerprint: dict[str, Any]) -> None:
+    """Every shard already in `out` must have been made by this very run, or the run is refused."""
+    for path in _existing_shards(out):
+        old = _shard_fingerprint(path)
+        changes = describe_changes(old, fingerprint, ignore=("input.file.mtime_ns", "input.file.bytes"))
+        if changes:
+            raise DataError(f"holds shards of a different embedding run ({'; '.join(changes)}); rerun with "
+                            f"--restart to discard them, or use another --out", file=str(out / SHARDS))
 
 
 def embed_table(notes_path: str, model: str, out_dir: str, shard_size: int = 4096, batch_size: int = 32,
                 bf16: bool | None = None, pooling: str | None = None, rank: int = 0, world: int = 1,
-                progress=None) -> Path | None:
-    """Embed a Note table into `out_dir`; finished shards are kept and skipped when run again."""
+                progress=None, restart: bool = False) -> Path | None:
+    """Embed a Note table into `out_dir`. Finished shards are kept and skipped when run again with the same
+    model, input, prompt, dtype and shard size (a run with any of them changed is refused unless `restart`,
+    which discards them); the merged folder replaces `out_dir` whole."""
     from notellm.data.schema import read_notes
 
+    _positive(shard_size, "shard_size")
+    _positive(batch_size, "batch_size")
     out = Path(out_dir)
+    if rank == 0:  # killed between the merge's two renames: the previous folder (and its shards) comes back
+        clean_stale_temps(out.parent, out.name)
+    check_output_folder(out)
     table = read_notes(notes_path)
     cols = ["note_id", "title", "content", "hashtags", "category", "image_paths"]
     rows = table.select(cols).to_pylist()
-    n_shards = max(1, -(-len(rows) // shard_size))
-    todo = [k for k in range(n_shards) if k % world == rank and not _shard_path(out, k).exists()]
+    ids = [str(r["note_id"]) for r in rows]
+    if restart and rank == 0:
+        shutil.rmtree(out / SHARDS, ignore_errors=True)
+    _barrier(world)
+    existing = _existing_shards(out)
+    known = _shard_fingerprint(existing[0]) if existing else None  # a planted file is refused before any work
     embedder = Embedder(model, bf16=bf16, batch_size=batch_size, pooling=pooling)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
+    fingerprint = run_fingerprint(notes_path, ids, model, embedder, shard_size, known)
+    _check_resumable(out, fingerprint)
+    n_shards = max(1, -(-len(rows) // shard_size))
+    mine = [k for k in range(n_shards) if k % world == rank]
+    (out / SHARDS).mkdir(parents=True, exist_ok=True)
+    for k in mine:  # only this process's shards: another process may be writing its own right now
+        clean_stale_temps(out / SHARDS, _shard_path(out, k).name)
+    todo = [k for k in mine if not _shard_path(out, k).exists()]
     task = progress.add_task("embed", total=sum(len(rows[k * shard_size:(k + 1) * shard_size]) for k in todo)) \
         if progress else None
+    encoded_fp = np.array(json.dumps(fingerprint, sort_keys=True))
     for k in todo:
         chunk = rows[k * shard_size:(k + 1) * shard_size]
         vectors = embedder.encode(chunk, on_batch=(lambda n: progress.advance(task, n)) if progress else None)
         with atomic_path(_shard_path(out, k), suffix=".npz") as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, ids=np.array([r["note_id"] for r in chunk], dtype=object), vectors=vectors)
-    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()  # every process, so the main one merges only once all shards are written
+                np.savez(f, ids=np.array(ids[k * shard_size:(k + 1) * shard_size], dtype=str), vectors=vectors,
+                         fingerprint=encoded_fp)
+    _barrier(world)  # every process, so the main one merges only once all shards are written
     if rank == 0:
         _check_shards(out, n_shards)
-        return merge_shards(out, n_shards, {**embedder.meta, "notes": str(notes_path), "count": len(rows)})
+        meta = {**embedder.meta, "notes": str(notes_path), "count": len(rows), "fingerprint": fingerprint}
+        return merge_shards(out, n_shards, meta, expected_ids=ids)
     return None
 
 
@@ -125,28 +246,54 @@ def _check_shards(out: Path, n_shards: int) -> None:
         raise NotellmError(f"{len(missing)} shard(s) missing in {out}/shards (e.g. {missing[:3]}); run again")
 
 
-def merge_shards(out: Path, n_shards: int, meta: dict[str, Any]) -> Path:
+def merge_shards(out: Path, n_shards: int, meta: dict[str, Any], expected_ids: Sequence[str] | None = None) -> Path:
+    """The shards' vectors in one folder that replaces `out` whole (the shards are kept in it, hard-linked)."""
     ids: list[str] = []
     parts = []
     for k in range(n_shards):
-        with np.load(_shard_path(out, k), allow_pickle=True) as data:
-            ids.extend(str(i) for i in data["ids"])
-            parts.append(data["vectors"])
-    write_embeddings(ids, np.concatenate(parts), meta, out)
-    return out
+        shard_ids, vectors = read_shard(_shard_path(out, k))
+        ids.extend(shard_ids)
+        parts.append(vectors)
+    if expected_ids is not None and ids != list(expected_ids):
+        raise DataError("the shards' note ids are not the note table's (in order); rerun with --restart",
+                        file=str(out / SHARDS))
+    shards = [_shard_path(out, k) for k in range(n_shards)]
+    return write_embeddings(ids, np.concatenate(parts), meta, out, keep_shards=shards)
 
 
-def write_embeddings(ids: Sequence[str], vectors: np.ndarray, meta: dict[str, Any], out_dir: str | Path) -> Path:
+def read_shard(path: Path) -> tuple[list[str], np.ndarray]:
+    """The ids and vectors of one shard, read without unpickling: a planted or damaged file is refused."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return [str(i) for i in data["ids"]], np.asarray(data["vectors"], dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001 - anything unreadable without pickle is a refused shard
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"embedding shard is damaged or not written by this notellm embed (never unpickled: "
+                        f"{first}); rerun with --restart to discard the shards", file=str(path)) from None
+
+
+def write_embeddings(ids: Sequence[str], vectors: np.ndarray, meta: dict[str, Any], out_dir: str | Path,
+                     keep_shards: Sequence[Path] = ()) -> Path:
+    """Write an embeddings folder whole: it replaces `out_dir` in one rename (a reader sees the old folder or
+    the new one). `keep_shards` are hard-linked (copied where links are impossible) into its `shards/`."""
     out = Path(out_dir)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if len(ids) != vectors.shape[0]:
         raise NotellmError(f"{len(ids)} ids but {vectors.shape[0]} vectors")
-    with atomic_path(out / "embeddings.npy", suffix=".npy") as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, vectors)
-    with atomic_path(out / "note_ids.txt") as tmp:
-        tmp.write_text("\n".join(ids) + "\n", encoding="utf-8")
-    write_json({**meta, "dim": int(vectors.shape[1]), "count": len(ids)}, out / "meta.json")
+    check_output_folder(out)
+    with atomic_dir(out) as tmp:
+        with open(tmp / "embeddings.npy", "wb") as f:
+            np.save(f, vectors, allow_pickle=False)
+        (tmp / "note_ids.txt").write_text("\n".join(ids) + "\n", encoding="utf-8")
+        (tmp / "meta.json").write_text(json.dumps({**meta, "dim": int(vectors.shape[1]), "count": len(ids)},
+                                                  ensure_ascii=False, indent=2, default=str), encoding="utf-8")
+        if keep_shards:
+            (tmp / SHARDS).mkdir()
+            for shard in keep_shards:
+                try:
+                    os.link(shard, tmp / SHARDS / shard.name)
+                except OSError:
+                    shutil.copy2(shard, tmp / SHARDS / shard.name)
     return out
 
 
@@ -155,7 +302,7 @@ def read_embeddings(path: str | Path) -> tuple[list[str], np.ndarray, dict[str, 
     for name in ("embeddings.npy", "note_ids.txt", "meta.json"):
         if not (path / name).exists():
             raise DataError(f"not an embeddings folder (missing {name})", file=str(path))
-    vectors = np.load(path / "embeddings.npy")
+    vectors = np.load(path / "embeddings.npy", allow_pickle=False)
     ids = (path / "note_ids.txt").read_text(encoding="utf-8").splitlines()
     meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
     if len(ids) != vectors.shape[0]:

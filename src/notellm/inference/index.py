@@ -7,12 +7,12 @@
 
 Kinds: `flat` (exact, IndexFlatIP; the default), `hnsw` (IndexHNSWFlat: graph search, no training),
 `ivfpq` (inverted lists + product quantisation: compact, trained on the vectors, approximate).
-Every file is written to a temporary name and renamed; index.json is written last, so a folder with an
-index.json is complete.
+The folder is written into a temporary folder beside it and renamed into place whole (`notellm.io.atomic_dir`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,9 +20,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from notellm.errors import ConfigError, DataError
-from notellm.io import atomic_path, read_json, write_json, write_parquet
+from notellm.io import atomic_dir, read_json
 
 KINDS = ("flat", "hnsw", "ivfpq")
 INDEX_FILE, META_FILE, NOTES_FILE = "index.faiss", "index.json", "notes.parquet"
@@ -194,19 +195,29 @@ class NoteIndex:
                 "config": asdict(self.config), "embedding": self.meta, "notes_attached": self.notes is not None}
 
     def save(self, out_dir: str | Path) -> Path:
+        """Write the folder whole: it replaces `out_dir` in one rename, so a reader (or a kill) never sees the
+        ids of one build beside the vectors of another."""
         import faiss
 
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / INDEX_FILE, suffix=".faiss") as tmp:
-            faiss.write_index(self.index, str(tmp))
-        if self.notes is not None:
-            write_parquet(self.notes, out / NOTES_FILE)
-        elif (out / NOTES_FILE).exists():
-            (out / NOTES_FILE).unlink()  # a stale table from an earlier build would describe other notes
-        write_json({**self.info(), "ids": self.ids}, out / META_FILE)
+        _check_replaceable(out)
+        with atomic_dir(out) as tmp:
+            faiss.write_index(self.index, str(tmp / INDEX_FILE))
+            if self.notes is not None:
+                pq.write_table(self.notes, tmp / NOTES_FILE)
+            (tmp / META_FILE).write_text(json.dumps({**self.info(), "ids": self.ids}, ensure_ascii=False, indent=2,
+                                                    default=str), encoding="utf-8")
         self.path = out
         return out
+
+
+def _check_replaceable(out: Path) -> None:
+    """An index folder replaces `out` whole: refuse a file, or a folder that holds anything but an index."""
+    if out.is_file():
+        raise ConfigError(f"--out {out} is a file; give a folder for the index")
+    if out.is_dir() and any(out.iterdir()) and not (out / META_FILE).is_file():
+        raise ConfigError(f"--out {out} is a folder that is not an index (no {META_FILE}); choose a new folder: "
+                          f"it is replaced whole")
 
 
 def build_index(ids: Sequence[str], vectors: Any, meta: dict[str, Any] | None = None, kind: str | None = None,
@@ -245,8 +256,14 @@ def load_index(index_dir: str | Path) -> NoteIndex:
         if not (path / name).exists():
             raise DataError(f"not an index folder (missing {name}); build one with `notellm index build`",
                             file=str(path))
-    info = read_json(path / META_FILE)
-    index = faiss.read_index(str(path / INDEX_FILE))
+    try:
+        info = read_json(path / META_FILE)
+        index = faiss.read_index(str(path / INDEX_FILE))
+    except (OSError, ValueError, RuntimeError) as exc:  # faiss reports a damaged file as RuntimeError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"damaged index folder ({first}); build it again", file=str(path)) from None
+    if not isinstance(info, dict) or not isinstance(info.get("ids"), list):
+        raise DataError(f"damaged index folder ({META_FILE} has no list of ids); build it again", file=str(path))
     if index.d != info["dim"]:
         raise DataError(f"{INDEX_FILE} has dimension {index.d} but {META_FILE} says {info['dim']}", file=str(path))
     cfg = IndexConfig(**info["config"])
@@ -256,7 +273,5 @@ def load_index(index_dir: str | Path) -> NoteIndex:
         faiss.extract_index_ivf(index).nprobe = min(cfg.ivf_nprobe, faiss.extract_index_ivf(index).nlist)
     notes = None
     if (path / NOTES_FILE).exists():
-        import pyarrow.parquet as pq
-
         notes = pq.read_table(path / NOTES_FILE)
     return NoteIndex(info["ids"], index, info.get("embedding", {}), cfg, notes, path)
