@@ -8,8 +8,7 @@ new notes (2 per cluster, one test pair each), so the pool holds one partner per
 modalities; a perfect text-only model reaches about R@10 = 10/24.
 
 Models: the tiny-qwen3 backbone (random weights, real Qwen3 tokenizer) fully fine-tuned (LoRA on a random
-backbone would only slow learning) and a tiny random CLIP vision tower (no vision weights exist offline),
-trained. Each trained model is saved, reloaded through `inference.embed.load_model_for_embedding` (the path
+backbone would only slow learning) and a tiny random CLIP vision tower, trained. Each trained model is saved, reloaded through `inference.embed.load_model_for_embedding` (the path
 `notellm embed` takes) and scored with `notellm.evaluation.recall.evaluate_recall` (the DESIGN.md protocol).
 
     python benchmarks/multimodal.py                      # 6 variants: ~1.5 CPU-minutes, 5-8 min on a busy 2-core box
