@@ -189,7 +189,9 @@ def build_vision_tower(spec: str, seed: int = 0):
                            f"cache (this machine may have no hub access). Underlying error: {exc}") from exc
     finally:
         hf_logging.set_verbosity(verbosity)
-    return tower, _image_processor(spec), family
+    # DINOv2 processors crop to 224 px while the config's image_size (the patch grid the connector expects) may
+    # be another (518 for facebook/dinov2-*): a DINOv2 tower always gets the resize to its own image_size
+    return tower, (_image_processor(spec) if family != "dinov2" else None), family
 
 
 def _image_processor(source: str | Path):
