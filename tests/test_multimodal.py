@@ -241,3 +241,39 @@ def test_a_full_clip_checkpoint_folder_gives_its_vision_tower_and_processor(tmp_
 
     pixels = make_preprocess(tower, processor, family)([Image.open(images["red"])] * 2)
     assert pixels.shape == (2, 3, 32, 32) and torch.equal(pixels[0], pixels[1])  # deterministic, no augmentation
+
+
+def test_a_dinov2_folder_is_a_tower_with_imagenet_preprocessing_and_cls_pooling(backbone, images, tmp_path):
+    """The offline tower's family (dinov2-s-offline is a Dinov2Model folder) on a tiny random Dinov2: one
+    token per patch (CLS dropped) for the connector, the post-LayerNorm CLS for late fusion, ImageNet
+    normalisation; a saved NoteLLM-2 with it reloads to the same vectors."""
+    from PIL import Image
+    from transformers import Dinov2Config, Dinov2Model
+
+    from notellm.inference.embed import load_model_for_embedding
+    from notellm.models.multimodal import build_vision_tower
+    from notellm.models.vision_offline import IMAGENET_MEAN, IMAGENET_STD
+
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                             image_size=28, patch_size=14)).save_pretrained(tmp_path / "dino")
+    tower, processor, family = build_vision_tower(str(tmp_path / "dino"))
+    assert family == "dinov2" and processor is None
+    model = NoteLLM2(copy.deepcopy(backbone[0]), backbone[1], NoteLLMConfig("tiny-qwen3", dim=16, max_length=128),
+                     MultimodalSettings(), tower=tower, processor=processor, family=family).eval()
+    assert model.tokens_per_image == 4  # 2 x 2 patches, CLS dropped
+    pixels = model.preprocess([Image.open(images["red"])])
+    raw = np.asarray(Image.open(images["red"]).convert("RGB").resize((28, 28), Image.Resampling.BICUBIC)) / 255.0
+    expected = (raw - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    np.testing.assert_allclose(pixels[0].permute(1, 2, 0).numpy(), expected, atol=1e-5)
+    feats, pooled = model.vision_features(pixels)
+    with torch.no_grad():
+        out = tower(pixel_values=pixels)
+    torch.testing.assert_close(feats, out.last_hidden_state[:, 1:])
+    torch.testing.assert_close(pooled, out.last_hidden_state[:, 0])
+    notes = [note("a", [images["red"]]), note("b", [images["blue"]])]
+    before = model.embed_notes(notes)
+    model.save(tmp_path / "m")
+    reloaded = load_model_for_embedding(str(tmp_path / "m"), bf16=False)
+    assert reloaded.family == "dinov2"
+    np.testing.assert_allclose(reloaded.embed_notes(notes).numpy(), before.numpy(), atol=1e-5)

@@ -128,7 +128,7 @@ save_every: 0
     assert report["overall"]["recall"] == {"1": validation["val_R@1"], "3": validation["val_R@3"]}
 
 
-@pytest.mark.parametrize("name", ["notellm2_synthetic.yaml", "notellm2_clip.yaml"])
+@pytest.mark.parametrize("name", ["notellm2_synthetic.yaml", "notellm2_clip.yaml", "notellm2_offline.yaml"])
 def test_shipped_configs_select_and_fill_the_multimodal_trainer(name):
     from pathlib import Path
 

