@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from notellm.device import bf16_supported
-from notellm.errors import DataError, NotellmError
+from notellm.errors import ConfigError, DataError, NotellmError
 from notellm.io import atomic_path, write_json
 
 ZERO_SHOT_PREFIX = "zero-shot:"  # `zero-shot:<backbone>[@pooling]`: an untrained NoteLLM (PromptEOL-style)
@@ -68,13 +68,22 @@ def load_model_for_embedding(model: str, bf16: bool, pooling: str | None = None)
 class Embedder:
     """Embed notes with a model folder or `zero-shot:<backbone>`; `.meta` describes the vectors."""
 
-    def __init__(self, model: str, bf16: bool | None = None, batch_size: int = 32, pooling: str | None = None):
-        self.bf16 = bf16_supported() if bf16 is None else bf16
+    def __init__(self, model: str, bf16: bool | None = None, batch_size: int = 32, pooling: str | None = None,
+                 quantize: str | None = None):
+        from notellm.inference.quantize import check_quantize, quantize_int8
+
+        self.quantize = check_quantize(quantize)
+        if self.quantize == "int8" and bf16:
+            raise ConfigError("int8 embedding runs its other layers in float32: drop --bf16 (or --int8)")
+        self.bf16 = (bf16_supported() if bf16 is None else bf16) and self.quantize == "none"
         self.model = load_model_for_embedding(model, self.bf16, pooling)
+        if self.quantize == "int8":
+            quantize_int8(self.model)
         self.batch_size = batch_size
         cfg = self.model.config
         self.meta = {"model": model, "backbone": cfg.backbone, "pooling": cfg.pooling, "dim": self.model.dim,
-                     "prompt": vars(cfg.prompt), "max_length": cfg.max_length, "bf16": self.bf16}
+                     "prompt": vars(cfg.prompt), "max_length": cfg.max_length, "bf16": self.bf16,
+                     "quantize": self.quantize}
 
     def encode(self, notes: Sequence[dict[str, Any]], on_batch=None) -> np.ndarray:
         return embed_notes(self.model, notes, self.batch_size, self.bf16, on_batch)
@@ -91,7 +100,7 @@ def _shard_path(out_dir: Path, k: int) -> Path:
 
 def embed_table(notes_path: str, model: str, out_dir: str, shard_size: int = 4096, batch_size: int = 32,
                 bf16: bool | None = None, pooling: str | None = None, rank: int = 0, world: int = 1,
-                progress=None) -> Path | None:
+                progress=None, quantize: str | None = None) -> Path | None:
     """Embed a Note table into `out_dir`; finished shards are kept and skipped when run again."""
     from notellm.data.schema import read_notes
 
@@ -101,7 +110,7 @@ def embed_table(notes_path: str, model: str, out_dir: str, shard_size: int = 409
     rows = table.select(cols).to_pylist()
     n_shards = max(1, -(-len(rows) // shard_size))
     todo = [k for k in range(n_shards) if k % world == rank and not _shard_path(out, k).exists()]
-    embedder = Embedder(model, bf16=bf16, batch_size=batch_size, pooling=pooling)
+    embedder = Embedder(model, bf16=bf16, batch_size=batch_size, pooling=pooling, quantize=quantize)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     task = progress.add_task("embed", total=sum(len(rows[k * shard_size:(k + 1) * shard_size]) for k in todo)) \
         if progress else None
