@@ -44,19 +44,27 @@ def make_pairs(n_notes: int, n_pairs: int, tmp: Path) -> tuple[str, str, list[di
     return str(tmp / "notes.parquet"), str(tmp / "pairs.parquet"), rows
 
 
-def run_notellm(notes: str, pairs: str, args, out: Path) -> dict:
+def run_notellm(notes: str, pairs: str, args, out: Path, model: dict | None = None, **config) -> dict:
+    """Train `args.steps` steps of `args.batch_size` pairs; `model` / `config`: more NoteLLMModel / training
+    keys (gpu_check.py sets max_length and grad_cache_chunk)."""
     from notellm.models.notellm import NoteLLMConfig
     from notellm.training.engine import Callback, Engine
     from notellm.training.notellm import NoteLLMRecipe, NoteLLMTrainConfig
 
     cfg = NoteLLMTrainConfig(notes=notes, train_pairs=pairs, output_dir=str(out), batch_size=args.batch_size,
-                             max_steps=args.steps, model=NoteLLMConfig(backbone=args.backbone), save_every=0,
-                             log_every=1000, warmup_ratio=0.0)
+                             max_steps=args.steps, model=NoteLLMConfig(backbone=args.backbone, **(model or {})),
+                             save_every=0, log_every=1000, warmup_ratio=0.0, **config)
     recipe = NoteLLMRecipe(cfg)
-    tokens, step_ends = [], []
+    tokens, answers, step_ends = [], [], []
     original_collate = recipe.collate
-    recipe.collate = lambda idx, epoch: (lambda b: tokens.append(int(b["attention_mask"].sum())) or b)(
-        original_collate(idx, epoch))
+
+    def counting_collate(idx, epoch):
+        batch = original_collate(idx, epoch)
+        tokens.append(int(batch["attention_mask"].sum()))
+        answers.append(int((batch["labels"] != -100).sum()))
+        return batch
+
+    recipe.collate = counting_collate
 
     class StepClock(Callback):
         def on_progress(self, completed, description=None):
@@ -66,7 +74,8 @@ def run_notellm(notes: str, pairs: str, args, out: Path) -> dict:
     engine = Engine(recipe, [StepClock()])
     engine.run()
     step_ends = step_ends[1:]  # the first mark is the start of the loop (step 0)
-    return {"seconds": step_ends[-1] - step_ends[0], "tokens": sum(tokens[1:]), "bf16": engine.bf16}
+    return {"seconds": step_ends[-1] - step_ends[0], "tokens": sum(tokens[1:]), "answer_tokens": sum(answers[1:]),
+            "bf16": engine.bf16, "model": recipe.model}
 
 
 def run_sentence_transformers(rows: list[dict], pairs_path: str, args, out: Path, bf16: bool) -> dict:
@@ -120,6 +129,7 @@ def main() -> None:
         tmp = Path(tmp)
         notes, pairs, rows = make_pairs(2000, args.steps * args.batch_size, tmp)
         ours = run_notellm(notes, pairs, args, tmp / "notellm")
+        del ours["model"]
         st = run_sentence_transformers(rows, pairs, args, tmp / "st", ours["bf16"])
     n_pairs = (args.steps - 1) * args.batch_size  # timed from the end of step 1: both warm up in step 1
     from notellm.device import machine_summary
