@@ -21,6 +21,7 @@ def embed(
     bf16: bool = typer.Option(None, "--bf16/--fp32", help="default: bf16 where the CPU/GPU supports it"),
     int8: bool = typer.Option(False, "--int8", help="CPU: int8 dynamic quantization of the decoder's Linear layers "
                                                     "(faster; vectors within ~0.99 cosine of float32)"),
+    threads: int = typer.Option(0, help="torch CPU threads (0: what this CPU rewards, see notellm.device)"),
     engine: str = typer.Option("local", help="local | ray (Ray Data model actors; Parquet shards)"),
     ray_workers: int = typer.Option(2, help="--engine ray: model actors"),
     ray_cpus: float = typer.Option(1.0, help="--engine ray: CPUs per actor (its torch threads)"),
@@ -38,6 +39,10 @@ def embed(
 
     from notellm.inference.embed import embed_table
 
+    from notellm.device import resolve_device, rewarded_threads, set_threads
+
+    if resolve_device("auto") == "cpu":
+        set_threads(threads or rewarded_threads())
     quantize = "int8" if int8 else None
     if engine == "ray":
         from notellm.inference.ray_embed import embed_table_ray

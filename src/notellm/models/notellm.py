@@ -133,9 +133,31 @@ class NoteLLM(nn.Module):
 
     # ---- forward ---------------------------------------------------------------------------------------
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Last-layer hidden states, without computing vocabulary logits."""
+        """Last-layer hidden states, without computing vocabulary logits.
+
+        On CPUs a right-padded batch whose rows differ much in length runs as a few length-sorted chunks, each
+        cut to its own longest row (`length_chunks`): the same states for every real token (padding never
+        reaches them: the attention is causal and padding sits on the right), fewer padding tokens computed.
+        The padded positions of the result are zeros. On GPUs the batch runs whole (padding costs less there,
+        and under FSDP / ZeRO-3 each decoder call would gather the weights again)."""
         decoder = self.lm.get_decoder()
-        return decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        lengths = attention_mask.sum(1)
+        right_padded = bool((attention_mask == (torch.arange(attention_mask.shape[1], device=lengths.device)[None, :]
+                                                 < lengths[:, None])).all())
+        chunks = length_chunks(lengths.tolist()) if input_ids.is_cpu and right_padded else None
+        if chunks is None:
+            return decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        parts, order = [], []
+        for rows, width in chunks:
+            index = torch.tensor(rows, device=input_ids.device)
+            parts.append(decoder(input_ids=input_ids[index, :width],
+                                 attention_mask=attention_mask[index, :width]).last_hidden_state)
+            order.extend(rows)
+        width = input_ids.shape[1]
+        padded = torch.cat([F.pad(h, (0, 0, 0, width - h.shape[1])) for h in parts])
+        inverse = torch.empty(len(order), dtype=torch.long, device=padded.device)
+        inverse[torch.tensor(order, device=padded.device)] = torch.arange(len(order), device=padded.device)
+        return padded[inverse]
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor, emb_pos: torch.Tensor) -> torch.Tensor:
         rows = torch.arange(hidden.shape[0], device=hidden.device)
@@ -231,6 +253,40 @@ class NoteLLM(nn.Module):
         head.update(feat_mean=self.feat_mean.float().contiguous(), feat_std=self.feat_std.float().contiguous())
         save_file(head, str(out / HEAD_FILE))
         write_card(out, self.kind, self.card({"weights": "lora" if is_peft else "full", **(extra or {})}))
+
+
+CHUNK_OVERHEAD_TOKENS = 256  # what one more decoder call costs on a CPU, in padded tokens (measured order)
+
+
+def length_chunks(lengths: Sequence[int], overhead: int = CHUNK_OVERHEAD_TOKENS,
+                  max_chunks: int = 4) -> list[tuple[list[int], int]] | None:
+    """Split a batch's rows, sorted by length, into at most `max_chunks` contiguous groups that minimise the
+    tokens computed (rows x longest row, summed over groups) plus `overhead` per group. Returns [(row indices,
+    width)] longest first, or None when one group is best (the batch then runs as it is)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    sizes = [lengths[i] for i in order]
+    n = len(sizes)
+    if n < 2 or sizes[0] * n - sum(sizes) <= overhead:
+        return None
+    # best[k][j]: the least cost of the first j rows in k groups (a group's width is its first row's length)
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(max_chunks + 1)]
+    cut = [[0] * (n + 1) for _ in range(max_chunks + 1)]
+    best[0][0] = 0.0
+    for k in range(1, max_chunks + 1):
+        for j in range(1, n + 1):
+            for i in range(k - 1, j):
+                cost = best[k - 1][i] + sizes[i] * (j - i) + overhead
+                if cost < best[k][j]:
+                    best[k][j], cut[k][j] = cost, i
+    k = min(range(1, max_chunks + 1), key=lambda m: best[m][n])
+    if k == 1:
+        return None
+    bounds, j = [], n
+    for m in range(k, 0, -1):
+        bounds.append((cut[m][j], j))
+        j = cut[m][j]
+    return [(order[i:j], sizes[i]) for i, j in reversed(bounds)]
 
 
 def build_notellm(config: NoteLLMConfig, dtype: str = "float32", seed: int = 0) -> NoteLLM:
