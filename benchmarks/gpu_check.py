@@ -125,7 +125,10 @@ def check_fsdp(plan: Plan, data: dict[str, str], work: Path, fsdp: bool) -> dict
     total, half = 3 * steps_per_epoch, (3 * steps_per_epoch) // 2
     config = {"notes": data["notes"], "train_pairs": data["pairs"], "batch_size": plan.fsdp_batch,
               "model": {"backbone": plan.big, "dim": 64, "max_length": 128}, "epochs": 3, "lr": 1e-3,
-              "warmup_ratio": 0.0, "log_every": 1, "save_every": half, "bf16": "auto"}
+              "warmup_ratio": 0.0, "log_every": 1, "save_every": half, "bf16": "auto",
+              # a constant rate: the first half-run stops early through max_steps, and a decaying schedule
+              # would then differ from the straight run's before the checkpoint
+              "scheduler": "constant"}
     path = work / "fsdp.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     straight, resumed = work / "fsdp_straight", work / "fsdp_resumed"
