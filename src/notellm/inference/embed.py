@@ -75,13 +75,22 @@ def load_model_for_embedding(model: str, bf16: bool, pooling: str | None = None)
 class Embedder:
     """Embed notes with a model folder or `zero-shot:<backbone>`; `.meta` describes the vectors."""
 
-    def __init__(self, model: str, bf16: bool | None = None, batch_size: int = 32, pooling: str | None = None):
-        self.bf16 = bf16_supported() if bf16 is None else bf16
+    def __init__(self, model: str, bf16: bool | None = None, batch_size: int = 32, pooling: str | None = None,
+                 quantize: str | None = None):
+        from notellm.inference.quantize import check_quantize, quantize_int8
+
+        self.quantize = check_quantize(quantize)
+        if self.quantize == "int8" and bf16:
+            raise ConfigError("int8 embedding runs its other layers in float32: drop --bf16 (or --int8)")
+        self.bf16 = (bf16_supported() if bf16 is None else bf16) and self.quantize == "none"
         self.model = load_model_for_embedding(model, self.bf16, pooling)
+        if self.quantize == "int8":
+            quantize_int8(self.model)
         self.batch_size = batch_size
         cfg = self.model.config
         self.meta = {"model": model, "backbone": cfg.backbone, "pooling": cfg.pooling, "dim": self.model.dim,
-                     "prompt": vars(cfg.prompt), "max_length": cfg.max_length, "bf16": self.bf16}
+                     "prompt": vars(cfg.prompt), "max_length": cfg.max_length, "bf16": self.bf16,
+                     "quantize": self.quantize}
 
     def encode(self, notes: Sequence[dict[str, Any]], on_batch=None) -> np.ndarray:
         return embed_notes(self.model, notes, self.batch_size, self.bf16, on_batch)
@@ -162,6 +171,8 @@ def run_fingerprint(notes_path: str | Path, ids: Sequence[str], model: str, embe
                    "max_length": meta["max_length"]},
         "dtype": "bfloat16" if embedder.bf16 else "float32", "shard_size": shard_size,
     }
+    if meta.get("quantize", "none") != "none":  # int8 never mixes with float vectors (absent: older shards match)
+        fingerprint["quantize"] = meta["quantize"]
     return json.loads(json.dumps(fingerprint, default=str))  # as a shard stores it (tuples become lists)
 
 
@@ -192,7 +203,7 @@ def _check_resumable(out: Path, fingerprint: dict[str, Any]) -> None:
 
 def embed_table(notes_path: str, model: str, out_dir: str, shard_size: int = 4096, batch_size: int = 32,
                 bf16: bool | None = None, pooling: str | None = None, rank: int = 0, world: int = 1,
-                progress=None, restart: bool = False) -> Path | None:
+                progress=None, restart: bool = False, quantize: str | None = None) -> Path | None:
     """Embed a Note table into `out_dir`. Finished shards are kept and skipped when run again with the same
     model, input, prompt, dtype and shard size (a run with any of them changed is refused unless `restart`,
     which discards them); the merged folder replaces `out_dir` whole."""
@@ -213,7 +224,7 @@ def embed_table(notes_path: str, model: str, out_dir: str, shard_size: int = 409
     _barrier(world)
     existing = _existing_shards(out)
     known = _shard_fingerprint(existing[0]) if existing else None  # a planted file is refused before any work
-    embedder = Embedder(model, bf16=bf16, batch_size=batch_size, pooling=pooling)
+    embedder = Embedder(model, bf16=bf16, batch_size=batch_size, pooling=pooling, quantize=quantize)
     fingerprint = run_fingerprint(notes_path, ids, model, embedder, shard_size, known)
     _check_resumable(out, fingerprint)
     n_shards = max(1, -(-len(rows) // shard_size))

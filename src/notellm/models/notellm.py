@@ -170,13 +170,35 @@ class NoteLLM(nn.Module):
 
     # ---- forward ---------------------------------------------------------------------------------------
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Last-layer hidden states, without computing vocabulary logits (the frozen bottom layers' part from
-        `frozen_cache` when training has set one: see models/frozen_cache.py)."""
+        """Last-layer hidden states, without computing vocabulary logits.
+
+        When training has set a `frozen_cache` (models/frozen_cache.py), the frozen bottom layers' part comes
+        from it. Otherwise, on CPUs a right-padded batch whose rows differ much in length runs as a few
+        length-sorted chunks, each cut to its own longest row (`length_chunks`): the same states for every real
+        token (padding never reaches them: the attention is causal and padding sits on the right), fewer padding
+        tokens computed. The padded positions of the result are zeros. On GPUs the batch runs whole (padding
+        costs less there, and under FSDP / ZeRO-3 each decoder call would gather the weights again)."""
         cache = getattr(self, "frozen_cache", None)
         if cache is not None and not torch.is_inference_mode_enabled():  # inference tensors cannot be cached
             return cache.last_hidden_state(input_ids, attention_mask)
         decoder = self.lm.get_decoder()
-        return decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        lengths = attention_mask.sum(1)
+        right_padded = bool((attention_mask == (torch.arange(attention_mask.shape[1], device=lengths.device)[None, :]
+                                                 < lengths[:, None])).all())
+        chunks = length_chunks(lengths.tolist()) if input_ids.is_cpu and right_padded else None
+        if chunks is None:
+            return decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        parts, order = [], []
+        for rows, width in chunks:
+            index = torch.tensor(rows, device=input_ids.device)
+            parts.append(decoder(input_ids=input_ids[index, :width],
+                                 attention_mask=attention_mask[index, :width]).last_hidden_state)
+            order.extend(rows)
+        width = input_ids.shape[1]
+        padded = torch.cat([F.pad(h, (0, 0, 0, width - h.shape[1])) for h in parts])
+        inverse = torch.empty(len(order), dtype=torch.long, device=padded.device)
+        inverse[torch.tensor(order, device=padded.device)] = torch.arange(len(order), device=padded.device)
+        return padded[inverse]
 
     def use_frozen_cache(self, max_gb: float = 4.0) -> bool:
         """Cache the frozen bottom layers' hidden states per prompt (LoRA in the top layers only); False when
@@ -308,6 +330,40 @@ class NoteLLM(nn.Module):
                                        "target_mean": float(self.score_head.target_mean),
                                        "target_std": float(self.score_head.target_std)}
         write_card(out, self.kind, self.card(info))
+
+
+CHUNK_OVERHEAD_TOKENS = 256  # what one more decoder call costs on a CPU, in padded tokens (measured order)
+
+
+def length_chunks(lengths: Sequence[int], overhead: int = CHUNK_OVERHEAD_TOKENS,
+                  max_chunks: int = 4) -> list[tuple[list[int], int]] | None:
+    """Split a batch's rows, sorted by length, into at most `max_chunks` contiguous groups that minimise the
+    tokens computed (rows x longest row, summed over groups) plus `overhead` per group. Returns [(row indices,
+    width)] longest first, or None when one group is best (the batch then runs as it is)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    sizes = [lengths[i] for i in order]
+    n = len(sizes)
+    if n < 2 or sizes[0] * n - sum(sizes) <= overhead:
+        return None
+    # best[k][j]: the least cost of the first j rows in k groups (a group's width is its first row's length)
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(max_chunks + 1)]
+    cut = [[0] * (n + 1) for _ in range(max_chunks + 1)]
+    best[0][0] = 0.0
+    for k in range(1, max_chunks + 1):
+        for j in range(1, n + 1):
+            for i in range(k - 1, j):
+                cost = best[k - 1][i] + sizes[i] * (j - i) + overhead
+                if cost < best[k][j]:
+                    best[k][j], cut[k][j] = cost, i
+    k = min(range(1, max_chunks + 1), key=lambda m: best[m][n])
+    if k == 1:
+        return None
+    bounds, j = [], n
+    for m in range(k, 0, -1):
+        bounds.append((cut[m][j], j))
+        j = cut[m][j]
+    return [(order[i:j], sizes[i]) for i, j in reversed(bounds)]
 
 
 def build_notellm(config: NoteLLMConfig, dtype: str = "float32", seed: int = 0) -> NoteLLM:
