@@ -26,6 +26,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from notellm import __version__
+
+        print(f"notellm {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """LLM note embeddings, hashtag/category generation and popularity prediction for content platforms."""
+
+
 # Sub-command groups, and the modules whose commands fill them (None: top-level commands).
 _GROUP_HELP = {
     "data": "Import notes into the Note table, make the demo corpus, split.",
