@@ -17,8 +17,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-NoteLike = "dict[str, Any] | str"
-EXPORT_CARD = "notellm_export.json"  # written by `notellm export sentence-transformers` beside the ST files
 
 
 def _progress(show: bool, total: int, description: str):
@@ -167,6 +165,8 @@ def _note_config(config: Any):
         return config.model.config
     if hasattr(config, "config") and isinstance(config.config, NoteLLMConfig):
         return config.config
+    from notellm.inference.export import EXPORT_CARD
+
     folder = Path(config)
     for name in (EXPORT_CARD, "notellm.json"):
         if (folder / name).is_file():
