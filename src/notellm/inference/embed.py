@@ -94,7 +94,7 @@ def as_notes(items: Sequence[dict[str, Any] | str]) -> list[dict[str, Any]]:
             notes.append({"note_id": str(i), "title": "", "content": strip_hashtags(item),
                           "hashtags": parse_hashtags(item), "category": []})
         elif isinstance(item, dict):
-            notes.append(item)
+            notes.append(item if "note_id" in item else {**item, "note_id": str(i)})
         else:
             raise TypeError(f"item {i}: expected a string or a note dict, got {type(item).__name__}")
     return notes
