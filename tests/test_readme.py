@@ -2,7 +2,7 @@
 
 What the test changes, so that the whole README runs in CI time, is only the model's size: the quick start
 itself (covered by test_quickstart.py) runs on the tiny random backbone, the configs' `gemma-3-270m` becomes
-`tiny-qwen3`, and training commands stop after 2 steps (`max_steps=2`). Every other word of every command
+`tiny-qwen3` (LoRA on all its 2 layers: `top_layers: 0`), and training commands stop after 2 steps (`max_steps=2`). Every other word of every command
 runs as a user would paste it, in a folder holding nothing but `configs/`; a failing command fails the test
 with its output.
 """
@@ -98,7 +98,8 @@ def test_readme_has_no_placeholders_and_a_measured_quick_start():
 def test_readme_commands_run_in_order(tmp_path):
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
     for config in (tmp_path / "configs").glob("*.yaml"):
-        config.write_text(config.read_text(encoding="utf-8").replace("gemma-3-270m", "tiny-qwen3"), encoding="utf-8")
+        text = config.read_text(encoding="utf-8").replace("gemma-3-270m", "tiny-qwen3")
+        config.write_text(text.replace("top_layers: 6", "top_layers: 0"), encoding="utf-8")  # tiny has 2 layers
     script = tmp_path / "readme.sh"
     script.write_text(readme_script(tmp_path), encoding="utf-8")
     env = {**os.environ, "PY": sys.executable, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1",
