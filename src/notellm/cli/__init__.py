@@ -26,6 +26,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from notellm import __version__
+
+        print(f"notellm {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """LLM note embeddings, hashtag/category generation and popularity prediction for content platforms."""
+
+
 # Sub-command groups, and the modules whose commands fill them (None: top-level commands).
 _GROUP_HELP = {
     "data": "Import notes into the Note table, make the demo corpus, split.",
@@ -34,13 +50,14 @@ _GROUP_HELP = {
     "eval": "Evaluate models and baselines exactly as the papers measure.",
     "popularity": "Predict a note's popularity (RedNoob): train, predict, eval.",
     "coldstart": "Cold-start popularity from a user's past posts (MultiSmpLLM, IDPOP): sft, align, eval.",
+    "export": "Export to the ecosystem: sentence-transformers, Parquet/Arrow embeddings, FAISS.",
     "config": "Show every config key of a trainer with its default and meaning.",
 }
 _MODULES = [
     ("quickstart", None), ("data", "data"), ("demo", "data"), ("split", "data"), ("pairs", None),
     ("models", "models"), ("train", None), ("embed", None), ("index", "index"), ("recommend", None),
     ("eval_recall", "eval"), ("eval_generation", "eval"), ("tag", None), ("popularity", "popularity"),
-    ("coldstart", "coldstart"), ("serve", None), ("plot", None), ("config_show", "config"),
+    ("coldstart", "coldstart"), ("serve", None), ("plot", None), ("config_show", "config"), ("export", "export"),
 ]
 
 _groups: dict[str, typer.Typer] = {}

@@ -13,26 +13,68 @@ console = Console(stderr=True)
 
 
 def run_cli(app: typer.Typer, args: list[str] | None = None) -> int:
-    """Run the app (on `args`, default sys.argv); print NotellmError (bad input, bad config) as one clear line
-    instead of a traceback."""
+    """Run the app (on `args`, default sys.argv). A usage error (unknown command or flag, missing or bad value)
+    and a NotellmError (bad input, bad config) print one clear line on stderr and return 2, never a traceback."""
     try:
-        app(args=args, standalone_mode=False)
+        app(args=args, prog_name="notellm", standalone_mode=False)
     except NotellmError as exc:
         print_error(str(exc))
         return 2
-    except typer.Exit as exc:
-        return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         console.print("[yellow]interrupted[/]")
         return 130
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
+    except Exception as exc:
+        return _click_exit(exc)
     return 0
+
+
+def _click_exceptions() -> tuple[type, ...]:
+    """The usage-error classes of typer's own vendored click (typer >= 0.20 raises those, not click's)."""
+    classes: list[type] = []
+    try:
+        from typer._click import exceptions as vendored
+
+        classes.append(vendored.ClickException)
+    except ImportError:  # an older typer that uses click itself
+        pass
+    import click
+
+    classes.append(click.ClickException)
+    return tuple(classes)
+
+
+def _exit_classes() -> tuple[type, ...]:
+    classes: list[type] = [typer.Exit]
+    try:
+        from typer._click import exceptions as vendored
+
+        classes.append(vendored.Exit)
+    except (ImportError, AttributeError):
+        pass
+    import click
+
+    classes.append(click.exceptions.Exit)
+    return tuple(classes)
+
+
+def _click_exit(exc: Exception) -> int:
+    """Exit code for what typer raised; a usage error becomes one line naming the command's --help."""
+    if isinstance(exc, _exit_classes()):
+        return getattr(exc, "exit_code", 0)
+    if not isinstance(exc, _click_exceptions()):
+        raise exc
+    if type(exc).__name__ == "NoArgsIsHelpError":  # `notellm data` alone: the help is the answer
+        exc.show()
+        return 0
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    possible = sorted(getattr(exc, "possibilities", None) or [])
+    if possible and getattr(exc, "option_name", None):  # click's "(Possible options: ...)" as a question
+        message = f"no such option {exc.option_name}; did you mean {' or '.join(possible)}?"
+    else:
+        message = exc.format_message()
+    print_error(f"{message}{hint}")
+    return 2
 
 
 def print_error(message: str) -> None:

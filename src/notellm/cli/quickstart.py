@@ -45,10 +45,12 @@ def quickstart(
     pool = next(iter(results.values()))
     console.print(f"pool {pool.pool_size} new notes, {pool.n_queries} queries; artefacts in {root}/")
     if train_minutes > 0:
-        console.print("\nnext:\n"
-                      f"  notellm index build {root}/emb_trained --out {root}/index --notes {data['notes']}\n"
-                      f"  notellm recommend --index {root}/index --note-id {pool.per_query[0]['query']} -k 5\n"
-                      f"  notellm serve --model {root}/train/model --index {root}/index --notes {data['notes']}")
+        # plain print, one command per line: a console would wrap them at its width and they could not be pasted
+        print("\nnext:", flush=True)
+        for command in (f"notellm index build {root}/emb_trained --out {root}/index --notes {data['notes']}",
+                        f"notellm recommend --index {root}/index --note-id {pool.per_query[0]['query']} -k 5",
+                        f"notellm serve --model {root}/train/model --index {root}/index --notes {data['notes']}"):
+            print(f"  {command}", flush=True)
 
 
 def _data_stages(root: Path, n_notes: int, seed: int) -> dict[str, Path]:
@@ -60,6 +62,7 @@ def _data_stages(root: Path, n_notes: int, seed: int) -> dict[str, Path]:
              "pairs": root / "data" / "pairs.parquet", "train_pairs": root / "data" / "train_pairs.parquet",
              "test_pairs": root / "data" / "test_pairs.parquet"}
     if not paths["notes"].exists():
+        console.print("[bold]data[/] demo corpus, pairs, time split")
         corpus = generate_demo(n_notes=n_notes, seed=seed)
         write_demo(corpus, root / "data")
         console.print(f"[green]demo corpus[/] {corpus.notes.num_rows} notes, {corpus.events.num_rows} click events")
@@ -77,6 +80,7 @@ def _recall(model: str, data: dict[str, Path], out: Path):
     from notellm.inference.embed import embed_table, read_embeddings
 
     if not (out / "meta.json").exists():
+        console.print(f"[bold]embedding[/] every note with {model} (loading the model first)")
         with progress() as bar:
             embed_table(str(data["notes"]), model, str(out), progress=bar)
     ids, vectors, _ = read_embeddings(out)

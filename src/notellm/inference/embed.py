@@ -92,8 +92,28 @@ class Embedder:
                      "prompt": vars(cfg.prompt), "max_length": cfg.max_length, "bf16": self.bf16,
                      "quantize": self.quantize}
 
-    def encode(self, notes: Sequence[dict[str, Any]], on_batch=None) -> np.ndarray:
-        return embed_notes(self.model, notes, self.batch_size, self.bf16, on_batch)
+    def encode(self, notes: Sequence[dict[str, Any] | str], on_batch=None) -> np.ndarray:
+        """Note dicts (Note-table rows) or plain strings (see `as_notes`) -> L2-normalised vectors."""
+        return embed_notes(self.model, as_notes(notes), self.batch_size, self.bf16, on_batch)
+
+
+def as_notes(items: Sequence[dict[str, Any] | str]) -> list[dict[str, Any]]:
+    """Note dicts as given; a plain string becomes a note whose content is the string (its inline `#话题#`
+    hashtags read into `hashtags`, as `notellm data import` reads a body), with an empty title."""
+    from notellm.data.text import parse_hashtags, strip_hashtags
+
+    if isinstance(items, (str, dict)):
+        raise TypeError("pass a list of strings or note dicts, not a single one")
+    notes = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            notes.append({"note_id": str(i), "title": "", "content": strip_hashtags(item),
+                          "hashtags": parse_hashtags(item), "category": []})
+        elif isinstance(item, dict):
+            notes.append(item if "note_id" in item else {**item, "note_id": str(i)})
+        else:
+            raise TypeError(f"item {i}: expected a string or a note dict, got {type(item).__name__}")
+    return notes
 
 
 def load_embedder(model_dir: str, **kwargs) -> Embedder:
