@@ -130,6 +130,12 @@ def generate_synthetic_mm(out_dir: str | Path, cfg: SyntheticMMConfig | None = N
                 train, test = ids[:-n_test], ids[-n_test:]
                 train_pairs += [(train[i], train[i + 1]) for i in range(0, len(train) - 1, 2)]
                 test_pairs += [(test[i], test[i + 1]) for i in range(0, len(test) - 1, 2)]
+    return write_synthetic_set(out, notes, train_pairs, test_pairs)
+
+
+def write_synthetic_set(out: Path, notes: list[dict], train_pairs: list[tuple[str, str]],
+                        test_pairs: list[tuple[str, str]]) -> dict[str, Path]:
+    """The Note table and the train/test pair tables of a generated set (its images are already in out/images)."""
     write_notes(notes_to_table(notes, source=str(out / "notes.parquet")), out / "notes.parquet")
     paths = {"notes": out / "notes.parquet", "images": out / "images"}
     for name, pairs in (("train_pairs", train_pairs), ("test_pairs", test_pairs)):

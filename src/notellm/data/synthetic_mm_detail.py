@@ -28,11 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from notellm.data.schema import empty_note, notes_to_table, write_notes
-from notellm.data.synthetic_mm import COLOURS, SHAPES, TOPICS, _note_text
-from notellm.io import write_parquet
+from notellm.data.schema import empty_note
+from notellm.data.synthetic_mm import COLOURS, SHAPES, TOPICS, _note_text, write_synthetic_set
 
 COUNTS = (1, 2, 3)
 
@@ -117,13 +115,7 @@ def generate_detail_mm(out_dir: str | Path, cfg: DetailMMConfig | None = None) -
                 train, test = ids[:-cfg.test_notes], ids[-cfg.test_notes:]
                 train_pairs += [(train[i], train[i + 1]) for i in range(0, len(train) - 1, 2)]
                 test_pairs += [(test[i], test[i + 1]) for i in range(0, len(test) - 1, 2)]
-    write_notes(notes_to_table(notes, source=str(out / "notes.parquet")), out / "notes.parquet")
-    paths = {"notes": out / "notes.parquet", "images": out / "images"}
-    for name, pairs in (("train_pairs", train_pairs), ("test_pairs", test_pairs)):
-        table = pa.table({"note_a": [a for a, _ in pairs], "note_b": [b for _, b in pairs],
-                          "score": [1.0] * len(pairs)})
-        paths[name] = write_parquet(table, out / f"{name}.parquet")
-    return paths
+    return write_synthetic_set(out, notes, train_pairs, test_pairs)
 
 
 if __name__ == "__main__":
