@@ -89,38 +89,65 @@ def temps(folder: Path) -> list[str]:
 
 # ---- each command: its arguments, its output's reader (None: not there) and the comparison ----------------
 def table_or_none(path: Path):
-    return pq.read_table(path) if path.exists() else None
+    # one open, then parse from memory: pq.read_table(path) opens the file again for its pages, and a rename
+    # landing between the two opens pairs the old file's footer with the new file's bytes (a torn read of the
+    # reader's own making, not a half-written file)
+    import pyarrow as pa
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return pq.read_table(pa.BufferReader(data))
+
+
+def _folder_snapshot(path: Path, read):
+    """`read(path)` of a folder that a writer may swap whole at any moment: each file is opened by path, so a
+    swap between two opens would mix two versions; a read during which the folder's inode changed is retried
+    (None: no folder, or the instant between the swap's two renames)."""
+    for _ in range(100):
+        try:
+            before = os.stat(path).st_ino
+            value = read(path)
+            if os.stat(path).st_ino == before:
+                return value
+        except FileNotFoundError:
+            return None
+    raise AssertionError(f"{path} kept changing while it was read")
 
 
 def embeddings_or_none(path: Path):
     from notellm.errors import DataError
     from notellm.inference.embed import read_embeddings
 
-    try:
-        ids, vectors, _ = read_embeddings(path)
-    except (DataError, FileNotFoundError):  # no folder yet, or the instant of the swap: nothing to read
-        return None
-    return ids, vectors
+    def read(folder):
+        try:
+            ids, vectors, _ = read_embeddings(folder)
+        except DataError:  # no folder yet
+            raise FileNotFoundError(folder) from None
+        return ids, vectors
+    return _folder_snapshot(path, read)
 
 
 def index_or_none(path: Path):
     from notellm.errors import DataError
     from notellm.inference.index import load_index
 
-    try:
-        index = load_index(path)
-    except (DataError, FileNotFoundError):
-        return None
-    return index.ids, index.index.reconstruct_n(0, len(index)), index.titles()
+    def read(folder):
+        try:
+            index = load_index(folder)
+        except DataError:
+            raise FileNotFoundError(folder) from None
+        return index.ids, index.index.reconstruct_n(0, len(index)), index.titles()
+    return _folder_snapshot(path, read)
 
 
 def model_or_none(path: Path):
-    try:
-        if not (path / "notellm.json").exists():
-            return None
-        return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
-    except FileNotFoundError:  # the instant a rerun swaps in its (identical) folder
-        return None
+    def read(folder):
+        if not (folder / "notellm.json").exists():
+            raise FileNotFoundError(folder)
+        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    return _folder_snapshot(path, read)
 
 
 def same_embeddings(a, b) -> bool:
