@@ -122,6 +122,7 @@ def load_embedder(model_dir: str, **kwargs) -> Embedder:
 
 # ---- sharded, resumable runs -----------------------------------------------------------------------------
 SHARDS = "shards"
+RAY_SHARDS = "ray_shards"  # the Ray engine's Parquet shards (inference/ray_embed.py)
 SHARD_FORMAT = 2  # shards of format 1 held ids as pickled objects; they are refused, never unpickled
 _OUTPUT_FILES = ("embeddings.npy", "note_ids.txt", "meta.json")
 
@@ -147,7 +148,8 @@ def check_output_folder(out: Path) -> None:
     if out.is_file():
         raise ConfigError(f"--out {out} is a file; give a folder for the embeddings")
     if out.is_dir():
-        foreign = [p.name for p in out.iterdir() if p.name not in (*_OUTPUT_FILES, SHARDS, "recall.json")]
+        foreign = [p.name for p in out.iterdir()
+                   if p.name not in (*_OUTPUT_FILES, SHARDS, RAY_SHARDS, "recall.json")]
         if foreign and not (out / "meta.json").is_file():
             raise ConfigError(f"--out {out} is a folder that is not an embeddings output (it holds {foreign[0]!r}); "
                               f"choose a new folder: it is replaced whole when the run finishes")
@@ -304,9 +306,10 @@ def read_shard(path: Path) -> tuple[list[str], np.ndarray]:
 
 
 def write_embeddings(ids: Sequence[str], vectors: np.ndarray, meta: dict[str, Any], out_dir: str | Path,
-                     keep_shards: Sequence[Path] = ()) -> Path:
+                     keep_shards: Sequence[Path] = (), shard_folder: str = SHARDS) -> Path:
     """Write an embeddings folder whole: it replaces `out_dir` in one rename (a reader sees the old folder or
-    the new one). `keep_shards` are hard-linked (copied where links are impossible) into its `shards/`."""
+    the new one). `keep_shards` are hard-linked (copied where links are impossible) into its `shard_folder`
+    (`shards/`; the Ray engine keeps its own `ray_shards/`), so a rerun still finds them."""
     out = Path(out_dir)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if len(ids) != vectors.shape[0]:
@@ -319,12 +322,12 @@ def write_embeddings(ids: Sequence[str], vectors: np.ndarray, meta: dict[str, An
         (tmp / "meta.json").write_text(json.dumps({**meta, "dim": int(vectors.shape[1]), "count": len(ids)},
                                                   ensure_ascii=False, indent=2, default=str), encoding="utf-8")
         if keep_shards:
-            (tmp / SHARDS).mkdir()
+            (tmp / shard_folder).mkdir()
             for shard in keep_shards:
                 try:
-                    os.link(shard, tmp / SHARDS / shard.name)
+                    os.link(shard, tmp / shard_folder / shard.name)
                 except OSError:
-                    shutil.copy2(shard, tmp / SHARDS / shard.name)
+                    shutil.copy2(shard, tmp / shard_folder / shard.name)
     return out
 
 

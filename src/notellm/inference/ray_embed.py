@@ -25,9 +25,9 @@ from typing import Any, Callable
 import numpy as np
 
 from notellm.errors import ConfigError, DataError, NotellmError
+from notellm.inference.embed import RAY_SHARDS as SHARDS
 from notellm.io import atomic_path, write_json
 
-SHARDS = "ray_shards"
 RUN_FILE = "run.json"
 META_FILE = "embedder.json"
 NOTE_FIELDS = ["note_id", "title", "content", "hashtags", "category", "image_paths"]
@@ -196,4 +196,5 @@ def merge_ray_shards(out: Path, n_shards: int, meta: dict[str, Any]) -> Path:
         shard_ids, vectors = read_shard(shard_file(out, k))
         ids.extend(shard_ids)
         parts.append(vectors)
-    return write_embeddings(ids, np.concatenate(parts), meta, out)
+    kept = sorted(p for p in (out / SHARDS).iterdir() if p.is_file() and not p.name.endswith(".tmp"))
+    return write_embeddings(ids, np.concatenate(parts), meta, out, keep_shards=kept, shard_folder=SHARDS)
