@@ -76,6 +76,12 @@ def draw_image(colour: tuple[int, int, int], shape: str, size: int, rng: np.rand
     radius = rng.uniform(0.25, 0.36) * size
     cx, cy = rng.uniform(radius, size - radius, size=2)
     draw = ImageDraw.Draw(image)
+    draw_shape(draw, shape, cx, cy, radius, fill)
+    return image
+
+
+def draw_shape(draw, shape: str, cx: float, cy: float, radius: float, fill) -> None:
+    """One filled circle, square, cross or triangle of `radius` centred at (cx, cy) on an ImageDraw."""
     if shape == "circle":
         draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=fill)
     elif shape == "square":
@@ -88,7 +94,6 @@ def draw_image(colour: tuple[int, int, int], shape: str, size: int, rng: np.rand
     else:
         draw.polygon([(cx, cy - radius), (cx - radius, cy + radius * 0.8), (cx + radius, cy + radius * 0.8)],
                      fill=fill)
-    return image
 
 
 def _note_text(topic: str, rng: np.random.Generator) -> dict:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from notellm.data.schema import empty_note
-from notellm.data.synthetic_mm import COLOURS, SHAPES, TOPICS, _note_text, write_synthetic_set
+from notellm.data.synthetic_mm import COLOURS, SHAPES, TOPICS, _note_text, draw_shape, write_synthetic_set
 
 COUNTS = (1, 2, 3)
 
@@ -44,21 +44,6 @@ class DetailMMConfig:
     test_notes: int = 2            # per cluster (even): one test pair per 2
     image_size: int = 112
     seed: int = 0
-
-
-def _draw_shape(draw, shape: str, cx: float, cy: float, radius: float, fill) -> None:
-    if shape == "circle":
-        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=fill)
-    elif shape == "square":
-        half = radius * 0.85
-        draw.rectangle([cx - half, cy - half, cx + half, cy + half], fill=fill)
-    elif shape == "cross":
-        arm = radius * 0.35
-        draw.rectangle([cx - radius, cy - arm, cx + radius, cy + arm], fill=fill)
-        draw.rectangle([cx - arm, cy - radius, cx + arm, cy + radius], fill=fill)
-    else:
-        draw.polygon([(cx, cy - radius), (cx - radius, cy + radius * 0.8), (cx + radius, cy + radius * 0.8)],
-                     fill=fill)
 
 
 def draw_objects(shape: str, count: int, colour: tuple[int, int, int], size: int, rng: np.random.Generator):
@@ -77,7 +62,7 @@ def draw_objects(shape: str, count: int, colour: tuple[int, int, int], size: int
         slack = cell / 2 - radius
         cx = (col + 0.5) * cell + rng.uniform(-slack, slack)
         cy = (row + 0.5) * cell + rng.uniform(-slack, slack)
-        _draw_shape(draw, shape, cx, cy, radius, fill)
+        draw_shape(draw, shape, cx, cy, radius, fill)
     return image
 
 
