@@ -139,7 +139,8 @@ def test_progress_callbacks_see_every_phase_from_the_start(tmp_path):
     Engine(PopularityRecipe(cfg), [Spy()]).run()
     phases = [s[1] for s in seen if s[0] == "phase"]
     assert phases[0] == "loading popularity model"
-    assert phases[1:] == ["ridge probe on frozen states", "train", "saving model", "scoring held-out notes"]
+    assert phases[1:] == ["preparing: input fingerprint, optimizer, checkpoint", "ridge probe on frozen states",
+                          "train", "saving model", "scoring held-out notes"]
     probe = seen.index(("phase", "ridge probe on frozen states", 16, "notes"))
     assert seen[probe + 1][0] == "progress"  # the probe reports as it goes
     assert ("progress", 2) in seen
@@ -177,3 +178,31 @@ def test_plot_draws_the_loss_curves_and_validation_of_a_run(tmp_path, capsys):
     assert image.format == "PNG" and image.size[0] > image.size[1] > 200  # two panels side by side
     assert run(["plot", str(tmp_path / "nothing")]) == 2
     assert "no log.jsonl here" in capsys.readouterr().err
+
+
+def test_validation_reports_progress_and_the_train_bar_comes_back(tmp_path):
+    from notellm.config import load_config
+    from notellm.training.engine import Callback, Engine
+    from notellm.training.notellm import NoteLLMRecipe, NoteLLMTrainConfig
+
+    command = setup("notellm", tmp_path, max_steps=4, save_every=0, eval_every=2, eval_ks=[1, 2],
+                    val_pairs=str(tmp_path / "pairs.parquet"))
+    seen: list[tuple] = []
+
+    class Spy(Callback):
+        def on_phase(self, name, total=None, unit=""):
+            seen.append(("phase", name, total, unit))
+
+        def on_progress(self, completed, description=None):
+            seen.append(("progress", completed))
+
+    Engine(NoteLLMRecipe(load_config(NoteLLMTrainConfig, command.args[-1])), [Spy()]).run()
+    phases = [s[1] for s in seen if s[0] == "phase"]
+    assert phases[:3] == ["loading notellm model", "preparing: input fingerprint, optimizer, checkpoint", "train"]
+    val, train = "validation: Recall@K", "train"
+    assert phases[3:] == [val, train, val, train, val, "saving model"]  # steps 2 and 4, then the final report
+    validation = seen.index(next(s for s in seen if s[:2] == ("phase", "validation: Recall@K")))
+    notes = seen[validation][2]
+    assert notes > 0 and seen[validation + 1][0] == "progress"
+    back = validation + next(i for i, s in enumerate(seen[validation:]) if s[:2] == ("phase", "train"))
+    assert seen[back - 1] == ("progress", notes)  # every validation note counted before the bar switches back

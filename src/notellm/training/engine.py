@@ -25,6 +25,7 @@ DeepSpeed ZeRO-2/3 and FSDP.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -360,6 +361,7 @@ class Engine:
         self.phase(f"loading {self.recipe.kind} model")
         module = self.recipe.build(self)
         self.started = time.time()  # the time budget counts from here, pre-passes included
+        self.phase("preparing: input fingerprint, optimizer, checkpoint")
         total = self.total_steps()
         fingerprint = self.recipe.fingerprint()
         checkpoint = ckpt.latest_checkpoint(self.out)
@@ -424,11 +426,10 @@ class Engine:
     def _loop(self, module, optimizer, scheduler, pos: Position, total: int, fingerprint) -> dict[str, float]:
         args, acc = self.args, self.accelerator
         global_batch = args.batch_size * self.world
-        timed = args.time_budget_min is not None
-        self.phase("train", args.time_budget_min * 60 if timed else total, "s" if timed else "steps")
-        self._progress(pos, total)
+        self._train_phase(pos, total)
         last: dict[str, float] = {}
-        step_started, step_seconds = time.time(), 0.0
+        step_started = time.time()
+        recent: collections.deque[float] = collections.deque(maxlen=8)  # step times seen lately
         module.train()
         while pos.step < total:
             batches = self.recipe.epoch_batches(pos.epoch, global_batch)
@@ -447,8 +448,10 @@ class Engine:
                 out.update(self._optimizer_step(module, optimizer, scheduler))
                 pos.step += 1
                 last = {k: float(v) for k, v in self._global_mean(out).items()}
-                step_seconds, step_started = time.time() - step_started, time.time()
-                if self._after_step(module, optimizer, scheduler, pos, total, last, step_seconds, fingerprint):
+                recent.append(time.time() - step_started)
+                step_started = time.time()
+                # the next step is predicted by the slowest of the last few: one step's time jitters
+                if self._after_step(module, optimizer, scheduler, pos, total, last, max(recent), fingerprint):
                     return last
             pos.epoch, pos.micro = pos.epoch + 1, 0
         return last
@@ -482,6 +485,7 @@ class Engine:
         if getattr(args, "eval_every", 0) and pos.step % args.eval_every == 0:
             self._log({"step": pos.step, **self.recipe.validate(self, self.accelerator.unwrap_model(module))})
             module.train()
+            self._train_phase(pos, total)  # validation showed a phase of its own
         out_of_time = self._out_of_time(elapsed, step_seconds)
         done = pos.step >= total or out_of_time
         if out_of_time and pos.step < total:
@@ -490,6 +494,11 @@ class Engine:
             self._checkpoint(module, optimizer, scheduler, pos, fingerprint)
         self._progress(pos, total)
         return done
+
+    def _train_phase(self, pos: Position, total: int) -> None:
+        timed = self.args.time_budget_min is not None
+        self.phase("train", self.args.time_budget_min * 60 if timed else total, "s" if timed else "steps")
+        self._progress(pos, total)
 
     def _out_of_time(self, elapsed: float, step_seconds: float) -> bool:
         """Stop when the next step would end past the budget; every process stops at the same step."""

@@ -321,7 +321,9 @@ class NoteLLMRecipe(Recipe):
         pairs = read_table_with(self.args.val_pairs, "pair", ["note_a", "note_b"])
         ids = sorted(set(pairs["note_a"].to_pylist()) | set(pairs["note_b"].to_pylist()))
         self.store.check_ids(ids, self.args.val_pairs, "note_a/note_b")
-        vectors = embed_notes(model, [self.store[i] for i in ids], batch_size=32, bf16=engine.bf16)
+        phase = engine.phase("validation: Recall@K", len(ids), "notes")
+        vectors = embed_notes(model, [self.store[i] for i in ids], batch_size=32, bf16=engine.bf16,
+                              on_batch=phase.advance)
         report = evaluate_recall(None, pairs, (ids, vectors), ks=self.args.eval_ks, buckets=False)
         model.train()
         return {f"val_R@{k}": v for k, v in report.overall.recall.items()}
