@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_QUICKSTART = "notellm quickstart --backbone tiny-qwen3 --notes 400 --train-minutes 0.05 --batch-size 4"
 TRAINING = re.compile(r"^notellm (train|popularity train|coldstart sft|coldstart align) ")
@@ -102,6 +104,7 @@ def test_readme_has_no_placeholders_and_a_measured_quick_start():
     assert re.search(r"measured", text) and "QUICKSTART-TIME" not in text
 
 
+@pytest.mark.slow  # minutes: every README command on demo data (`bash scripts/test.sh --all`)
 def test_readme_commands_run_in_order(tmp_path):
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
     for config in (tmp_path / "configs").glob("*.yaml"):

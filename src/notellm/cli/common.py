@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import typer
 from rich.console import Console
+from rich.progress import Progress
 
 from notellm.errors import NotellmError
 
@@ -88,16 +90,50 @@ def print_error(message: str) -> None:
         sys.stderr.write(f"error: {message}\n")
 
 
-def progress():
-    """A rich progress bar with rate and ETA, on stderr."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+def progress(every: float = 10.0):
+    """A rich progress bar with rate and ETA, on stderr. Where stderr is a pipe or a log file (rich draws
+    nothing there until the end), a plain status line per task every `every` seconds instead."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
-    return Progress(
+    return LineProgress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
-        disable=not sys.stderr.isatty() and False,
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, every=every,
     )
+
+
+class LineProgress(Progress):
+    """rich's Progress, plus a throttled plain line per visible task when the console is no terminal."""
+
+    def __init__(self, *columns, every: float = 10.0, **kwargs):
+        super().__init__(*columns, **kwargs)
+        self._plain, self._every, self._last = not self.console.is_terminal, every, {}
+
+    def add_task(self, *args, **kwargs):
+        task_id = super().add_task(*args, **kwargs)
+        self._last[task_id] = time.monotonic()
+        return task_id
+
+    def update(self, task_id, **kwargs) -> None:
+        super().update(task_id, **kwargs)
+        self._line(task_id)
+
+    def advance(self, task_id, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._line(task_id)
+
+    def _line(self, task_id) -> None:
+        if not self._plain:
+            return
+        task = next((t for t in self.tasks if t.id == task_id), None)
+        now = time.monotonic()
+        if task is None or not task.visible or now - self._last.get(task_id, now) < self._every:
+            return
+        self._last[task_id] = now
+        done = f"{task.completed:g}/{task.total:g} ({task.percentage:.0f}%)" if task.total else f"{task.completed:g}"
+        eta = f", eta {task.time_remaining:.0f} s" if task.total and task.time_remaining is not None else ""
+        self.console.print(f"{task.description}: {done}, {task.elapsed or 0:.0f} s{eta}", highlight=False,
+                           markup=False)
 
 
 class ProgressCallback:
