@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install (if needed) and run the test suite. `--all` adds the tests marked slow (the real default model,
-# multi-process and DeepSpeed runs, Ray, the README run): that is what CI runs. Other arguments go to pytest.
+# Install (if needed) and run the whole test suite, as CI does. `--fast` leaves out the tests marked slow (the
+# real default model, multi-process and DeepSpeed runs, Ray, the README run). Other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -14,9 +14,9 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
     || echo "note: could not install $packages; the browser test will skip or fail on fonts"
 fi
 export OMP_WAIT_POLICY=PASSIVE TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
-select=(-m "not slow")
+select=()
 args=()
 for a in "$@"; do
-  if [ "$a" = "--all" ]; then select=(); else args+=("$a"); fi
+  if [ "$a" = "--fast" ]; then select=(-m "not slow"); else args+=("$a"); fi
 done
 exec .venv/bin/python -m pytest -q "${select[@]}" "${args[@]}"
