@@ -15,12 +15,26 @@ import torch
 from helpers.methods import METHODS, logged_losses, model_tensors, prepare_alignment, setup
 from notellm.cli import app
 from notellm.cli.common import run_cli
+from notellm.training.engine import Callback
 
 TESTS = Path(__file__).resolve().parent
 
 
 def run(args: list[str]) -> int:
     return run_cli(app, list(args))
+
+
+class PhaseSpy(Callback):
+    """An engine callback that records its phases and progress, in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple] = []
+
+    def on_phase(self, name, total=None, unit=""):
+        self.seen.append(("phase", name, total, unit))
+
+    def on_progress(self, completed, description=None):
+        self.seen.append(("progress", completed))
 
 
 def killed(args: list[str], step: int) -> subprocess.CompletedProcess:
@@ -122,21 +136,14 @@ def test_time_budget_counts_the_probe_and_stops_before_overrunning(tmp_path):
 
 def test_progress_callbacks_see_every_phase_from_the_start(tmp_path):
     from notellm.config import load_config
-    from notellm.training.engine import Callback, Engine
+    from notellm.training.engine import Engine
     from notellm.training.popularity import PopularityConfig, PopularityRecipe
 
     command = setup("popularity", tmp_path, max_steps=2, save_every=0)
-    seen: list[tuple] = []
-
-    class Spy(Callback):
-        def on_phase(self, name, total=None, unit=""):
-            seen.append(("phase", name, total, unit))
-
-        def on_progress(self, completed, description=None):
-            seen.append(("progress", completed))
-
+    spy = PhaseSpy()
     cfg = load_config(PopularityConfig, command.args[2])
-    Engine(PopularityRecipe(cfg), [Spy()]).run()
+    Engine(PopularityRecipe(cfg), [spy]).run()
+    seen = spy.seen
     phases = [s[1] for s in seen if s[0] == "phase"]
     assert phases[0] == "loading popularity model"
     assert phases[1:] == ["preparing: input fingerprint, optimizer, checkpoint", "ridge probe on frozen states",
@@ -182,21 +189,14 @@ def test_plot_draws_the_loss_curves_and_validation_of_a_run(tmp_path, capsys):
 
 def test_validation_reports_progress_and_the_train_bar_comes_back(tmp_path):
     from notellm.config import load_config
-    from notellm.training.engine import Callback, Engine
+    from notellm.training.engine import Engine
     from notellm.training.notellm import NoteLLMRecipe, NoteLLMTrainConfig
 
     command = setup("notellm", tmp_path, max_steps=4, save_every=0, eval_every=2, eval_ks=[1, 2],
                     val_pairs=str(tmp_path / "pairs.parquet"))
-    seen: list[tuple] = []
-
-    class Spy(Callback):
-        def on_phase(self, name, total=None, unit=""):
-            seen.append(("phase", name, total, unit))
-
-        def on_progress(self, completed, description=None):
-            seen.append(("progress", completed))
-
-    Engine(NoteLLMRecipe(load_config(NoteLLMTrainConfig, command.args[-1])), [Spy()]).run()
+    spy = PhaseSpy()
+    Engine(NoteLLMRecipe(load_config(NoteLLMTrainConfig, command.args[-1])), [spy]).run()
+    seen = spy.seen
     phases = [s[1] for s in seen if s[0] == "phase"]
     assert phases[:3] == ["loading notellm model", "preparing: input fingerprint, optimizer, checkpoint", "train"]
     val, train = "validation: Recall@K", "train"

@@ -7,7 +7,8 @@ import time
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 from notellm.errors import NotellmError
 
@@ -93,9 +94,6 @@ def print_error(message: str) -> None:
 def progress(every: float = 10.0):
     """A rich progress bar with rate and ETA, on stderr. Where stderr is a pipe or a log file (rich draws
     nothing there until the end), a plain status line per task every `every` seconds instead."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
     return LineProgress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, every=every,
