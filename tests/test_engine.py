@@ -120,7 +120,7 @@ def test_checkpoints_hold_no_pickle_and_a_planted_one_is_refused(tmp_path, capsy
 def test_time_budget_counts_the_probe_and_stops_before_overrunning(tmp_path):
     """A popularity run whose budget is smaller than its planned steps: it stops on time, with a checkpoint and a
     saved model; the ridge probe and every step fall inside the budget."""
-    command = setup("popularity", tmp_path, max_steps=-1, epochs=50, time_budget_min=0.1, save_every=0,
+    command = setup("popularity", tmp_path, max_steps=-1, epochs=5000, time_budget_min=0.1, save_every=0,
                     log_every=1)
     assert run(command.args) == 0
     log = [json.loads(line) for line in (command.output_dir / "log.jsonl").read_text().splitlines()]
