@@ -100,7 +100,7 @@ def test_recommend_a_new_note_and_hybrid(built, capsys, monkeypatch):
 def test_index_info_on_milvus_keeps_the_embedding_metadata(built, capsys):
     root, uri = built
     store = MilvusStore.connect(uri)
-    info = store.info()
+    info = store.details()
     assert info["backend"] == "milvus" and info["count"] == N and info["dim"] == DIM and info["kind"] == "flat"
     assert info["embedding"]["fingerprint"] == "abc123" and info["embedding"]["model"] == "hash-embedder"
     assert info["embedding"]["embeddings"] == str(root / "emb") and info["notes_attached"] is True
@@ -116,7 +116,7 @@ def test_builds_never_mix_and_replace_swaps_whole(tmp_path, capsys):
     uri = str(tmp_path / "m.db")
     rng = np.random.default_rng(1)
     first = build_milvus(["a", "b", "c"], rng.standard_normal((3, DIM)), {"model": "one"}, uri)
-    old_physical = first.info()["holds"]
+    old_physical = first.details()["holds"]
     capsys.readouterr()
     write_embeddings(["x", "y"], unit(rng.standard_normal((2, DIM))), {"model": "two"}, tmp_path / "emb2")
     args = ["index", "build", str(tmp_path / "emb2"), "--backend", "milvus", "--milvus-uri", uri]
@@ -145,7 +145,7 @@ def test_builds_never_mix_and_replace_swaps_whole(tmp_path, capsys):
     assert run_cli(app, [*args, "--replace"]) == 0
     replaced = MilvusStore.connect(uri)
     assert sorted(replaced.ids) == ["x", "y"] and replaced.meta["model"] == "two" and not replaced.has_notes
-    assert replaced.client.list_collections() == [replaced.info()["holds"]]  # the old build was dropped
+    assert replaced.client.list_collections() == [replaced.details()["holds"]]  # the old build was dropped
     # another collection beside it is its own build
     assert run_cli(app, [*args, "--collection", "other"]) == 0
     assert sorted(MilvusStore.connect(uri, "other").ids) == ["x", "y"]
@@ -160,7 +160,7 @@ def test_replace_over_a_collection_the_server_created(tmp_path):
     with pytest.raises(Exception, match="already has a collection 'notes' \\(1 vectors\\)"):
         build_milvus(["p", "q"], rng.standard_normal((2, DIM)), {}, uri)
     store = build_milvus(["p", "q"], rng.standard_normal((2, DIM)), {}, uri, replace=True)
-    assert sorted(store.ids) == ["p", "q"] and store.client.list_collections() == [store.info()["holds"]]
+    assert sorted(store.ids) == ["p", "q"] and store.client.list_collections() == [store.details()["holds"]]
     # the server's store works over the built collection (an alias) as over its own
     reopened = MilvusStore.open(uri, DIM)
     reopened.upsert(["r"], rng.standard_normal((1, DIM)))

@@ -70,10 +70,10 @@ def info(
     """Kind, size, dimension, config and the embedding model of an index."""
     from rich.table import Table
 
-    from notellm.inference.store import check_backend, open_index
+    from notellm.inference.store import check_backend, describe_index, open_index
 
     check_backend(backend, index_dir, milvus_uri, "INDEX_DIR")
-    details = open_index(backend, index_dir, milvus_uri, collection).info()
+    details = describe_index(open_index(backend, index_dir, milvus_uri, collection))
     table = Table(title=str(index_dir) if backend == "faiss" else f"{milvus_uri} ({collection})", show_header=False)
     for key, value in details.items():
         if isinstance(value, dict):

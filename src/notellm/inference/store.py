@@ -10,6 +10,10 @@ superseded base rows as tombstones filtered out at query time (over-fetching by 
 `compact()` folds both into a new base index of the same kind. `MilvusStore` lets Milvus do all of it (it
 deletes and upserts in place); its `compact()` flushes. Scores are cosine (inner product of unit vectors) in
 both, so an exact search gives the same ids and scores on both backends.
+
+`build_milvus` is `notellm index build --backend milvus`: a FLAT collection with titles, categories and the
+embedding metadata, built beside the old one and swapped in by alias; `MilvusStore.connect` opens it with the
+read methods of a NoteIndex (`neighbours_of_vector`, `labels`, ...) for `recommend` and `index info`.
 """
 
 from __future__ import annotations
@@ -311,10 +315,11 @@ class MilvusStore(VectorStore):
     def __contains__(self, note_id: object) -> bool:
         return isinstance(note_id, str) and bool(self.client.get(self.collection, ids=[note_id], output_fields=["id"]))
 
-    def info(self) -> dict[str, Any]:
+    def details(self) -> dict[str, Any]:
+        """`index info`: info() plus where it lives and what built it (not for /health: the uri is server-side)."""
         target = self.client.describe_alias(self.collection)["collection_name"] \
             if self.collection in self.client.list_aliases()["aliases"] else self.collection
-        return {**super().info(), "uri": self.uri, "collection": self.collection, "holds": target,
+        return {**self.info(), "uri": self.uri, "collection": self.collection, "holds": target,
                 "kind": self.built.get("kind", "?"), "metric": METRIC, "embedding": self.meta,
                 "notes_attached": self.has_notes, "built_at": self.built.get("built_at", "?")}
 
@@ -431,10 +436,18 @@ def build_milvus(ids: Sequence[str], vectors: Any, meta: dict[str, Any], uri: st
             _fill(client, physical, ids, x, meta, _notes_subset(notes, ids), batch)
             _point(client, collection, physical, old)
         except BaseException:
-            if client.has_collection(physical) and _current(client, collection) != ("alias", physical):
-                client.drop_collection(physical)
+            _drop_unused(client, physical, collection)
             raise
     return MilvusStore.connect(uri, collection)
+
+
+def _drop_unused(client, physical: str, name: str) -> None:
+    """Drop a failed build's collection unless `name` already answers from it; never mask the failure."""
+    try:
+        if client.has_collection(physical) and _current(client, name) != ("alias", physical):
+            client.drop_collection(physical)
+    except Exception:  # the build's own error is the one to report
+        pass
 
 
 def _check_build(ids: list[str], x: np.ndarray, meta: dict[str, Any], collection: str) -> None:
@@ -530,6 +543,11 @@ def open_index(backend: str, index_dir: str | None, milvus_uri: str | None = Non
     if backend == "faiss":
         return load_index(index_dir)
     return MilvusStore.connect(milvus_uri, collection)
+
+
+def describe_index(index: NoteIndex | MilvusStore) -> dict[str, Any]:
+    """What `notellm index info` shows of an index folder or a Milvus collection."""
+    return index.details() if isinstance(index, MilvusStore) else index.info()
 
 
 def as_store(index: Any) -> VectorStore | None:
