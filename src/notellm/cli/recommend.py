@@ -13,7 +13,8 @@ app = typer.Typer()
 
 @app.command("recommend")
 def recommend(
-    index: str = typer.Option(..., "--index", "-i", help="index folder (notellm index build)"),
+    index: Optional[str] = typer.Option(None, "--index", "-i",
+                                        help="index folder (notellm index build); --backend faiss"),
     note_id: Optional[str] = typer.Option(None, "--note-id", help="an indexed note"),
     note_json: Optional[str] = typer.Option(None, "--note-json",
                                             help='a new note, e.g. \'{"title": "..", "content": "..", "hashtags": []}\''),
@@ -26,6 +27,9 @@ def recommend(
                                                     "neighbours with BM25 over their text (hybrid retrieval)"),
     fusion: str = typer.Option("rrf", help="with --hybrid-notes: rrf | weighted (--dense-weight)"),
     dense_weight: float = typer.Option(0.5, help="with --fusion weighted: weight of the dense scores"),
+    backend: str = typer.Option("faiss", help="faiss (the --index folder) | milvus (a built collection)"),
+    milvus_uri: Optional[str] = typer.Option(None, help="milvus-lite file (runs/notes.db) or http://host:19530"),
+    collection: str = typer.Option("notes", help="Milvus collection (--backend milvus)"),
 ) -> None:
     """Recommend the k notes most similar (cosine) to a note, or by dense + BM25 fused (--hybrid-notes)."""
     import json
@@ -33,7 +37,7 @@ def recommend(
     from rich.table import Table
 
     from notellm.errors import NotellmError
-    from notellm.inference.index import load_index
+    from notellm.inference.store import open_index
 
     if (note_id is None) == (note_json is None):
         raise NotellmError("give exactly one of --note-id and --note-json")
@@ -41,7 +45,7 @@ def recommend(
         raise NotellmError(f"--fusion must be rrf or weighted, got '{fusion}'")
     if k < 1:
         raise NotellmError(f"-k must be a whole number of notes >= 1, got {k}")
-    idx = load_index(index)
+    idx = open_index(backend, index, milvus_uri, collection)
     if note_id is not None:
         vector, exclude, source = idx.vector_of(note_id), {note_id}, note_id
     else:
@@ -63,10 +67,10 @@ def recommend(
         hits = hybrid_neighbours(idx, vector, query_text, lexical, k=k, exclude=exclude, category=category,
                                  method=fusion, weights=[dense_weight, 1.0 - dense_weight])
         source += f" (dense + BM25, {fusion})"
-    titles = idx.titles()
-    categories = idx.categories() if idx.notes is not None and "category" in idx.notes.column_names else {}
-    rows = [{"rank": r, "note_id": i, "score": round(s, 4), "title": titles.get(i), "category": categories.get(i)}
-            for r, (i, s) in enumerate(hits, 1)]
+    labels = idx.labels([i for i, _ in hits])
+    rows = [{"rank": r, "note_id": i, "score": round(s, 4), "title": labels.get(i, (None, None))[0],
+             "category": labels.get(i, (None, None))[1]} for r, (i, s) in enumerate(hits, 1)]
+    titles = idx.has_notes
     if as_json:
         typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return

@@ -178,6 +178,14 @@ class NoteIndex:
                                         (c or [] for c in self.notes.column("category").to_pylist())))
         return self._categories
 
+    @property
+    def has_notes(self) -> bool:
+        return self.notes is not None
+
+    def labels(self, ids: Sequence[str]) -> dict[str, tuple[str | None, list[str] | None]]:
+        """(title, category) of each of `ids` found in the attached notes (the rows a recommendation shows)."""
+        return note_labels(self.notes, ids)
+
     def titles(self) -> dict[str, str]:
         if self.notes is None:
             return {}
@@ -246,6 +254,17 @@ def _notes_subset(notes: pa.Table | None, ids: Sequence[str]) -> pa.Table | None
     keep = [i for i, n in enumerate(note_ids) if str(n) in wanted]
     cols = [c for c in ("note_id", "title", "category") if c in notes.column_names]
     return notes.select(cols).take(pa.array(keep, type=pa.int64()))
+
+
+def note_labels(notes: pa.Table | None, ids: Sequence[str]) -> dict[str, tuple[str | None, list[str] | None]]:
+    """(title, category) of each of `ids` that is in `notes` (a missing category is [], as `categories`)."""
+    if notes is None:
+        return {}
+    note_ids = [str(i) for i in notes.column("note_id").to_pylist()]
+    titles = dict(zip(note_ids, notes.column("title").to_pylist()))
+    categories = dict(zip(note_ids, (c or [] for c in notes.column("category").to_pylist()))) \
+        if "category" in notes.column_names else {}
+    return {i: (titles.get(i), categories.get(i)) for i in ids if i in titles}
 
 
 def load_index(index_dir: str | Path) -> NoteIndex:
