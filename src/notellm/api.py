@@ -80,6 +80,27 @@ class NoteLLM:
             return embed_notes(self.model, notes, batch_size or self._embedder.batch_size, self._embedder.bf16,
                                on_batch=advance)
 
+    @property
+    def has_popularity_head(self) -> bool:
+        """Whether the folder carries a popularity head (`notellm popularity train ... model.kind=notellm-head`)."""
+        return getattr(self.model, "score_head", None) is not None
+
+    @property
+    def popularity(self) -> dict[str, Any]:
+        """The head's card: target (name, formula, weights) and held-out error (`heldout`), {} without a head."""
+        return dict((getattr(self.model, "card_data", None) or {}).get("popularity_head") or {})
+
+    def predict_popularity(self, texts_or_notes: Sequence[dict[str, Any] | str], batch_size: int | None = None,
+                           show_progress: bool = False) -> np.ndarray:
+        """The head's score per note (its target, e.g. WLAES), as `notellm serve --model` answers /popularity
+        with this folder; float [n]. Same inputs as `encode`. A folder without a head raises NotellmError."""
+        from notellm.inference.embed import as_notes, score_notes
+
+        notes = as_notes(texts_or_notes)
+        with _progress(show_progress, len(notes), "predict") as advance:
+            return score_notes(self.model, notes, batch_size or self._embedder.batch_size, self._embedder.bf16,
+                               on_batch=advance)
+
     def note_text(self, note: dict[str, Any] | str) -> str:
         """The exact string whose last token this model pools (see `notellm.note_text`)."""
         return note_text(note, self.model.config)

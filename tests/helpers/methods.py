@@ -15,7 +15,7 @@ import yaml
 from helpers.toy import write_toy
 from notellm.data.schema import empty_note, notes_to_table, write_notes
 
-METHODS = ("notellm", "notellm2", "popularity", "sft", "align")
+METHODS = ("notellm", "notellm2", "popularity", "popularity-head", "sft", "align")
 
 
 @dataclass
@@ -74,6 +74,16 @@ def setup(name: str, tmp: Path, **overrides) -> Command:
                   "save_every": 2, "probe_max_notes": 16, "eval_batch_size": 8,
                   "model": {"backbone": "tiny-qwen3", "max_length": 48}, **overrides}
         return Command(["popularity", "train", str(_write(tmp / "pop.yaml", config))], out / "model", out)
+    if name == "popularity-head":  # a head on a frozen (untrained) tiny NoteLLM folder
+        from notellm.models.notellm import NoteLLMConfig, build_notellm
+
+        if not (tmp / "base").exists():
+            build_notellm(NoteLLMConfig(backbone="tiny-qwen3", dim=16, max_length=96)).save(tmp / "base")
+        config = {**SHARED, "output_dir": str(out), "data": {"source": "notes", "path": str(notes)},
+                  "split": {"kind": "random", "test_fraction": 0.25}, "batch_size": 4, "max_steps": 4,
+                  "save_every": 2, "eval_batch_size": 8,
+                  "model": {"kind": "notellm-head", "backbone": str(tmp / "base")}, **overrides}
+        return Command(["popularity", "train", str(_write(tmp / "head.yaml", config))], out / "model", out)
     config = {**SHARED, "output_dir": str(out), "batch_size": 2, "max_steps": 4, "save_every": 2,
               "data": {"source": "notes", "path": str(notes), "main_users": 4, "preference_users": 2,
                        "instructions": {"language": "zh", "shots": [1, 2]}},

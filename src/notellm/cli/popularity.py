@@ -44,8 +44,9 @@ def _parse_features(items: Optional[List[str]]) -> dict[str, float]:
 @app.command("train")
 def train(config: str = CONFIG, overrides: Optional[List[str]] = OVERRIDES) -> None:
     """LoRA + regression head on the split's training notes -> OUTPUT/model (adapter, head, card with the held-out
-    test error). Resumable: a rerun continues from the last checkpoint. `notellm config show popularity` lists
-    every key."""
+    test error). `model.kind=notellm-head model.backbone=NOTELLM_FOLDER` (or zero-shot:<backbone>) trains only a
+    head on the frozen NoteLLM instead: OUTPUT/model is then one folder for embeddings, tags and popularity.
+    Resumable: a rerun continues from the last checkpoint. `notellm config show popularity` lists every key."""
     from notellm.config import save_config
     from notellm.data.popularity import describe_target
     from notellm.models.folder import read_card
@@ -56,7 +57,8 @@ def train(config: str = CONFIG, overrides: Optional[List[str]] = OVERRIDES) -> N
                   f"split {cfg.split.kind}; backbone {cfg.model.backbone}")
     save_config(cfg, Path(cfg.output_dir) / "config.yaml")
     path = run_train(cfg, [ProgressCallback()])
-    heldout = read_card(path).get("heldout")
+    card = read_card(path)
+    heldout = card.get("heldout") or (card.get("popularity_head") or {}).get("heldout")  # notellm-head: in its section
     if heldout:
         console.print(f"test MAE {heldout['mae']:.3f} RMSE {heldout['rmse']:.3f} R2 {heldout['r2']:.3f} "
                       f"Spearman {heldout['spearman']:.3f} on {heldout['notes']} notes")

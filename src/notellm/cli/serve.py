@@ -30,7 +30,8 @@ def serve(
     index: str = typer.Option(..., "--index", "-i", help="index folder (notellm index build)"),
     notes: Optional[str] = typer.Option(None, help="Note table: titles of similar notes, categories for tags"),
     popularity_model: Optional[str] = typer.Option(None, "--popularity-model",
-                                                   help="folder written by `notellm popularity train`"),
+                                                   help="folder written by `notellm popularity train` (default: the --model "
+                                                        "folder's own popularity head, when it has one)"),
     tagger: str = typer.Option("none", help="hashtag/category suggestions: none | model (the served NoteLLM "
                                             "generates) | knn (tags of the nearest --notes)"),
     coldstart_model: Optional[str] = typer.Option(None, "--coldstart-model",

@@ -53,6 +53,51 @@ def embed_notes(model, notes: Sequence[dict[str, Any]], batch_size: int = 32, bf
     return out
 
 
+def _note_batches(model, notes: Sequence[dict[str, Any]], batch_size: int, bf16: bool,
+                  on_batch: Callable[[int], None] | None, take: Callable[[Any, dict], torch.Tensor],
+                  width: int) -> np.ndarray:
+    """`take(model, batch)` for length-sorted batches of the notes' embedding prompts, in note order."""
+    rows, labels = model.tokenize(model.prompts_for(notes), with_answers=False)
+    order = np.argsort([len(r) for r in rows], kind="stable")
+    out = np.zeros((len(notes), width), dtype=np.float32)
+    device = model.device
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start: start + batch_size]
+            batch = {k: v.to(device) for k, v in model.pad([rows[i] for i in idx], [labels[i] for i in idx]).items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                values = take(model, batch)
+            out[idx] = values.float().cpu().numpy().reshape(len(idx), width)
+            if on_batch:
+                on_batch(len(idx))
+    return out
+
+
+def _head_input(model, batch: dict) -> torch.Tensor:
+    hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"])
+    return model.standardized(model.pool(hidden, batch["attention_mask"], batch["emb_pos"]))
+
+
+def head_features(model, notes: Sequence[dict[str, Any]], batch_size: int = 32, bf16: bool = False,
+                  on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """float32 [n, hidden]: the standardized pooled state of each note's embedding prompt, exactly what the
+    model's popularity head reads (and what its projection reads before the embedding)."""
+    return _note_batches(model, notes, batch_size, bf16, on_batch, _head_input, int(model.feat_mean.numel()))
+
+
+def score_notes(model, notes: Sequence[dict[str, Any]], batch_size: int = 32, bf16: bool = False,
+                on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """The popularity head's score of each note (the target's units), from the embedding forward pass."""
+    if getattr(model, "score_head", None) is None:
+        raise NotellmError("this NoteLLM folder has no popularity head (train one on top of it: `notellm popularity "
+                           "train CONFIG model.kind=notellm-head model.backbone=FOLDER`)")
+
+    def take(m, batch):
+        return m(batch["input_ids"], batch["attention_mask"], batch["emb_pos"])["score"]
+
+    return _note_batches(model, notes, batch_size, bf16, on_batch, take, 1)[:, 0].astype(float)
+
+
 def load_model_for_embedding(model: str, bf16: bool, pooling: str | None = None):
     """A trained model folder, or `zero-shot:<backbone>[@pooling]`: an untrained NoteLLM without projection
     (the PromptEOL-style zero-shot baseline: the hidden state before `[EMB]`, or the mean over the prompt)."""

@@ -326,7 +326,9 @@ class NoteLLM(nn.Module):
         info = {"weights": "lora" if is_peft else "full", **(extra or {})}
         if self.score_head is not None:
             save_file(self.score_head.tensors(), str(out / SCORE_HEAD_FILE))
-            info["popularity_head"] = {"file": SCORE_HEAD_FILE, "input": "standardized pooled state",
+            # what training said about the head (target, held-out error) is kept; the tensors' numbers win
+            info["popularity_head"] = {**info.get("popularity_head", {}), "file": SCORE_HEAD_FILE,
+                                       "input": "standardized pooled state",
                                        "target_mean": float(self.score_head.target_mean),
                                        "target_std": float(self.score_head.target_std)}
         write_card(out, self.kind, self.card(info))

@@ -59,7 +59,8 @@ MISSING = {
               "(the served NoteLLM generates; add --notes to constrain categories) or `--tagger knn --notes "
               "notes.parquet` (tags of the nearest notes)",
     "popularity": "no popularity model is loaded: start the server with `notellm serve --popularity-model DIR` "
-                  "(a folder written by `notellm popularity train`)",
+                  "(a folder written by `notellm popularity train`), or --model a NoteLLM folder with a popularity "
+                  "head (`notellm popularity train CONFIG model.kind=notellm-head`)",
     "coldstart": "no cold-start model is loaded: start the server with `notellm serve --coldstart-model DIR` "
                  "(a folder written by `notellm coldstart sft` or `align`)",
     "write_log": "writes are off: start the server with `notellm serve --write-log FILE` (and --api-key, or "
@@ -536,6 +537,11 @@ def create_app_from_paths(model: str | None = None, index: str | None = None, no
         from notellm.serving.components import PopularityPredictor
 
         popularity = PopularityPredictor(popularity_model)
+    elif embedder is not None:
+        from notellm.serving.components import NoteLLMHeadPopularity, has_popularity_head
+
+        if has_popularity_head(embedder):  # one folder: the served NoteLLM's own head scores
+            popularity = NoteLLMHeadPopularity(embedder)
     tag_source = note_table if note_table is not None else getattr(idx, "notes", None)
     coldstart = None
     if coldstart_model:

@@ -6,7 +6,8 @@ pass their own:
 - tagger:     `.generate(notes) -> [GeneratedNote]` with `.tags` and `.category`
               (notellm.inference.generate.NoteGenerator, or its KnnTagger baseline)
 - popularity: `.predict(notes) -> sequence of floats`, optionally `.describe() -> dict`
-              (PopularityPredictor below wraps a folder written by `notellm popularity train`)
+              (PopularityPredictor below wraps a folder written by `notellm popularity train`;
+              NoteLLMHeadPopularity the head of a NoteLLM folder trained with model.kind=notellm-head)
 """
 
 from __future__ import annotations
@@ -69,6 +70,40 @@ class PopularityPredictor:
         meta = self.loaded.meta
         return {"model": public_name(self.model_dir), "backbone": meta.get("backbone"), "target": meta.get("target", {}),
                 "features": meta.get("features", {}).get("names", [])}
+
+
+class NoteLLMHeadPopularity:
+    """The popularity head of the served NoteLLM folder (`notellm popularity train ... model.kind=notellm-head`)
+    as `.predict(notes)`: the same model embeds, tags and scores. Its card's `popularity_head` section gives the
+    target and the held-out error (percentile and interval), as a popularity folder's card does."""
+
+    def __init__(self, embedder: Any):
+        if getattr(embedder.model, "score_head", None) is None:
+            raise NotellmError("the served model has no popularity head: give --popularity-model DIR, or train a "
+                               "head on it (`notellm popularity train CONFIG model.kind=notellm-head`)")
+        self.embedder = embedder
+        self.card = (getattr(embedder.model, "card_data", None) or {}).get("popularity_head") or {}
+
+    def predict(self, notes: Sequence[dict[str, Any]]) -> np.ndarray:
+        from notellm.inference.embed import as_notes, score_notes
+
+        return score_notes(self.embedder.model, as_notes(notes), self.embedder.batch_size, self.embedder.bf16)
+
+    @property
+    def heldout(self) -> dict[str, Any] | None:
+        return self.card.get("heldout")
+
+    @property
+    def target_weights(self) -> dict[str, float] | None:
+        return (self.card.get("target") or {}).get("weights")
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": public_name(self.embedder.meta.get("model")), "backbone": self.embedder.meta.get("backbone"),
+                "target": self.card.get("target", {}), "features": [], "head": "notellm"}
+
+
+def has_popularity_head(embedder: Any) -> bool:
+    return getattr(getattr(embedder, "model", None), "score_head", None) is not None
 
 
 def load_tagger(kind: str, embedder: Any = None, notes: Any = None, n_tags: int = 5) -> Any:

@@ -53,6 +53,8 @@ def _quiet(_: str) -> None:
 
 @dataclass
 class PopularityModelConfig:
+    kind: str = "regressor"             # regressor: RedNoob (LoRA LM + head) | notellm-head: a popularity head on
+                                        # top of a frozen NoteLLM (backbone = its folder or zero-shot:<backbone>)
     backbone: str = "gemma-3-270m"      # offline default; any HF id or local folder
     backbone_seed: int = 0              # only matters for random test backbones (tiny-qwen3)
     max_length: int = 128               # tokens per note, suffix included
@@ -63,6 +65,8 @@ class PopularityModelConfig:
                                         # scores before the note (0: none); raise max_length to make room
     history_window_days: float = 0.0    # only earlier notes within this many days (0: any)
 
+
+MODEL_KINDS = ("regressor", "notellm-head")
 
 _OLD_TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "bf16", "device",
                    "threads", "time_budget_min", "seed", "log_every", "head_lr", "loss", "huber_delta",
@@ -115,6 +119,8 @@ class PopularityConfig(TrainingArgs):
             raise ConfigError(f"padding_side must be left or right, not {self.padding_side!r}")
         if self.probe_max_notes < 1 or self.eval_batch_size < 1 or self.bucket_batches < 1:
             raise ConfigError("probe_max_notes, eval_batch_size and bucket_batches must be >= 1")
+        if self.model.kind not in MODEL_KINDS:
+            raise ConfigError(f"model.kind must be one of {list(MODEL_KINDS)}, not {self.model.kind!r}")
         self.split.check()
         self.target.resolved()
 
@@ -221,6 +227,7 @@ class PopularityRecipe(Recipe):
 
     def fingerprint(self) -> dict[str, Any]:
         out = super().fingerprint()
+        out["config"]["model"].pop("kind", None)  # always "regressor" here; checkpoints from before the key resume
         out["rows"] = _digest_ids([self.data.note_ids[i] for i in self.rows])
         if self.targets is not None:
             out["targets"] = _digest_ids([f"{v:.6g}" for v in np.asarray(self.targets)[self.rows]])
@@ -338,24 +345,32 @@ class PopularityRecipe(Recipe):
     def score_heldout(self, folder: Path) -> dict[str, Any]:
         """The model's error on the held-out rows: metrics, absolute-error quantiles (a served score's
         interval), and the predictions themselves."""
-        from notellm.evaluation.regression import regression_metrics
-
         rows = np.asarray(self.score_rows)
         engine = getattr(self, "engine", None)
         phase = engine.phase("scoring held-out notes", len(rows), "notes") if engine is not None else None
         pred = self.predict(rows, on_batch=phase.advance if phase is not None else None)
-        y = self.data.y[rows]
-        write_parquet(pa.table({"note_id": [self.data.note_ids[i] for i in rows], "target": y, "prediction": pred}),
-                      folder / "test_predictions.parquet")
-        errors = np.abs(pred - y)
-        metrics = regression_metrics(y, pred)
-        heldout = {"split": self.args.split.kind, "notes": int(len(rows)), **metrics,
-                   "abs_error_quantiles": {str(q): float(np.quantile(errors, q / 100)) for q in (50, 80, 90, 95)},
-                   "residual_quantiles": {str(q): float(np.quantile(y - pred, q / 100)) for q in (5, 10, 90, 95)},
-                   "score_quantiles": [float(v) for v in np.quantile(y, np.linspace(0, 1, 101))]}
-        write_json({"test": metrics, "test_notes": int(len(rows)), "split": asdict(self.args.split)},
-                   folder / "test_metrics.json")
-        return heldout
+        return write_heldout(self.args.split, self.data, rows, pred, folder)
+
+
+def write_heldout(split: SplitConfig, data: PreparedData, rows: np.ndarray, pred: np.ndarray, folder: Path,
+                  prefix: str = "") -> dict[str, Any]:
+    """The held-out error of predictions `pred` of `data` rows `rows`: written as `{prefix}test_predictions.parquet`
+    and `{prefix}test_metrics.json` in `folder`, returned as the card's `heldout` (metrics, absolute-error and
+    residual quantiles for a served score's interval, target quantiles for its percentile)."""
+    from notellm.evaluation.regression import regression_metrics
+
+    y = data.y[rows]
+    write_parquet(pa.table({"note_id": [data.note_ids[i] for i in rows], "target": y, "prediction": pred}),
+                  folder / f"{prefix}test_predictions.parquet")
+    errors = np.abs(pred - y)
+    metrics = regression_metrics(y, pred)
+    heldout = {"split": split.kind, "notes": int(len(rows)), **metrics,
+               "abs_error_quantiles": {str(q): float(np.quantile(errors, q / 100)) for q in (50, 80, 90, 95)},
+               "residual_quantiles": {str(q): float(np.quantile(y - pred, q / 100)) for q in (5, 10, 90, 95)},
+               "score_quantiles": [float(v) for v in np.quantile(y, np.linspace(0, 1, 101))]}
+    write_json({"test": metrics, "test_notes": int(len(rows)), "split": asdict(split)},
+               folder / f"{prefix}test_metrics.json")
+    return heldout
 
 
 def _digest_ids(ids: Sequence[str]) -> str:
@@ -367,7 +382,12 @@ def _digest_ids(ids: Sequence[str]) -> str:
 # ---- pipelines -------------------------------------------------------------------------------------------
 def train(cfg: PopularityConfig, callbacks: Sequence[Callback] | None = None,
           data: PreparedData | None = None) -> Path:
-    """Train on the split's training rows (resumable); save output_dir/model with its held-out test error."""
+    """Train on the split's training rows (resumable); save output_dir/model with its held-out test error.
+    `model.kind=notellm-head`: a head on a frozen NoteLLM instead (training/popularity_head.py)."""
+    if cfg.model.kind == "notellm-head":
+        from notellm.training.popularity_head import train_head
+
+        return train_head(cfg, callbacks, data)
     recipe = PopularityRecipe(cfg, data)
     Engine(recipe, callbacks).run()
     return Path(cfg.output_dir) / "model"
@@ -465,4 +485,4 @@ def evaluate(cfg: PopularityConfig, model_dir: str | Path | None = None, stack: 
 
 
 __all__ = ["PopularityConfig", "PopularityModelConfig", "PopularityRecipe", "RegressionModule", "cross_fit_llm",
-           "evaluate", "fit_rows", "head_features", "model_texts", "length_bucketed_batches", "prepare", "train", "HistoryConfig"]
+           "evaluate", "fit_rows", "head_features", "write_heldout", "model_texts", "length_bucketed_batches", "prepare", "train", "HistoryConfig"]

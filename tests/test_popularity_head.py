@@ -1,0 +1,180 @@
+"""One model for the platform: a popularity head trained on top of a frozen NoteLLM folder (`notellm popularity
+train CONFIG model.kind=notellm-head`). The output folder embeds exactly as its base folder, generates the same
+tags, and scores notes with the head; the API and the server give the same scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from helpers.methods import posts
+from notellm.cli import app
+from notellm.cli.common import run_cli
+from notellm.data.schema import notes_to_table, write_notes
+from notellm.inference.embed import Embedder
+
+CONFIG = {"bf16": "false", "log_every": 1, "warmup_ratio": 0.0, "epochs": 30, "batch_size": 4, "lr": 1e-2,
+          "head_init": "zeros", "eval_batch_size": 8, "split": {"kind": "random", "test_fraction": 0.25}}
+
+
+def write_config(root: Path, backbone: str, name: str, **overrides) -> Path:
+    config = {**CONFIG, "output_dir": str(root / name), "data": {"source": "notes", "path": str(root / "notes.parquet")},
+              "model": {"kind": "notellm-head", "backbone": backbone}, **overrides}
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def one(tmp_path_factory):
+    """A tiny NoteLLM folder (`base`) and the one folder trained on top of it through the CLI."""
+    from notellm.models.notellm import NoteLLMConfig, build_notellm
+
+    root = tmp_path_factory.mktemp("onemodel")
+    rows = posts()
+    write_notes(notes_to_table(rows), root / "notes.parquet")
+    build_notellm(NoteLLMConfig(backbone="tiny-qwen3", dim=16, max_length=96)).save(root / "base")
+    config = write_config(root, str(root / "base"), "run")
+    assert run_cli(app, ["popularity", "train", str(config)]) == 0
+    return {"root": root, "rows": rows, "base": root / "base", "model": root / "run" / "model", "config": config}
+
+
+def logged(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_training_lowers_the_heads_loss_and_beats_the_mean(one):
+    log = logged(one["root"] / "run")
+    losses = [r["loss"] for r in log if "loss" in r and "event" not in r]
+    assert len(losses) == 30 * (27 // 4)  # 27 training notes, batches of 4, 30 epochs
+    assert np.mean(losses[-6:]) < 0.3 * np.mean(losses[:6])
+    # the feature pass ran once, as the run's first (timed) phase, over every note
+    prepared = next(r for r in log if r.get("event") == "prepared")
+    assert prepared["feature_notes"] == 36
+    card = json.loads((one["model"] / "notellm.json").read_text())
+    heldout = card["popularity_head"]["heldout"]
+    test = pq.read_table(one["model"] / "popularity_test_predictions.parquet").to_pydict()
+    train_ids = set(json.loads((one["model"] / "popularity_train_note_ids.json").read_text())["note_ids"])
+    assert heldout["notes"] == len(test["note_id"]) == 9 and not train_ids & set(test["note_id"])
+    y, pred = np.array(test["target"]), np.array(test["prediction"])
+    assert heldout["mae"] == pytest.approx(np.abs(y - pred).mean())
+    # better than predicting the training mean on the held-out notes
+    from notellm.config import load_config
+    from notellm.training.popularity import PopularityConfig, prepare
+
+    data = prepare(load_config(PopularityConfig, one["config"]))
+    assert heldout["mae"] < np.abs(y - data.y[data.train_idx].mean()).mean()
+    assert {"10", "90"} <= set(heldout["residual_quantiles"]) and "80" in heldout["abs_error_quantiles"]
+
+
+def test_targets_and_split_are_popularity_trains(one):
+    """The same `prepare` as `notellm popularity train`: WLAES of the notes, the configured random split."""
+    from notellm.config import load_config
+    from notellm.data.popularity import target_values
+    from notellm.training.popularity import PopularityConfig, prepare
+
+    cfg = load_config(PopularityConfig, one["config"])
+    data = prepare(cfg)
+    test = pq.read_table(one["model"] / "popularity_test_predictions.parquet").to_pydict()
+    assert test["note_id"] == [data.note_ids[i] for i in data.test_idx]
+    wlaes = target_values(notes_to_table(one["rows"]), {"likes": 1.0, "collects": 0.5, "comments": 0.2})
+    np.testing.assert_allclose(test["target"], wlaes[data.test_idx])
+    card = json.loads((one["model"] / "notellm.json").read_text())["popularity_head"]
+    assert card["target"]["name"] == "wlaes" and card["target"]["weights"]["likes"] == 1.0
+    assert card["base_model"] == "base" and card["train"]["notes"] == 27
+
+
+def test_the_folder_embeds_and_tags_exactly_as_its_base(one):
+    from notellm import NoteLLM
+
+    notes = one["rows"][:10]
+    base, head = Embedder(str(one["base"]), bf16=False), Embedder(str(one["model"]), bf16=False)
+    assert np.array_equal(base.encode(notes), head.encode(notes))  # bit for bit: the backbone was frozen
+    for path in one["base"].rglob("*"):
+        if path.is_file() and path.name != "notellm.json":
+            assert (one["model"] / path.relative_to(one["base"])).read_bytes() == path.read_bytes(), path
+    tags = [NoteLLM.from_pretrained(p, bf16=False).tag(notes[:2], n_tags=2, max_new_tokens=8)
+            for p in (one["base"], one["model"])]
+    assert tags[0] == tags[1]
+
+
+def test_the_api_predicts_the_saved_heldout_scores(one):
+    from notellm import NoteLLM
+    from notellm.errors import NotellmError
+
+    model = NoteLLM.from_pretrained(one["model"], bf16=False)
+    assert model.has_popularity_head and model.popularity["target"]["name"] == "wlaes"
+    test = pq.read_table(one["model"] / "popularity_test_predictions.parquet").to_pydict()
+    by_id = {r["note_id"]: r for r in one["rows"]}
+    scores = model.predict_popularity([by_id[i] for i in test["note_id"]])
+    # the saved head (folded back to the pooled state's units) scores as the trained one did
+    np.testing.assert_allclose(scores, test["prediction"], rtol=1e-4, atol=1e-4)
+    assert np.std(scores) > 0
+    plain = NoteLLM.from_pretrained(one["base"], bf16=False)
+    assert not plain.has_popularity_head
+    with pytest.raises(NotellmError, match="no popularity head"):
+        plain.predict_popularity(["周末去哪儿"])
+
+
+def test_one_folder_serves_embeddings_recommendations_tags_and_popularity(one, tmp_path):
+    from notellm import NoteLLM
+    from notellm.inference.index import build_index
+    from notellm.serving.app import create_app_from_paths
+
+    rows, model = one["rows"], str(one["model"])
+    embedder = Embedder(model, bf16=False)
+    build_index([r["note_id"] for r in rows], embedder.encode(rows), embedder.meta,
+                notes=notes_to_table(rows)).save(tmp_path / "index")
+    web = create_app_from_paths(model=model, index=str(tmp_path / "index"), notes=str(one["root"] / "notes.parquet"),
+                                tagger="model")
+    note = {"title": rows[3]["title"], "content": rows[3]["content"], "hashtags": rows[3]["hashtags"]}
+    with TestClient(web) as c:
+        vector = c.post("/embed", json={"notes": [note]}).json()
+        similar = c.post("/similar", json={"note": note, "k": 3}).json()["results"]
+        tags = c.post("/tags", json={"note": note}).json()
+        body = c.post("/popularity", json={"note": note}).json()
+        health = c.get("/health").json()["components"]["popularity"]
+    assert vector["dim"] == 16 and similar[0]["note_id"] == rows[3]["note_id"]
+    assert tags["tagger"] == "NoteGenerator" and isinstance(tags["hashtags"], list)
+    # the server's Embedder and the API decide bf16 the same way (auto)
+    expected = NoteLLM.from_pretrained(model).predict_popularity([note])[0]
+    assert body["score"] == pytest.approx(float(expected), abs=1e-5)
+    assert body["target"]["name"] == "wlaes" and body["model"] == "model"
+    assert body["percentile"]["overall"] is not None and body["interval"]["coverage"] == 0.8
+    assert body["interval"]["low"] < body["interval"]["high"] and body["interval"]["margin"] > 0
+    assert health["class"] == "NoteLLMHeadPopularity" and health["head"] == "notellm"
+
+
+def test_a_zero_shot_backbone_becomes_a_folder_with_the_same_embeddings(one):
+    root = one["root"]
+    config = write_config(root, "zero-shot:tiny-qwen3", "zs", epochs=2)
+    assert run_cli(app, ["popularity", "train", str(config)]) == 0
+    notes = one["rows"][:6]
+    got = Embedder(str(root / "zs" / "model"), bf16=False).encode(notes)
+    want = Embedder("zero-shot:tiny-qwen3", bf16=False).encode(notes)
+    np.testing.assert_array_equal(got, want)
+    card = json.loads((root / "zs" / "model" / "notellm.json").read_text())
+    assert card["popularity_head"]["base_model"] == "zero-shot:tiny-qwen3" and card["popularity_head"]["heldout"]
+
+
+def test_a_rerun_resumes_and_configs_it_cannot_read_are_refused(one, capsys):
+    before = (one["model"] / "score_head.safetensors").read_bytes()
+    assert run_cli(app, ["popularity", "train", str(one["config"])]) == 0  # finished: resumes at the end
+    assert (one["model"] / "score_head.safetensors").read_bytes() == before
+    assert any(r.get("event") == "resumed" for r in logged(one["root"] / "run"))
+    capsys.readouterr()
+    root = one["root"]
+    assert run_cli(app, ["popularity", "train", str(write_config(root, str(one["base"]), "bad1")),
+                         "model.features=[hour]"]) == 2
+    assert "model.features must be []" in capsys.readouterr().err
+    assert run_cli(app, ["popularity", "train", str(write_config(root, str(root / "missing"), "bad2"))]) == 2
+    assert "needs a NoteLLM folder" in capsys.readouterr().err
+    assert run_cli(app, ["popularity", "train", str(write_config(root, str(one["base"]), "bad3")),
+                         "model.kind=lora"]) == 2
+    assert "model.kind must be one of" in capsys.readouterr().err
