@@ -353,13 +353,9 @@ def evaluate_detail(model_dir: Path, data: dict, ks: list[int]):
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from notellm.device import cpu_model as name
+
+    return name()
 
 
 def main_detail(args) -> int:

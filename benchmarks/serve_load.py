@@ -319,13 +319,9 @@ def run_fault(args, folder: str) -> dict:
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        import platform
+    from notellm.device import cpu_model as name
 
-        return platform.processor() or "unknown CPU"
+    return name()
 
 
 def main_writes(args) -> int:
