@@ -90,6 +90,18 @@ def test_targets_and_split_are_popularity_trains(one):
     card = json.loads((one["model"] / "notellm.json").read_text())["popularity_head"]
     assert card["target"]["name"] == "wlaes" and card["target"]["weights"]["likes"] == 1.0
     assert card["base_model"] == "base" and card["train"]["notes"] == 27
+    assert card["base_notes"] == str(one["root"] / "notes.parquet")  # the base's training notes (tag's categories)
+
+
+def test_a_folder_without_the_recorded_base_notes_asks_its_base(one, tmp_path):
+    from notellm.models.folder import training_notes
+
+    card = json.loads((one["model"] / "notellm.json").read_text())
+    del card["popularity_head"]["base_notes"]  # a folder written before the card recorded them
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "notellm.json").write_text(json.dumps(card), encoding="utf-8")
+    assert training_notes(tmp_path / "old") == training_notes(one["base"]) == str(one["root"] / "notes.parquet")
+    assert training_notes(one["model"]) == str(one["root"] / "notes.parquet")
 
 
 def test_the_folder_embeds_and_tags_exactly_as_its_base(one):
@@ -209,10 +221,17 @@ def test_popularity_predict_takes_the_one_folder(one, tmp_path, capsys):
     assert got["note_id"] == [r["note_id"] for r in rows]
     np.testing.assert_allclose(got["score"], expected, rtol=0, atol=1e-6)
     np.testing.assert_allclose(PopularityModel.from_pretrained(model).predict(rows), expected, rtol=0, atol=1e-6)
+    # `notellm serve --popularity-model` given the one folder scores as well
+    from notellm.serving.components import PopularityPredictor
+
+    served = PopularityPredictor(model)
+    np.testing.assert_allclose(served.predict(rows), expected, rtol=0, atol=1e-6)
+    assert served.describe()["target"]["name"] == "wlaes" and served.heldout["notes"] == 9
     capsys.readouterr()
     body = "城市周边露营地推荐 #露营[话题]#"  # one note from the command line: a string note of the API
     assert run_cli(app, ["popularity", "predict", model, "--content", body]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == f"{NoteLLM.from_pretrained(model).predict_popularity([body])[0]:.4f}"
+    expected_one = NoteLLM.from_pretrained(model).predict_popularity([body])[0]
+    assert capsys.readouterr().out.splitlines()[0] == f"{expected_one:.4f}"
     # a NoteLLM folder without a head, or a head asked for features it does not read: one line, exit 2
     assert run_cli(app, ["popularity", "predict", str(one["base"]), "--title", "周末去哪儿"]) == 2
     assert "without a popularity head" in capsys.readouterr().err
@@ -249,7 +268,8 @@ def test_popularity_eval_takes_the_one_folder_as_a_rednoob_folder(one, tmp_path)
     # the baselines are the same numbers; the head's row scores the split's test notes as the API does
     assert head["metrics"]["mean"] == lora["metrics"]["mean"]
     by_id = {r["note_id"]: r for r in one["rows"]}
-    expected = NoteLLM.from_pretrained(one["model"]).predict_popularity([by_id[i] for i in head["predictions"]["note_id"]])
+    test_notes = [by_id[i] for i in head["predictions"]["note_id"]]
+    expected = NoteLLM.from_pretrained(one["model"]).predict_popularity(test_notes)
     np.testing.assert_allclose(head["predictions"][head_row], expected, rtol=0, atol=1e-6)
     saved = pq.read_table(one["model"] / "popularity_test_predictions.parquet").to_pydict()
     assert saved["note_id"] == head["predictions"]["note_id"]
