@@ -40,6 +40,8 @@ def one(tmp_path_factory):
     rows = posts()
     write_notes(notes_to_table(rows), root / "notes.parquet")
     build_notellm(NoteLLMConfig(backbone="tiny-qwen3", dim=16, max_length=96)).save(root / "base")
+    # as `notellm train` leaves it: the run's config beside the folder names its notes (the category set of `tag`)
+    (root / "train_config.json").write_text(json.dumps({"notes": str(root / "notes.parquet")}), encoding="utf-8")
     config = write_config(root, str(root / "base"), "run")
     assert run_cli(app, ["popularity", "train", str(config)]) == 0
     return {"root": root, "rows": rows, "base": root / "base", "model": root / "run" / "model", "config": config}
@@ -88,6 +90,18 @@ def test_targets_and_split_are_popularity_trains(one):
     card = json.loads((one["model"] / "notellm.json").read_text())["popularity_head"]
     assert card["target"]["name"] == "wlaes" and card["target"]["weights"]["likes"] == 1.0
     assert card["base_model"] == "base" and card["train"]["notes"] == 27
+    assert card["base_notes"] == str(one["root"] / "notes.parquet")  # the base's training notes (tag's categories)
+
+
+def test_a_folder_without_the_recorded_base_notes_asks_its_base(one, tmp_path):
+    from notellm.models.folder import training_notes
+
+    card = json.loads((one["model"] / "notellm.json").read_text())
+    del card["popularity_head"]["base_notes"]  # a folder written before the card recorded them
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "notellm.json").write_text(json.dumps(card), encoding="utf-8")
+    assert training_notes(tmp_path / "old") == training_notes(one["base"]) == str(one["root"] / "notes.parquet")
+    assert training_notes(one["model"]) == str(one["root"] / "notes.parquet")
 
 
 def test_the_folder_embeds_and_tags_exactly_as_its_base(one):
@@ -102,6 +116,21 @@ def test_the_folder_embeds_and_tags_exactly_as_its_base(one):
     tags = [NoteLLM.from_pretrained(p, bf16=False).tag(notes[:2], n_tags=2, max_new_tokens=8)
             for p in (one["base"], one["model"])]
     assert tags[0] == tags[1]
+    # the base's category set (its training notes), not the head run's: the category is decoded inside it
+    assert [t["category"] for t in tags[1]] == [["生活", "好物"]] * 2
+
+
+def test_notellm_tag_on_the_folder_finds_the_bases_category_set(one, tmp_path):
+    from notellm.inference.generate import read_generations
+
+    out = []
+    for name, folder in (("base", one["base"]), ("one", one["model"])):
+        assert run_cli(app, ["tag", "--model", str(folder), "--notes", str(one["root"] / "notes.parquet"),
+                             "--out", str(tmp_path / f"{name}.parquet"), "--limit", "3", "--n-tags", "2",
+                             "--max-new-tokens", "8", "--fp32"]) == 0
+        out.append(read_generations(tmp_path / f"{name}.parquet")[0].select(["note_id", "tags", "category"]))
+    assert out[0].to_pylist() == out[1].to_pylist()
+    assert out[1].column("category").to_pylist() == [["生活", "好物"]] * 3
 
 
 def test_the_api_predicts_the_saved_heldout_scores(one):
@@ -178,3 +207,71 @@ def test_a_rerun_resumes_and_configs_it_cannot_read_are_refused(one, capsys):
     assert run_cli(app, ["popularity", "train", str(write_config(root, str(one["base"]), "bad3")),
                          "model.kind=lora"]) == 2
     assert "model.kind must be one of" in capsys.readouterr().err
+
+
+def test_popularity_predict_takes_the_one_folder(one, tmp_path, capsys):
+    """`notellm popularity predict` on the one folder gives NoteLLM.predict_popularity's scores."""
+    from notellm import NoteLLM, PopularityModel
+
+    rows, model = one["rows"], str(one["model"])
+    assert run_cli(app, ["popularity", "predict", model, "--notes", str(one["root"] / "notes.parquet"),
+                         "--out", str(tmp_path / "scores.parquet")]) == 0
+    got = pq.read_table(tmp_path / "scores.parquet").to_pydict()
+    expected = NoteLLM.from_pretrained(model).predict_popularity(rows)
+    assert got["note_id"] == [r["note_id"] for r in rows]
+    np.testing.assert_allclose(got["score"], expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(PopularityModel.from_pretrained(model).predict(rows), expected, rtol=0, atol=1e-6)
+    # `notellm serve --popularity-model` given the one folder scores as well
+    from notellm.serving.components import PopularityPredictor
+
+    served = PopularityPredictor(model)
+    np.testing.assert_allclose(served.predict(rows), expected, rtol=0, atol=1e-6)
+    assert served.describe()["target"]["name"] == "wlaes" and served.heldout["notes"] == 9
+    capsys.readouterr()
+    body = "城市周边露营地推荐 #露营[话题]#"  # one note from the command line: a string note of the API
+    assert run_cli(app, ["popularity", "predict", model, "--content", body]) == 0
+    expected_one = NoteLLM.from_pretrained(model).predict_popularity([body])[0]
+    assert capsys.readouterr().out.splitlines()[0] == f"{expected_one:.4f}"
+    # a NoteLLM folder without a head, or a head asked for features it does not read: one line, exit 2
+    assert run_cli(app, ["popularity", "predict", str(one["base"]), "--title", "周末去哪儿"]) == 2
+    assert "without a popularity head" in capsys.readouterr().err
+    assert run_cli(app, ["popularity", "predict", model, "--title", "周末去哪儿", "--feature", "hour=3"]) == 2
+    assert "has no feature(s) ['hour']" in capsys.readouterr().err
+
+
+def test_popularity_eval_takes_the_one_folder_as_a_rednoob_folder(one, tmp_path):
+    """`notellm popularity eval --model` on the one folder: the same report keys and rows as for a RedNoob folder
+    on the same split, with the head's scores of the test notes."""
+    from notellm import NoteLLM
+
+    root = one["root"]
+    rednoob = {**CONFIG, "output_dir": str(tmp_path / "rednoob"), "max_steps": 2, "epochs": 1, "probe_max_notes": 8,
+               "score_heldout": False, "data": {"source": "notes", "path": str(root / "notes.parquet")},
+               "model": {"backbone": "tiny-qwen3", "max_length": 48}, "lora": {"r": 4, "alpha": 8}}
+    config = tmp_path / "rednoob.yaml"
+    config.write_text(yaml.safe_dump(rednoob, allow_unicode=True), encoding="utf-8")
+    assert run_cli(app, ["popularity", "train", str(config)]) == 0
+    reports = {}
+    for name, folder in (("one", one["model"]), ("rednoob", tmp_path / "rednoob" / "model")):
+        out = tmp_path / f"{name}.json"
+        assert run_cli(app, ["popularity", "eval", str(one["config"]), "eval.bootstrap=50", "--model", str(folder),
+                             "--json", str(out)]) == 0
+        reports[name] = (json.loads(out.read_text()), f"saved model {folder}")
+        assert out.with_name(f"{name}-scatter.png").is_file()
+    (head, head_row), (lora, lora_row) = reports["one"], reports["rednoob"]
+    assert head.keys() == lora.keys() and head["test_notes"] == lora["test_notes"] == 9
+    assert head["metrics"][head_row].keys() == lora["metrics"][lora_row].keys()
+    assert head["metrics"][head_row].keys() >= {"mae", "rmse", "r2", "spearman"}
+    assert head["versus_reference"][head_row].keys() == lora["versus_reference"][lora_row].keys()
+    rows = {r["model"]: r for r in head["rows"]}
+    assert rows[head_row].keys() == {r["model"]: r for r in lora["rows"]}[lora_row].keys()
+    # the baselines are the same numbers; the head's row scores the split's test notes as the API does
+    assert head["metrics"]["mean"] == lora["metrics"]["mean"]
+    by_id = {r["note_id"]: r for r in one["rows"]}
+    test_notes = [by_id[i] for i in head["predictions"]["note_id"]]
+    expected = NoteLLM.from_pretrained(one["model"]).predict_popularity(test_notes)
+    np.testing.assert_allclose(head["predictions"][head_row], expected, rtol=0, atol=1e-6)
+    saved = pq.read_table(one["model"] / "popularity_test_predictions.parquet").to_pydict()
+    assert saved["note_id"] == head["predictions"]["note_id"]
+    np.testing.assert_allclose(head["predictions"][head_row], saved["prediction"], atol=1e-4)
+    assert rows[head_row]["mae"].startswith(f"{head['metrics'][head_row]['mae']['value']:.3f}")

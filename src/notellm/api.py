@@ -133,11 +133,10 @@ class NoteLLM:
 
         levels = self.model.config.prompt.category_levels
         if categories is None:  # the training notes, as `notellm tag` finds them
-            config = Path(self.name).parent / "train_config.json"
-            if not config.is_file():
-                return []
-            categories = json.loads(config.read_text(encoding="utf-8")).get("notes")
-            if not categories or not Path(categories).exists():
+            from notellm.models.folder import training_notes
+
+            categories = training_notes(self.name) if Path(self.name).is_dir() else None
+            if categories is None:
                 return []
         if isinstance(categories, (str, Path)):
             return read_category_set(categories, levels)

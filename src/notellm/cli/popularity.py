@@ -1,4 +1,5 @@
-"""`notellm popularity train | predict | eval`: RedNoob-style popularity regression (LoRA LLM + head)."""
+"""`notellm popularity train | predict | eval`: RedNoob-style popularity regression (LoRA LLM + head), or a head on
+a frozen NoteLLM (`model.kind=notellm-head`); predict and eval take either folder (its card's kind decides)."""
 
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def train(config: str = CONFIG, overrides: Optional[List[str]] = OVERRIDES) -> N
 
 @app.command("predict")
 def predict(
-    model_dir: str = typer.Argument(..., help="a folder written by `notellm popularity train`"),
+    model_dir: str = typer.Argument(..., help="a folder written by `notellm popularity train`: a popularity model, "
+                                              "or a NoteLLM folder with a popularity head (model.kind=notellm-head)"),
     notes: Optional[str] = typer.Option(None, help="a Note-table parquet: one score per row"),
     title: Optional[str] = typer.Option(None, help="one note's title"),
     content: Optional[str] = typer.Option(None, help="one note's text (inline #话题[话题]# tags are read as hashtags)"),
@@ -124,7 +126,8 @@ def predict(
 def evaluate(
     config: str = CONFIG,
     overrides: Optional[List[str]] = OVERRIDES,
-    model: Optional[str] = typer.Option(None, help="a trained model folder to score on the same test notes"),
+    model: Optional[str] = typer.Option(None, help="a trained model folder to score on the same test notes (a "
+                                        "popularity model, or a NoteLLM folder with a popularity head)"),
     stack: bool = typer.Option(False, help="also cross-fit LLMs (eval.stack_folds) and the stacked GBDT (slow)"),
     json_out: Optional[str] = typer.Option(None, "--json", help="write the full report (intervals, ranking, test "
                                            "predictions) here, with its pictures beside it (-scatter/-calibration/"

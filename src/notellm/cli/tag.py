@@ -106,19 +106,15 @@ def _category_levels(model: str) -> int:
 
 def _category_set(model: str, categories: str | None, train_notes: str | None, levels: int, required: bool):
     """--categories, else --train-notes, else the notes the model was trained on (train_config.json)."""
-    import json
     from pathlib import Path
 
     from notellm.errors import NotellmError
     from notellm.evaluation.generation import read_category_set
+    from notellm.models.folder import training_notes
 
     source = categories or train_notes
-    if source is None:
-        config = Path(model).parent / "train_config.json"
-        if config.exists():
-            source = json.loads(config.read_text(encoding="utf-8")).get("notes") or None
-            if source and not Path(source).exists():
-                source = None
+    if source is None and Path(model).is_dir():
+        source = training_notes(model)
     if source is None:
         if required:
             raise NotellmError("constrained category decoding needs the category set: pass --categories (a Note "

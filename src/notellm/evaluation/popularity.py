@@ -390,9 +390,11 @@ def score_report(ecfg: EvalConfig, split_kind: str, weights: dict[str, float], d
 
 
 def check_no_overlap(model_dir: str | Path, data: PreparedData) -> None:
-    """A saved model must not have been trained on any of this split's test notes."""
-    path = Path(model_dir) / "train_note_ids.json"
-    if not path.exists():
+    """A saved model must not have been trained on any of this split's test notes (a NoteLLM folder with a
+    popularity head names its head's training notes popularity_train_note_ids.json)."""
+    names = ("popularity_train_note_ids.json", "train_note_ids.json")
+    path = next((Path(model_dir) / n for n in names if (Path(model_dir) / n).exists()), None)
+    if path is None:
         raise NotellmError(f"{model_dir} has no train_note_ids.json: cannot check it never saw the test notes")
     seen = set(read_json(path)["note_ids"])
     overlap = [data.note_ids[i] for i in data.test_idx if data.note_ids[i] in seen]

@@ -1,4 +1,5 @@
-"""Popularity prediction with a trained RedNoob-style model folder (LoRA LLM + regression head).
+"""Popularity prediction with a trained RedNoob-style model folder (LoRA LLM + regression head), or with a
+NoteLLM folder carrying a popularity head (`model.kind=notellm-head`: `load_model` returns a HeadModel).
 
     loaded = load_model("runs/popularity_xhs/model")
     scores = predict_table(loaded, notes_table)        # on the target's scale (e.g. WLAES)
@@ -187,9 +188,57 @@ class LoadedModel:
         return self.meta.get("heldout")
 
 
-def load_model(model_dir: str | Path) -> LoadedModel:
+class HeadModel:
+    """A NoteLLM folder with a popularity head (`notellm popularity train ... model.kind=notellm-head`): the one
+    model that embeds, tags and scores. It scores exactly as `NoteLLM.from_pretrained(folder).predict_popularity`
+    (the same loader, precision and batches); `meta` has a popularity folder's `target`, `features` and
+    `heldout` keys, from the card's `popularity_head` section."""
+
+    def __init__(self, model_dir: str | Path, card: dict[str, Any]):
+        head = card["popularity_head"]
+        self.model_dir = str(model_dir)
+        self.meta = {"kind": "notellm-head", "backbone": card.get("backbone"), "target": head["target"],
+                     "features": {"names": []}, "heldout": head.get("heldout")}
+        self._embedders: dict[bool, Any] = {}
+        self.embedder(resolve_bf16("auto"))  # load now: a broken folder fails here, not at the first request
+
+    @property
+    def feature_names(self) -> list[str]:
+        return []
+
+    @property
+    def heldout(self) -> dict[str, Any] | None:
+        return self.meta["heldout"]
+
+    def embedder(self, bf16: bool):
+        """The folder loaded as `notellm embed` / the API load it (bf16 weights under bf16), once per precision."""
+        from notellm.inference.embed import Embedder
+
+        if bf16 not in self._embedders:
+            self._embedders[bf16] = Embedder(self.model_dir, bf16=bf16)
+        return self._embedders[bf16]
+
+    def predict(self, notes: Sequence[dict[str, Any]], bf16: str | bool = "auto", batch_size: int | None = None,
+                on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        from notellm.inference.embed import score_notes
+
+        embedder = self.embedder(resolve_bf16(bf16))
+        return score_notes(embedder.model, notes, batch_size or embedder.batch_size, embedder.bf16, on_batch)
+
+
+def load_model(model_dir: str | Path) -> LoadedModel | HeadModel:
+    """A popularity folder (`notellm popularity train`), or a NoteLLM folder with a popularity head
+    (`model.kind=notellm-head`): the card's kind decides."""
+    from notellm.models.folder import ModelFolderError, expect_kind
     from notellm.models.regression import load_regressor
 
+    card = expect_kind(model_dir, "popularity", "notellm")
+    if card["kind"] == "notellm":
+        if not card.get("popularity_head"):
+            raise ModelFolderError(f"{model_dir} is a NoteLLM folder without a popularity head: train one on it "
+                                   f"(`notellm popularity train CONFIG model.kind=notellm-head "
+                                   f"model.backbone={model_dir}`)")
+        return HeadModel(model_dir, card)
     model, tokenizer, meta = load_regressor(model_dir)
     return LoadedModel(model, tokenizer, meta)
 
@@ -228,10 +277,14 @@ def table_features(loaded: LoadedModel, table: pa.Table, source: str, as_of: str
 
 
 def predict_table(loaded: LoadedModel, table: pa.Table, source: str = "<notes>", as_of: str | None = None,
-                  feature_overrides: dict[str, float] | None = None, bf16: str = "auto", batch_size: int = 16,
-                  rows: Sequence[int] | None = None, return_pooled: bool = False,
+                  feature_overrides: dict[str, float] | None = None, bf16: str = "auto",
+                  batch_size: int | None = None, rows: Sequence[int] | None = None, return_pooled: bool = False,
                   on_batch: Callable[[int], None] | None = None):
-    """Scores for the table's rows (or only `rows`; features such as author history still see all rows)."""
+    """Scores for the table's rows (or only `rows`; features such as author history still see all rows).
+    A HeadModel reads each note's text only, in batches of `batch_size` (default: the embedder's)."""
+    if isinstance(loaded, HeadModel):
+        return _predict_head(loaded, table, feature_overrides, bf16, batch_size, rows, return_pooled, on_batch)
+    batch_size = batch_size or 16
     meta = loaded.meta
     feats = table_features(loaded, table, source, as_of, feature_overrides)
     texts = note_texts(table, meta["input"]["content_chars"], source)
@@ -248,3 +301,18 @@ def predict_table(loaded: LoadedModel, table: pa.Table, source: str = "<notes>",
                           suffix=meta["input"]["suffix"], batch_size=batch_size, bf16=bf16,
                           padding_side=meta["input"].get("padding_side", "right"), return_pooled=return_pooled,
                           on_batch=on_batch)
+
+
+def _predict_head(loaded: HeadModel, table: pa.Table, feature_overrides: dict[str, float] | None, bf16: str,
+                  batch_size: int | None, rows: Sequence[int] | None, return_pooled: bool,
+                  on_batch: Callable[[int], None] | None) -> np.ndarray:
+    if feature_overrides:
+        name = sorted(feature_overrides)[0]
+        raise DataError(f"the model has no feature(s) {sorted(feature_overrides)}: a NoteLLM popularity head reads "
+                        f"the note's text only", field=name)
+    if return_pooled:
+        raise ConfigError("a NoteLLM popularity head does not return the regressor's pooled states")
+    notes = table.to_pylist()
+    if rows is not None:
+        notes = [notes[int(i)] for i in rows]
+    return loaded.predict(notes, bf16, batch_size, on_batch)

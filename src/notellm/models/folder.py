@@ -65,6 +65,24 @@ def _read(path: Path) -> dict[str, Any]:
     return card
 
 
+def training_notes(folder: str | Path) -> str | None:
+    """The Note table a NoteLLM folder was trained on (`notes` of its run's train_config.json), where it still
+    exists: the default category set of `notellm tag`. A NoteLLM folder with a popularity head
+    (`model.kind=notellm-head`) answers for its base folder, whose files it holds: the head's run trained on
+    popularity notes, not on the base's pairs."""
+    folder = Path(folder)
+    head = (read_card(folder).get("popularity_head") or {}) if (folder / CARD).is_file() else {}
+    if head:
+        source = head.get("base_notes")  # recorded at training; older folders: the base folder, if still there
+        base = (head.get("config") or {}).get("model", {}).get("backbone", "")
+        if source is None and base and (Path(base) / CARD).is_file() and Path(base).resolve() != folder.resolve():
+            return training_notes(base)
+    else:
+        config = folder.parent / "train_config.json"
+        source = read_json(config).get("notes") if config.is_file() else None
+    return str(source) if source and Path(source).exists() else None
+
+
 def model_kind(folder: str | Path) -> str:
     return read_card(folder)["kind"]
 

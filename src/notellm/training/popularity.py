@@ -458,9 +458,11 @@ def _fold_info(recipe: PopularityRecipe) -> dict[str, Any]:
 
 def evaluate(cfg: PopularityConfig, model_dir: str | Path | None = None, stack: bool = False,
              log: Log = _quiet, data: PreparedData | None = None, llm: LLMScores | None = None,
-             callbacks: Sequence[Callback] | None = None) -> dict[str, Any]:
-    """Baselines, the saved model (`model_dir`) and, with `stack`, cross-fitted LLMs + the stacked GBDT,
-    all on the configured split's test rows."""
+             callbacks: Sequence[Callback] | None = None,
+             models: dict[str, str | Path] | None = None) -> dict[str, Any]:
+    """Baselines, the saved model (`model_dir`; row "saved model DIR"), more saved models by row name
+    (`models`) and, with `stack`, cross-fitted LLMs + the stacked GBDT, all on the configured split's test rows.
+    A saved model is a popularity folder or a NoteLLM folder with a popularity head."""
     data = data or prepare(cfg)
     if stack and llm is None:
         llm = cross_fit_llm(cfg, data, callbacks=callbacks, log=log)
@@ -472,11 +474,10 @@ def evaluate(cfg: PopularityConfig, model_dir: str | Path | None = None, stack: 
         vectors = llm_note_vectors(cfg.eval.llm_features, data, Path(cfg.output_dir) / "features",
                                    regressor_input={"max_length": cfg.model.max_length, "suffix": cfg.model.suffix})
     preds = baseline_predictions(cfg.eval, cfg.split.kind, data, llm, log=log, note_vectors=vectors)
-    if model_dir is not None:
-        check_no_overlap(model_dir, data)
-        loaded = load_model(model_dir)
-        preds[f"saved model {model_dir}"] = predict_table(loaded, data.table, data.source, cfg.data.as_of,
-                                                          rows=data.test_idx)
+    saved = {f"saved model {model_dir}": model_dir} if model_dir is not None else {}
+    for name, folder in {**saved, **(models or {})}.items():
+        check_no_overlap(folder, data)
+        preds[name] = predict_table(load_model(folder), data.table, data.source, cfg.data.as_of, rows=data.test_idx)
     report = score_report(cfg.eval, cfg.split.kind, cfg.target.resolved(), data, preds)
     report["use_age"], report["use_history"] = cfg.eval.use_age, cfg.eval.use_history
     if llm is not None:

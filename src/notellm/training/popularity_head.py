@@ -181,11 +181,15 @@ class NoteLLMHeadRecipe(Recipe):
 
     def head_card(self, summary: dict[str, Any]) -> dict[str, Any]:
         cfg = self.args
+        from notellm.models.folder import training_notes
+
         weights = cfg.target.resolved()
+        zero_shot = cfg.model.backbone.startswith(ZERO_SHOT_PREFIX)
         return {"target": {"name": cfg.target.name, "weights": weights, "formula": describe_target(weights),
                            "log": "natural"},
-                "base_model": cfg.model.backbone if cfg.model.backbone.startswith(ZERO_SHOT_PREFIX)
-                else Path(cfg.model.backbone).name,
+                "base_model": cfg.model.backbone if zero_shot else Path(cfg.model.backbone).name,
+                # the base's category set (`tag`): its training notes, not this run's popularity notes
+                "base_notes": None if zero_shot else training_notes(cfg.model.backbone),
                 "train": {**summary, "notes": len(self.rows), **getattr(self, "probe", {})},
                 "config": asdict(cfg)}
 
