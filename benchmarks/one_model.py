@@ -41,7 +41,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from popularity import COLUMNS  # noqa: E402  (benchmarks/popularity.py: the popularity table's columns)
-from serve_load import cpu_model  # noqa: E402
+from notellm.device import cpu_model  # noqa: E402
 
 HEAD, REDNOOB = "NoteLLM + popularity head (one folder)", "RedNoob: LoRA LLM + head (separate model)"
 SHOWN = ("mean", "LightGBM all, no LLM", REDNOOB, HEAD)
