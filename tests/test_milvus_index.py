@@ -202,3 +202,25 @@ def test_build_flag_errors_are_one_line_exit_2(built, capsys, tmp_path, monkeypa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and expected in err, err
     assert not (tmp_path / "x.db").exists()
+
+
+def test_writes_into_a_collection_built_with_notes_keep_their_labels(tmp_path):
+    """The server's writes (upsert with labels) land in the build's title/category fields; a write without
+    labels is a note outside the Note table (no title, as at build time); `notes` is what the server shows."""
+    rng = np.random.default_rng(3)
+    rows = [dict(empty_note(i), title=f"t{i}", category=["美食"]) for i in ("a", "b")]
+    store = build_milvus(["a", "b", "c"], rng.standard_normal((3, DIM)), {"model": "m"}, str(tmp_path / "m.db"),
+                         notes=notes_to_table(rows))
+    assert store.notes.to_pylist() == [{"note_id": "a", "title": "ta", "category": ["美食"]},
+                                       {"note_id": "b", "title": "tb", "category": ["美食"]}]
+    store.upsert(["w", "a"], unit(rng.standard_normal((2, DIM))), labels=[("写的", ["旅行", "极光"]), ("新a", [])])
+    store.upsert(["u"], unit(rng.standard_normal((1, DIM))))
+    store.upsert(["w"], store.vector_of("w")[None, :], labels=[("写的", ["旅行", "极光"])])  # a replay: no change
+    assert len(store) == 5
+    assert store.labels(["a", "b", "c", "w", "u"]) == {"a": ("新a", []), "b": ("tb", ["美食"]),
+                                                      "w": ("写的", ["旅行", "极光"])}
+    assert [i for i, _ in store.neighbours_of_vector(store.vector_of("w"), k=5, category="旅行")] == ["w"]
+    reopened = MilvusStore.connect(str(tmp_path / "m.db"))
+    assert sorted(r["note_id"] for r in reopened.notes.to_pylist()) == ["a", "b", "w"]
+    with pytest.raises(Exception, match="2 ids but 2 vectors, 1 labels"):
+        store.upsert(["x", "y"], rng.standard_normal((2, DIM)), labels=[("x", [])])

@@ -1,4 +1,7 @@
-"""Live note writes (issue 18): visible to the next request, durable across kill -9, behind a token."""
+"""Live note writes (issue 18): visible to the next request, durable across kill -9, behind a token. The
+behaviour tests run on both vector stores: the FAISS index with writes beside it, and a Milvus collection
+built by `notellm index build --backend milvus` (milvus-lite; skipped without `pip install -e .[milvus]`).
+The kill -9 test runs on FAISS only: the write log and its replay are the same code for both stores."""
 
 import os
 import signal
@@ -28,13 +31,40 @@ def make_app(world, log, **kw):  # noqa: F811
                       api_key=TOKEN, **kw)
 
 
+@pytest.fixture(params=["faiss", "milvus"])
+def served(request, world, tmp_path):  # noqa: F811
+    """make(log) -> a write-enabled app over the 32 toy notes. faiss: the index with its notes table. milvus:
+    one collection built with notes, served as `serve --backend milvus` does without --index (titles from the
+    collection); each make() reconnects to it, as a restarted server does, so writes persist between apps."""
+    if request.param == "faiss":
+        yield lambda log, **kw: make_app(world, log, **kw)
+        return
+    pytest.importorskip("pymilvus", reason="the Milvus backend needs pip install -e .[milvus]")
+    pytest.importorskip("milvus_lite", reason="the Milvus backend needs pip install -e .[milvus]")
+    from notellm.inference.store import MilvusStore, build_milvus
+
+    uri = str(tmp_path / "notes.db")
+    build_milvus(world["index"].ids, world["vectors"], world["embedder"].meta, uri,
+                 notes=world["table"]).client.close()
+    stores = []
+
+    def make(log, **kw):
+        stores.append(MilvusStore.connect(uri))
+        return create_app(index=stores[-1], embedder=world["embedder"], write_log=log, api_key=TOKEN, **kw)
+
+    make.uri = uri
+    yield make
+    for store in stores:
+        store.client.close()
+
+
 def similar(client, note, k=3):
     body = {"note": {f: note[f] for f in ("title", "content", "hashtags")}, "k": k}
     return client.post("/similar", json=body).json()["results"]
 
 
-def test_a_written_note_is_recommendable_by_the_next_request(world, tmp_path):  # noqa: F811
-    with TestClient(make_app(world, tmp_path / "w.log")) as c:
+def test_a_written_note_is_recommendable_by_the_next_request(served, tmp_path):
+    with TestClient(served(tmp_path / "w.log")) as c:
         response = c.post("/notes", json={"notes": [NEW]}, headers=AUTH)
         assert response.status_code == 201
         assert response.json() == {"written": [{"note_id": "new-1", "created": True}], "count": 33}
@@ -48,9 +78,9 @@ def test_a_written_note_is_recommendable_by_the_next_request(world, tmp_path):  
         assert c.get("/health").json()["index"]["count"] == 34
 
 
-def test_update_moves_the_note_and_delete_removes_it(world, tmp_path):  # noqa: F811
+def test_update_moves_the_note_and_delete_removes_it(served, world, tmp_path):  # noqa: F811
     base = world["rows"][5]
-    with TestClient(make_app(world, tmp_path / "w.log")) as c:
+    with TestClient(served(tmp_path / "w.log")) as c:
         c.post("/notes", json={"notes": [NEW]}, headers=AUTH)
         # replace new-1's text with a base note's text: it now sits on top of that note
         update = {"note": {k: base[k] for k in ("title", "content", "hashtags")}, "category": base["category"]}
@@ -68,20 +98,34 @@ def test_update_moves_the_note_and_delete_removes_it(world, tmp_path):  # noqa: 
         assert c.put("/notes/never-was", json=update, headers=AUTH).status_code == 404
 
 
-def test_a_restart_restores_exactly_the_acknowledged_state(world, tmp_path):  # noqa: F811
+def test_a_restart_restores_exactly_the_acknowledged_state(served, world, tmp_path):  # noqa: F811
     log = tmp_path / "w.log"
-    with TestClient(make_app(world, log)) as c:
+    with TestClient(served(log)) as c:
         c.post("/notes", json={"notes": [NEW, {**NEW, "note_id": "new-2", "title": "另一篇"}]}, headers=AUTH)
         c.delete("/notes/new-2", headers=AUTH)
         c.delete("/notes/0-0-0", headers=AUTH)
         before = similar(c, NEW, k=40)
+    assert [r["note_id"] for r in before][:1] == ["new-1"] and before[0]["title"] == NEW["title"]
     with open(log, "ab") as f:  # what a kill in the middle of an append leaves: a torn, unacknowledged line
         f.write(b'{"op":"put","id":"torn","vec')
-    with TestClient(make_app(world, log)) as c:
+    # Milvus already holds these writes: replaying them (upserts, deletes of absent notes) duplicates nothing
+    with TestClient(served(log)) as c:
         health = c.get("/health").json()
         assert health["writes"]["replayed_at_start"] == 4 and health["index"]["count"] == 32
         assert similar(c, NEW, k=40) == before
     assert log.read_bytes().endswith(b"\n") and b"torn" not in log.read_bytes()
+    if not hasattr(served, "uri"):
+        return
+    from notellm.inference.store import build_milvus
+
+    # the collection keeps writes (and the written titles) itself: a server with a fresh log answers the same
+    with TestClient(served(tmp_path / "fresh.log")) as c:
+        assert c.get("/health").json()["index"]["count"] == 32 and similar(c, NEW, k=40) == before
+    # a collection that lost the writes (rebuilt from the embeddings): the log's replay restores them
+    build_milvus(world["index"].ids, world["vectors"], world["embedder"].meta, served.uri, notes=world["table"],
+                 replace=True).client.close()
+    with TestClient(served(log)) as c:
+        assert c.get("/health").json()["index"]["count"] == 32 and similar(c, NEW, k=40) == before
 
 
 def test_write_endpoints_refuse_without_the_token(world, tmp_path):  # noqa: F811

@@ -22,12 +22,31 @@ def check_exposure(host: str, write_log: Optional[str], api_key: Optional[str]) 
                           f"NOTELLM_API_KEY), or listen on 127.0.0.1")
 
 
+def check_serve_backend(backend: str, index: Optional[str], milvus_uri: Optional[str]) -> None:
+    """faiss serves --index; milvus serves the collection at --milvus-uri (--index: fills it when empty)."""
+    from notellm.errors import ConfigError
+    from notellm.inference.store import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {BACKENDS}, got '{backend}'")
+    if backend == "faiss" and index is None:
+        raise ConfigError("--backend faiss needs --index (an index folder); or serve a Milvus collection with "
+                          "--backend milvus --milvus-uri")
+    if backend == "faiss" and milvus_uri is not None:
+        raise ConfigError("--milvus-uri is for --backend milvus")
+    if backend == "milvus" and not milvus_uri:
+        raise ConfigError("--backend milvus needs --milvus-uri (a milvus-lite file such as runs/notes.db, "
+                          "or http://host:19530)")
+
+
 @app.command("serve")
 def serve(
     model: str = typer.Option(..., "--model", "-m",
                               help="model folder that embeds new notes (the one that built the index), "
                                    "or zero-shot:<backbone>"),
-    index: str = typer.Option(..., "--index", "-i", help="index folder (notellm index build)"),
+    index: Optional[str] = typer.Option(None, "--index", "-i",
+                                        help="index folder (notellm index build); with --backend milvus only "
+                                             "to fill an empty collection the first time"),
     notes: Optional[str] = typer.Option(None, help="Note table: titles of similar notes, categories for tags"),
     popularity_model: Optional[str] = typer.Option(None, "--popularity-model",
                                                    help="folder written by `notellm popularity train` (default: the --model "
@@ -47,6 +66,8 @@ def serve(
     rate_limit: float = typer.Option(20.0, help="model requests per second per client (0: unlimited)"),
     backend: str = typer.Option("faiss", help="vector store: faiss (the index folder) | milvus"),
     milvus_uri: Optional[str] = typer.Option(None, help="milvus-lite file (runs/notes.db) or http://host:19530"),
+    collection: str = typer.Option("notes", help="Milvus collection (--backend milvus; built by `notellm index "
+                                                 "build --backend milvus`)"),
     host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 exposes it to the network)"),
     port: int = typer.Option(8000, help="port"),
     max_k: int = typer.Option(100, help="most neighbours a request may ask for"),
@@ -57,6 +78,7 @@ def serve(
 ) -> None:
     """Serve the API (`/docs`) and the web page (`/`) for creators and engineers."""
     check_exposure(host, write_log, api_key)
+    check_serve_backend(backend, index, milvus_uri)
     import uvicorn
 
     from notellm.serving.app import create_app_from_paths
@@ -66,6 +88,7 @@ def serve(
                            model_wait_ms=batch_wait_ms)
     web = create_app_from_paths(model=model, index=index, notes=notes, popularity_model=popularity_model,
                                 tagger=tagger, limits=limits, backend=backend, milvus_uri=milvus_uri,
+                                collection=collection,
                                 write_log=write_log, api_key=api_key, protect_reads=protect_reads,
                                 rate_limit=rate_limit, coldstart_model=coldstart_model,
                                 coldstart_language=coldstart_language)

@@ -13,7 +13,8 @@ both, so an exact search gives the same ids and scores on both backends.
 
 `build_milvus` is `notellm index build --backend milvus`: a FLAT collection with titles, categories and the
 embedding metadata, built beside the old one and swapped in by alias; `MilvusStore.connect` opens it with the
-read methods of a NoteIndex (`neighbours_of_vector`, `labels`, ...) for `recommend` and `index info`.
+read methods of a NoteIndex (`neighbours_of_vector`, `labels`, `notes`, ...) for `recommend`, `index info` and
+`serve --backend milvus` (which needs no index folder then: dimension, metadata and titles come from it).
 """
 
 from __future__ import annotations
@@ -61,8 +62,10 @@ class VectorStore(ABC):
     def vector_of(self, note_id: str) -> np.ndarray: ...
 
     @abstractmethod
-    def upsert(self, ids: Sequence[str], vectors: Any) -> None:
-        """Add or replace the vectors of `ids` (normalised here)."""
+    def upsert(self, ids: Sequence[str], vectors: Any,
+               labels: Sequence[tuple[str | None, list[str] | None]] | None = None) -> None:
+        """Add or replace the vectors of `ids` (normalised here). `labels`: (title, category) per id, kept by
+        a store that holds them (a Milvus collection built with notes); the others ignore them."""
 
     @abstractmethod
     def delete(self, ids: Sequence[str]) -> int:
@@ -120,7 +123,8 @@ class FaissStore(VectorStore):
                 "tombstones": len(self.dead)}
 
     # ---- writes ----
-    def upsert(self, ids: Sequence[str], vectors: Any) -> None:
+    def upsert(self, ids: Sequence[str], vectors: Any, labels=None) -> None:
+        # labels are ignored: the server keeps written titles itself, compaction takes them from the write log
         x = self._vectors(vectors)
         if len(ids) != len(x):
             raise DataError(f"{len(ids)} ids but {len(x)} vectors")
@@ -255,7 +259,8 @@ class MilvusStore(VectorStore):
         self.client, self.collection, self._dim = client, collection, int(dim)
         self.meta = dict(meta or {})
         self.config = None
-        self.notes = None
+        self._notes: pa.Table | None = None
+        self._notes_read = False           # `notes` scans the collection once, when first asked
         self.built = dict(built or {})     # the build's metadata (empty for a collection the server created)
         self.fields = tuple(fields)
         self.uri = uri
@@ -263,17 +268,31 @@ class MilvusStore(VectorStore):
 
     @classmethod
     def open(cls, uri: str, dim: int, collection: str = "notes", meta: dict[str, Any] | None = None) -> "MilvusStore":
+        """The collection `collection` at `uri`, created (id and vector only) when it is not there yet."""
         client = milvus_client(uri)
-        if not client.has_collection(collection):
-            client.create_collection(collection, dimension=int(dim), primary_field_name="id", id_type="string",
-                                     max_length=512, metric_type="IP", auto_id=False, vector_field_name="vector")
-        client.load_collection(collection)  # a collection reopened from a milvus-lite file starts released
-        return cls(client, collection, dim, meta, uri=uri)
+        with milvus_errors(f"cannot open collection '{collection}' of Milvus at {uri}"):
+            exists = client.has_collection(collection)
+            if not exists:
+                client.create_collection(collection, dimension=int(dim), primary_field_name="id", id_type="string",
+                                         max_length=512, metric_type="IP", auto_id=False, vector_field_name="vector")
+                client.load_collection(collection)  # a collection reopened from a milvus-lite file starts released
+        if not exists:
+            return cls(client, collection, dim, meta, uri=uri)
+        store = cls._existing(client, uri, collection)  # its own fields: a build's also has title and category
+        if store.dim != int(dim):
+            raise ConfigError(f"collection '{collection}' in Milvus at {uri} holds dimension {store.dim}, not "
+                              f"{dim}: serve it without --index, or pass --collection for a new one")
+        if meta:
+            store.meta = dict(meta)
+        return store
 
     @classmethod
     def connect(cls, uri: str, collection: str = "notes") -> "MilvusStore":
         """An existing collection (a `notellm index build --backend milvus`, or one a server filled)."""
-        client = milvus_client(uri, must_exist=True)
+        return cls._existing(milvus_client(uri, must_exist=True), uri, collection)
+
+    @classmethod
+    def _existing(cls, client, uri: str, collection: str) -> "MilvusStore":
         where = f"Milvus at {uri}"
         with milvus_errors(f"cannot read collection '{collection}' of {where}"):
             if not client.has_collection(collection):
@@ -309,6 +328,19 @@ class MilvusStore(VectorStore):
     def has_notes(self) -> bool:
         return "title" in self.fields
 
+    @property
+    def notes(self) -> pa.Table | None:
+        """note_id, title, category of the notes the build found in its notes table (a FAISS index folder's
+        attached notes.parquet); None without notes. Read once (a scan): the server's titles at start."""
+        if not self._notes_read:
+            self._notes_read = True
+            if self.has_notes:
+                rows = [{"note_id": str(r["id"]), "title": r.get("title"), "category": r.get("category")}
+                        for r in self._scan(["title", "category"]) if r.get("noted")]
+                self._notes = pa.Table.from_pylist(rows, schema=pa.schema(
+                    [("note_id", pa.string()), ("title", pa.string()), ("category", pa.list_(pa.string()))]))
+        return self._notes
+
     def __len__(self) -> int:
         return int(self.client.get_collection_stats(self.collection)["row_count"])
 
@@ -323,11 +355,22 @@ class MilvusStore(VectorStore):
                 "kind": self.built.get("kind", "?"), "metric": METRIC, "embedding": self.meta,
                 "notes_attached": self.has_notes, "built_at": self.built.get("built_at", "?")}
 
-    def upsert(self, ids: Sequence[str], vectors: Any) -> None:
+    def upsert(self, ids: Sequence[str], vectors: Any,
+               labels: Sequence[tuple[str | None, list[str] | None]] | None = None) -> None:
+        """Milvus replaces a row with the same id in place, so replaying a write it already holds changes
+        nothing. In a collection built with notes the labels go with the vector (unlabelled: not `noted`)."""
         x = self._vectors(vectors)
-        if len(ids) != len(x):
-            raise DataError(f"{len(ids)} ids but {len(x)} vectors")
-        self.client.upsert(self.collection, [{"id": str(i), "vector": v.tolist()} for i, v in zip(ids, x)])
+        if len(ids) != len(x) or (labels is not None and len(labels) != len(x)):
+            given = "" if labels is None else f", {len(labels)} labels"
+            raise DataError(f"{len(ids)} ids but {len(x)} vectors{given}")
+        rows = [{"id": str(i), "vector": v.tolist()} for i, v in zip(ids, x)]
+        if self.has_notes:  # the build's schema: noted is required, title and category nullable
+            for row, label in zip(rows, labels or [None] * len(rows)):
+                title, category = label if label is not None else (None, None)
+                row.update(noted=label is not None, title=title,
+                           category=None if label is None else list(category or []))
+        with milvus_errors(f"write to {self.path} failed"):
+            self.client.upsert(self.collection, rows)
 
     def delete(self, ids: Sequence[str]) -> int:
         present = [i for i in map(str, ids) if i in self]

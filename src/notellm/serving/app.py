@@ -36,7 +36,7 @@ from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from notellm.errors import NotellmError
+from notellm.errors import ConfigError, NotellmError
 from notellm.serving.batching import MicroBatcher
 from notellm.serving.components import describe, load_tagger, public_name
 from notellm.inference.store import as_store
@@ -54,7 +54,8 @@ MISSING = {
     "embedder": "no embedding model is loaded: start the server with `notellm serve --model MODEL_DIR` "
                 "(a trained NoteLLM folder, or zero-shot:<backbone>)",
     "index": "no index is loaded: start the server with `notellm serve --index INDEX_DIR` "
-             "(a folder written by `notellm index build`)",
+             "(a folder written by `notellm index build`) or `--backend milvus --milvus-uri URI` (a collection "
+             "written by `notellm index build --backend milvus`)",
     "tagger": "no hashtag/category generator is loaded: start the server with `notellm serve --tagger model` "
               "(the served NoteLLM generates; add --notes to constrain categories) or `--tagger knn --notes "
               "notes.parquet` (tags of the nearest notes)",
@@ -152,9 +153,12 @@ class Service:
         return [results.get(id(q)) for q in queries]
 
     def _replay(self) -> int:
-        """Apply every acknowledged write of the log (at start, before any request)."""
+        """Apply every acknowledged write of the log (at start, before any request). A store that keeps writes
+        itself (Milvus) may already hold some or all of them: puts are upserts and deleting an absent note is a
+        no-op, so replaying them again ends in the same state."""
         if self.index is None:
-            raise NotellmError("writes need an index to write into: start the server with --index")
+            raise NotellmError("writes need an index to write into: start the server with --index, or "
+                               "--backend milvus --milvus-uri")
         count = 0
         for record in self.write_log.replay():
             self._apply(record)
@@ -166,9 +170,10 @@ class Service:
     def _apply(self, record: dict[str, Any]) -> None:
         note_id = record["id"]
         if record["op"] == "put":
-            self.index.upsert([note_id], decode_vector(record["vector"])[None, :])
-            self.titles[note_id] = record.get("title") or ""
-            self.categories[note_id] = list(record.get("category") or [])
+            title, category = record.get("title") or "", list(record.get("category") or [])
+            self.index.upsert([note_id], decode_vector(record["vector"])[None, :], labels=[(title, category)])
+            self.titles[note_id] = title
+            self.categories[note_id] = category
         else:
             self.index.delete([note_id])
             self.titles.pop(note_id, None)
@@ -505,28 +510,23 @@ def create_app_from_paths(model: str | None = None, index: str | None = None, no
                           popularity_model: str | None = None, tagger: str = "none",
                           limits: ServingLimits | None = None, backend: str = "faiss",
                           milvus_uri: str | None = None, coldstart_model: str | None = None,
-                          coldstart_language: str = "en", **options: Any) -> FastAPI:
+                          coldstart_language: str = "en", collection: str = "notes", **options: Any) -> FastAPI:
     """Load the components from folders (server-side paths, given by whoever starts the server).
-    `backend="milvus"`: vectors live in the Milvus collection at `milvus_uri` (filled from `index` the first
-    time). `options`: create_app's write_log, api_key, protect_reads, rate_limit, rate_burst."""
+    `backend="milvus"`: vectors live in the Milvus collection `collection` at `milvus_uri`: one built by
+    `notellm index build --backend milvus` (then `index` is not needed: dimension, embedding metadata, titles
+    and categories come from the collection), or one filled from `index` the first time. `options`:
+    create_app's write_log, api_key, protect_reads, rate_limit, rate_burst."""
     from notellm.data.schema import read_notes
     from notellm.inference.index import load_index
-    from notellm.inference.store import BACKENDS, MilvusStore
+    from notellm.inference.store import BACKENDS
 
     if backend not in BACKENDS:
-        raise NotellmError(f"--backend must be one of {BACKENDS}, got '{backend}'")
+        raise ConfigError(f"--backend must be one of {BACKENDS}, got '{backend}'")
     idx = load_index(index) if index else None
     note_table = read_notes(notes) if notes else None
-    store = idx
-    if backend == "milvus":
-        if not milvus_uri:
-            raise NotellmError("--backend milvus needs --milvus-uri (a milvus-lite file such as runs/notes.db, "
-                               "or http://host:19530)")
-        if idx is None:
-            raise NotellmError("--backend milvus needs --index (its notes fill the collection the first time)")
-        store = MilvusStore.open(milvus_uri, idx.dim, meta=idx.meta)
-        if len(store) == 0:
-            store = MilvusStore.from_index(idx, milvus_uri)
+    store = _milvus_store(idx, milvus_uri, collection) if backend == "milvus" else idx
+    # titles and categories without --notes: the index folder's attached notes, or the built collection's
+    attached = idx.notes if idx is not None else getattr(store, "notes", None)
     embedder = None
     if model:
         from notellm.inference.embed import Embedder
@@ -542,14 +542,30 @@ def create_app_from_paths(model: str | None = None, index: str | None = None, no
 
         if has_popularity_head(embedder):  # one folder: the served NoteLLM's own head scores
             popularity = NoteLLMHeadPopularity(embedder)
-    tag_source = note_table if note_table is not None else getattr(idx, "notes", None)
+    tag_source = note_table if note_table is not None else attached
     coldstart = None
     if coldstart_model:
         from notellm.serving.components import ColdStartScorer
 
         coldstart = ColdStartScorer(coldstart_model, coldstart_language, notes=note_table)
-    if note_table is None and idx is not None:
-        note_table = idx.notes
+    if note_table is None:
+        note_table = attached
     return create_app(index=store, embedder=embedder, notes=note_table,
                       tagger=load_tagger(tagger, embedder, tag_source), popularity=popularity, limits=limits,
                       coldstart=coldstart, **options)
+
+
+def _milvus_store(idx, milvus_uri: str | None, collection: str):
+    """The served Milvus collection: the built one as it is (no `idx`), or one `idx` fills when it is empty.
+    Opened before the model loads, so a missing collection is refused at once."""
+    from notellm.inference.store import MilvusStore
+
+    if not milvus_uri:
+        raise ConfigError("--backend milvus needs --milvus-uri (a milvus-lite file such as runs/notes.db, "
+                          "or http://host:19530)")
+    if idx is None:
+        return MilvusStore.connect(milvus_uri, collection)
+    store = MilvusStore.open(milvus_uri, idx.dim, collection, meta=idx.meta)
+    if len(store) == 0:
+        store = MilvusStore.from_index(idx, milvus_uri, collection)
+    return store
