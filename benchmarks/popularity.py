@@ -135,8 +135,8 @@ def run_split(name: str, spec: dict, split: str, args, log) -> list[dict]:
                                      use_history=cfg.eval.use_history, log=log, note_vectors=vectors or None,
                                      residual=residual if use_age == residual_age else None)
         if history_llm is not None:
-            name = f"LoRA LLM, history k={args.history_k} in the prompt"
-            preds[name] = history_llm.test
+            history_row = f"LoRA LLM, history k={args.history_k} in the prompt"
+            preds[history_row] = history_llm.test
             extra = baseline_predictions(cfg.eval, cfg.split.kind, data, history_llm, use_age=use_age,
                                          use_history=cfg.eval.use_history)
             preds[f"stack: LightGBM all + LLM (history k={args.history_k})"] = extra["stack: LightGBM all + LLM"]
