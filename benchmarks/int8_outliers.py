@@ -1,62 +1,66 @@
-"""Why `--int8` loses cosine on Gemma, and what recovers it (an experiment behind benchmarks/README.md, issue 19).
+"""Why `--int8` smooths and keeps down_proj in float32 (the experiment behind benchmarks/README.md, issue 19).
 
-Embeds 64 demo notes with zero-shot Gemma 3 270M in float32, then with int8 variants, and prints each one's
-min / mean cosine to float32: per-input-channel SmoothQuant-style rescaling (x / s, W * s, with
-s = max|x|^a / max|W|^(1-a) from 32 calibration notes) at a = .5, .7, .85, and a = .5 with down_proj kept in
-float32. The rescaling runs as an extra multiply here (not folded into the preceding weights), so the notes/s
-it prints are not the speed such a path would have.
+Embeds 64 demo notes with zero-shot Gemma 3 270M in float32, then with int8 recipes, and prints each one's
+min / mean cosine to float32 and its notes/s in the same run: plain dynamic int8 (one activation scale per
+tensor), SmoothQuant-style smoothing folded into the decoder (`quantize.smooth_decoder`, scales from the fixed
+calibration notes) at a = .5, .7, .85, and a = .5 with down_proj kept in float32 (`INT8_RECIPE`, the default).
 
-    .venv/bin/python benchmarks/int8_outliers.py
+    .venv/bin/python benchmarks/int8_outliers.py [--backbone gemma-3-270m] [--notes 64] [--threads 1]
 """
+from __future__ import annotations
+
+import argparse
 import sys
+import time
 from pathlib import Path
-import copy, time, warnings
-import numpy as np, torch
-from torch import nn
+
+import numpy as np
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from embed_speed import demo_notes
-from notellm.inference.embed import Embedder
-from notellm.inference.quantize import int8_engine
-from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-torch.backends.quantized.engine = int8_engine()
-notes = demo_notes(96)
-calib, test = notes[64:], notes[:64]
-base = Embedder("zero-shot:gemma-3-270m", bf16=False)
-ref = base.encode(test)
-model0 = base.model
-dec0 = model0.lm.get_decoder()
-names = [n for n, m in dec0.named_modules() if isinstance(m, nn.Linear)]
-# calibrate: per input channel max |x|
-amax = {}
-hooks = []
-for n, m in dec0.named_modules():
-    if isinstance(m, nn.Linear):
-        def hook(mod, inp, out, n=n):
-            x = inp[0].detach().abs().reshape(-1, inp[0].shape[-1]).amax(0)
-            amax[n] = torch.maximum(amax[n], x) if n in amax else x
-        hooks.append(m.register_forward_hook(hook))
-base.encode(calib)
-for h in hooks: h.remove()
-class Scaled(nn.Module):
-    def __init__(self, inv, lin):
-        super().__init__(); self.register_buffer("inv", inv); self.lin = lin
-    def forward(self, x): return self.lin(x * self.inv)
-def run(label, alpha, skip=lambda n: False):
-    m = copy.deepcopy(model0)
-    dec = m.lm.get_decoder()
-    for n in names:
-        if skip(n): continue
-        parent = dec.get_submodule(n.rsplit(".", 1)[0]); attr = n.rsplit(".", 1)[1]
-        lin = getattr(parent, attr)
-        w = lin.weight.data.abs().amax(0).clamp(min=1e-5)
-        s = (amax[n].clamp(min=1e-5) ** alpha / w ** (1 - alpha)).clamp(min=1e-5)
-        lin.weight.data = lin.weight.data * s
-        q = quantize_dynamic(nn.Sequential(lin), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)[0]
-        setattr(parent, attr, Scaled(1.0 / s, q))
-    base.model = m
-    t = time.perf_counter(); v = base.encode(test); dt = time.perf_counter() - t
-    cos = np.sum(v * ref, 1)
-    print(f"{label:40s} min {cos.min():.4f} mean {cos.mean():.4f} {64/dt:.1f} notes/s", flush=True)
-for a in (0.5, 0.7, 0.85):
-    run(f"smooth alpha {a}", a)
-run("smooth 0.5, down_proj fp32", 0.5, lambda n: n.endswith("down_proj"))
+from embed_speed import demo_notes  # noqa: E402
+
+from notellm.device import cpu_model  # noqa: E402
+from notellm.inference.embed import Embedder  # noqa: E402
+from notellm.inference.quantize import INT8_RECIPE, count_int8_layers, quantize_int8  # noqa: E402
+
+RECIPES = {
+    "float32": None,
+    "int8, plain": {"smooth_alpha": None, "keep_float": ()},
+    "int8, smooth a=.5": {"smooth_alpha": 0.5, "keep_float": ()},
+    "int8, smooth a=.7": {"smooth_alpha": 0.7, "keep_float": ()},
+    "int8, smooth a=.85": {"smooth_alpha": 0.85, "keep_float": ()},
+    "int8, smooth a=.5, down_proj float32 (default)": {"smooth_alpha": INT8_RECIPE["smooth_alpha"],
+                                                       "keep_float": tuple(INT8_RECIPE["keep_float"])},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="gemma-3-270m")
+    parser.add_argument("--notes", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    notes = demo_notes(args.notes)
+    print(f"CPU: {cpu_model()}; torch {torch.__version__}, {args.threads} thread(s); zero-shot:{args.backbone}, "
+          f"{len(notes)} demo notes")
+    print("| recipe | int8 layers | min cos | mean cos | notes/s | vs float32 |\n|---|---|---|---|---|---|")
+    reference, fp32_rate = None, None
+    for label, recipe in RECIPES.items():
+        e = Embedder(f"zero-shot:{args.backbone}", bf16=False)
+        if recipe is not None:
+            quantize_int8(e.model, **recipe)
+        e.encode(notes[:8])  # warm-up
+        t = time.perf_counter()
+        v = e.encode(notes)
+        rate = len(notes) / (time.perf_counter() - t)
+        reference = v if reference is None else reference
+        fp32_rate = fp32_rate or rate
+        cos = (v * reference).sum(axis=1)
+        print(f"| {label} | {count_int8_layers(e.model)} | {cos.min():.4f} | {cos.mean():.4f} | {rate:.1f} | "
+              f"{rate / fp32_rate:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -36,21 +36,10 @@ ZERO_SHOT_PREFIX = "zero-shot:"  # `zero-shot:<backbone>[@pooling]`: an untraine
 def embed_notes(model, notes: Sequence[dict[str, Any]], batch_size: int = 32, bf16: bool = False,
                 on_batch: Callable[[int], None] | None = None) -> np.ndarray:
     """L2-normalised embeddings of note dicts, computed in length-sorted batches (least padding)."""
-    rows, labels = model.tokenize(model.prompts_for(notes), with_answers=False)
-    order = np.argsort([len(r) for r in rows], kind="stable")
-    out = np.zeros((len(notes), model.dim), dtype=np.float32)
-    device = model.device
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start: start + batch_size]
-            batch = model.pad([rows[i] for i in idx], [labels[i] for i in idx])
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                emb = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                            batch["emb_pos"].to(device))["embeddings"]
-            out[idx] = emb.float().cpu().numpy()
-            if on_batch:
-                on_batch(len(idx))
-    return out
+    def take(m, batch):
+        return m(batch["input_ids"], batch["attention_mask"], batch["emb_pos"])["embeddings"]
+
+    return _note_batches(model, notes, batch_size, bf16, on_batch, take, model.dim)
 
 
 def _note_batches(model, notes: Sequence[dict[str, Any]], batch_size: int, bf16: bool,
@@ -122,7 +111,7 @@ class Embedder:
 
     def __init__(self, model: str, bf16: bool | None = None, batch_size: int = 32, pooling: str | None = None,
                  quantize: str | None = None):
-        from notellm.inference.quantize import check_quantize, quantize_int8
+        from notellm.inference.quantize import INT8_RECIPE, check_quantize, quantize_int8
 
         self.quantize = check_quantize(quantize)
         if self.quantize == "int8" and bf16:
@@ -136,6 +125,8 @@ class Embedder:
         self.meta = {"model": model, "backbone": cfg.backbone, "pooling": cfg.pooling, "dim": self.model.dim,
                      "prompt": vars(cfg.prompt), "max_length": cfg.max_length, "bf16": self.bf16,
                      "quantize": self.quantize}
+        if self.quantize == "int8":
+            self.meta["int8"] = INT8_RECIPE
 
     def encode(self, notes: Sequence[dict[str, Any] | str], on_batch=None) -> np.ndarray:
         """Note dicts (Note-table rows) or plain strings (see `as_notes`) -> L2-normalised vectors."""
@@ -240,6 +231,8 @@ def run_fingerprint(notes_path: str | Path, ids: Sequence[str], model: str, embe
     }
     if meta.get("quantize", "none") != "none":  # int8 never mixes with float vectors (absent: older shards match)
         fingerprint["quantize"] = meta["quantize"]
+        if "int8" in meta:  # the smoothing recipe changes the vectors too
+            fingerprint["int8"] = meta["int8"]
     return json.loads(json.dumps(fingerprint, default=str))  # as a shard stores it (tuples become lists)
 
 
