@@ -105,3 +105,30 @@ def test_quantize_settings_are_checked():
         check_quantize("int4")
     with pytest.raises(ConfigError, match="drop --bf16"):
         Embedder(MODEL, bf16=True, quantize="int8")
+
+
+def test_fused_rms_norms_match_transformers_and_leave_training_alone():
+    import copy
+
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
+
+    from notellm.models.backbone import fuse_rms_norms
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 7, 16)
+    for cls in (Gemma3RMSNorm, Qwen3RMSNorm):
+        plain, fast = cls(16, eps=1e-6), cls(16, eps=1e-6)
+        with torch.no_grad():
+            plain.weight.normal_()
+        fast.load_state_dict(plain.state_dict())
+        assert fuse_rms_norms(torch.nn.Sequential(fast)) == 1
+        with torch.no_grad():
+            torch.testing.assert_close(fast(x), plain(x), rtol=1e-6, atol=1e-6)
+        copied = copy.deepcopy(fast)  # its own weights, also on the training path
+        with torch.no_grad():
+            copied.weight.add_(1.0)
+        x_grad = x.clone().requires_grad_(True)
+        torch.testing.assert_close(fast(x_grad), plain(x_grad))  # grad enabled: transformers' own code
+        assert fast(x_grad).grad_fn is not None
+        assert not torch.allclose(copied(x_grad), fast(x_grad))

@@ -144,16 +144,14 @@ def _scale_columns(linears: list[nn.Linear], s: torch.Tensor) -> None:
 
 
 def _fold_into_norm(norm: nn.Module, s: torch.Tensor) -> bool:
-    """Divide a norm's per-channel gain by s. RMSNorm gains are `w` (Llama, Qwen) or `1 + w` (Gemma); which
-    one is found by running the norm with w = 0 (a zero output means the gain is w). False if not a norm."""
-    weight = getattr(norm, "weight", None)
-    if not isinstance(weight, torch.Tensor) or weight.shape != s.shape:
+    """Divide a norm's per-channel gain (`w`, or `1 + w` for Gemma) by s. False if it is not such a norm."""
+    from notellm.models.backbone import rms_gain_offset
+
+    offset = rms_gain_offset(norm) if getattr(norm, "weight", None) is not None else None
+    if offset is None or norm.weight.shape != s.shape:
         return False
     with torch.no_grad():
-        saved = weight.data.clone()
-        weight.data.zero_()
-        offset = 1.0 if norm(torch.ones(1, s.numel(), dtype=weight.dtype)).abs().max().item() > 0 else 0.0
-        weight.data.copy_((saved + offset) / s.to(saved.dtype) - offset)
+        norm.weight.data.copy_((norm.weight.data + offset) / s.to(norm.weight.dtype) - offset)
     return True
 
 
