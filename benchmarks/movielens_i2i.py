@@ -2,8 +2,9 @@
 
 Stages (each cached under --out, so a killed run continues where it stopped):
   data      read_movielens -> pairs (window 20, 1/N_u, s >= 0.01, top 10) -> item split (rng 0, 20% new items)
-  methods   tfidf-word, tfidf-char, bm25, e5, zero-shot Gemma (before [EMB] / mean), zero-shot-std (the state
-            before [EMB] z-scored with training-note statistics as NoteLLM does, no projection), NoteLLM (trained with
+  methods   tfidf-word, tfidf-char, bm25, e5, zero-shot Gemma (before [EMB] / mean), zero-shot-int8 (before
+            [EMB] in float32 and with `--int8`), zero-shot-std (the state before [EMB] z-scored with
+            training-note statistics as NoteLLM does, no projection), NoteLLM (trained with
             `notellm train configs/notellm_movielens.yaml`), GCL-only ablation (objective=gcl); hybrid-zero-shot-std
             and hybrid-notellm fuse those vectors with BM25 by reciprocal ranks (a trained run is reused)
 Every method is scored by notellm.evaluation.recall.evaluate_recall on the same test pairs and pool.
@@ -80,11 +81,12 @@ def with_bm25(embed_fn):
     return scorer
 
 
-def embedding_report(model: str, paths: dict[str, Path], out: Path, name: str, hybrid: bool = False):
+def embedding_report(model: str, paths: dict[str, Path], out: Path, name: str, hybrid: bool = False,
+                     **embedder):
     from notellm.evaluation.recall import evaluate_recall
     from notellm.inference.embed import Embedder
 
-    embed = Embedder(model).encode
+    embed = Embedder(model, **embedder).encode
     return evaluate_recall(paths["notes"], paths["test_pairs"], with_bm25(embed) if hybrid else embed,
                            ks=[10, 50, 100], buckets=False, name=name, pool=test_items(paths))
 
@@ -152,6 +154,14 @@ def main() -> None:
             for pooling in ("before_emb", "mean"):
                 name = f"{args.backbone} zero-shot ({pooling})"
                 results[name] = embedding_report(f"zero-shot:{args.backbone}@{pooling}", paths, out, name)
+            continue
+        elif method == "zero-shot-int8":  # `notellm embed --int8` against the same model in float32
+            model = f"zero-shot:{args.backbone}@before_emb"
+            for label, quantize in (("float32", None), ("int8", "int8")):
+                name = f"{args.backbone} zero-shot (before_emb), {label}"
+                t0 = time.time()
+                results[name] = embedding_report(model, paths, out, name, bf16=False, quantize=quantize)
+                print(f"{name}: {time.time() - t0:.0f} s", flush=True)
             continue
         elif method in ("zero-shot-std", "hybrid-zero-shot-std"):
             hybrid = method.startswith("hybrid")
