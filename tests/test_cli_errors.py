@@ -17,6 +17,9 @@ CASES = [
     (["train", "configs/notellm_demo.yaml", "lrr=1"], "command line: unknown key 'lrr'; did you mean 'lr'"),
     (["train", "configs/notellm_demo.yaml", "objective=contrastive"], "objective must be one of"),
     (["config", "show", "trian"], "did you mean 'train'"),
+    (["compact-writes", "--write-log", "w.log"], "--backend faiss needs --index"),
+    (["compact-writes", "--write-log", "w.log", "--backend", "milvus", "--milvus-uri", "m.db", "--index", "i"],
+     "--index is for --backend faiss"),
 ]
 
 

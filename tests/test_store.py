@@ -121,6 +121,31 @@ def test_compact_writes_folds_the_log_into_the_index_folder(data, tmp_path):
     np.testing.assert_allclose(index.vector_of("new"), queries[0], atol=1e-6)
 
 
+def test_compact_writes_flushes_the_log_into_milvus_and_empties_it(data, tmp_path):
+    """A Milvus server's log is folded into its collection too; compacting the same log twice (a kill between
+    the flush and the truncate) ends in the same state."""
+    pytest.importorskip("milvus_lite", reason="the Milvus backend needs pip install -e .[milvus]")
+    from notellm.serving.compaction import compact_milvus
+    from notellm.serving.writes import WriteLog, encode_vector
+
+    ids, x, queries = data
+    uri = str(tmp_path / "m.db")
+    MilvusStore.from_index(build_index(ids, x, {"model": "m"}), uri).client.close()
+    records = [{"op": "put", "id": "new", "vector": encode_vector(queries[0])},
+               {"op": "put", "id": "n5", "vector": encode_vector(queries[1])}, {"op": "delete", "id": "n2"}]
+    for _ in range(2):
+        log = WriteLog(tmp_path / "w.log")
+        log.append(records)
+        log.close()
+        assert compact_milvus(uri, "notes", tmp_path / "w.log") == {"replayed": 3, "count": N}
+        assert (tmp_path / "w.log").read_bytes() == b""
+    store = MilvusStore.connect(uri)
+    live = {**dict(zip(ids, x)), "new": queries[0], "n5": queries[1]}
+    live.pop("n2")
+    check_exact(store, live, queries)
+    store.client.close()
+
+
 def test_the_server_writes_and_reads_through_milvus_as_through_faiss(data, tmp_path):
     """Same app, same writes, both backends: the same answers; a restart replays the log into Milvus too."""
     pytest.importorskip("milvus_lite", reason="the Milvus backend needs pip install -e .[milvus]")

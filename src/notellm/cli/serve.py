@@ -1,5 +1,5 @@
 """`notellm serve`: the HTTP API and the creator's web page on uvicorn; `notellm compact-writes`: fold the
-write log into the index folder."""
+write log into the index folder or the Milvus collection."""
 
 from __future__ import annotations
 
@@ -99,13 +99,25 @@ def serve(
 
 @app.command("compact-writes")
 def compact_writes(
-    index: str = typer.Option(..., "--index", "-i", help="index folder the server was started with"),
     write_log: str = typer.Option(..., "--write-log", help="the server's write log"),
+    index: Optional[str] = typer.Option(None, "--index", "-i", help="index folder the server was started with "
+                                                                      "(--backend faiss)"),
+    backend: str = typer.Option("faiss", help="the store the server wrote into: faiss | milvus"),
+    milvus_uri: Optional[str] = typer.Option(None, help="milvus-lite file or http://host:19530 (--backend milvus)"),
+    collection: str = typer.Option("notes", help="Milvus collection the server wrote into"),
 ) -> None:
-    """Fold the write log into the index folder (rebuilt, same kind and settings) and empty the log.
-    Stop the server first; restart it after. Safe to rerun after a kill: replaying a log over an index that
-    already holds its writes ends in the same state."""
-    from notellm.serving.compaction import compact_index
+    """Fold the write log into the store and empty the log: the index folder is rebuilt (same kind and
+    settings), or the Milvus collection takes the writes and is flushed. Stop the server first; restart it
+    after. Safe to rerun after a kill: replaying a log over a store that already holds its writes ends in the
+    same state."""
+    from notellm.errors import ConfigError
+    from notellm.serving.compaction import compact_index, compact_milvus
 
-    result = compact_index(index, write_log)
-    console.print(f"[green]compacted[/] {result['replayed']} writes into {index}: {result['count']} notes")
+    check_serve_backend(backend, index, milvus_uri)
+    if backend == "milvus":
+        if index is not None:
+            raise ConfigError("--index is for --backend faiss: a Milvus server's writes go into its collection")
+        result, target = compact_milvus(milvus_uri, collection, write_log), f"collection '{collection}'"
+    else:
+        result, target = compact_index(index, write_log), index
+    console.print(f"[green]compacted[/] {result['replayed']} writes into {target}: {result['count']} notes")
