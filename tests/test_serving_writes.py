@@ -1,7 +1,7 @@
 """Live note writes (issue 18): visible to the next request, durable across kill -9, behind a token. The
 behaviour tests run on both vector stores: the FAISS index with writes beside it, and a Milvus collection
 built by `notellm index build --backend milvus` (milvus-lite; skipped without `pip install -e .[milvus]`).
-The kill -9 test runs on FAISS only: the write log and its replay are the same code for both stores."""
+The kill -9 test kills a real server process on each store (Milvus: a milvus-lite file the restart reopens)."""
 
 import os
 import signal
@@ -176,13 +176,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(log: Path, port: int) -> subprocess.Popen:
+def start_server(log: Path, port: int, milvus_uri: Path | None = None) -> subprocess.Popen:
     """tests/helpers/write_server.py: the real app on uvicorn, 200 notes, a hash embedder (no torch: fast)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
                                                          os.environ.get("PYTHONPATH", "")])}
     script = Path(__file__).parent / "helpers" / "write_server.py"
     process = subprocess.Popen([sys.executable, str(script), "--port", str(port), "--write-log", str(log),
-                                "--token", TOKEN], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                "--token", TOKEN, *(["--milvus-uri", str(milvus_uri)] if milvus_uri else [])],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -196,9 +197,13 @@ def start_server(log: Path, port: int) -> subprocess.Popen:
     pytest.fail("server did not start")
 
 
-def test_acknowledged_writes_survive_kill_9_of_the_server(tmp_path):
+@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+def test_acknowledged_writes_survive_kill_9_of_the_server(tmp_path, backend):
+    if backend == "milvus":
+        pytest.importorskip("milvus_lite", reason="the Milvus backend needs pip install -e .[milvus]")
     log, port = tmp_path / "writes.log", free_port()
-    server = start_server(log, port)
+    milvus_uri = tmp_path / "notes.db" if backend == "milvus" else None
+    server = start_server(log, port, milvus_uri)
     acked, stop = [], threading.Event()
 
     def writer(worker: int) -> None:
@@ -227,7 +232,7 @@ def test_acknowledged_writes_survive_kill_9_of_the_server(tmp_path):
         t.join()
     assert len(acked) >= 20
 
-    server = start_server(log, port)
+    server = start_server(log, port, milvus_uri)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             count = client.get("/health").json()["index"]["count"]

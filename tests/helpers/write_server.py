@@ -2,6 +2,7 @@
 is a deterministic hash of the text (numpy only), so the process starts in a second or two.
 
     python tests/helpers/write_server.py --port P --write-log FILE --token T [--notes N] [--dim D]
+        [--milvus-uri FILE]       # the vectors in a milvus-lite collection (filled from the index when empty)
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--notes", type=int, default=200)
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--kind", default="flat")
+    parser.add_argument("--milvus-uri", default=None)
     args = parser.parse_args()
 
     import uvicorn
@@ -56,6 +58,11 @@ def main() -> None:
         from notellm.inference.index import build_index
 
         index = build_index(index.ids, np.stack([index.vector_of(i) for i in index.ids]), index.meta, kind=args.kind)
+    if args.milvus_uri:  # as `notellm serve --backend milvus --index`: a restart keeps the collection's rows
+        from notellm.inference.store import MilvusStore
+
+        store = MilvusStore.open(args.milvus_uri, index.dim, "notes", meta=index.meta)
+        index = store if len(store) else MilvusStore.from_index(index, args.milvus_uri)
     app = create_app(index=index, embedder=HashEmbedder(args.dim), write_log=args.write_log, api_key=args.token)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
