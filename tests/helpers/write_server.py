@@ -59,10 +59,9 @@ def main() -> None:
 
         index = build_index(index.ids, np.stack([index.vector_of(i) for i in index.ids]), index.meta, kind=args.kind)
     if args.milvus_uri:  # as `notellm serve --backend milvus --index`: a restart keeps the collection's rows
-        from notellm.inference.store import MilvusStore
+        from notellm.serving.app import _milvus_store
 
-        store = MilvusStore.open(args.milvus_uri, index.dim, "notes", meta=index.meta)
-        index = store if len(store) else MilvusStore.from_index(index, args.milvus_uri)
+        index = _milvus_store(index, args.milvus_uri, "notes")
     app = create_app(index=index, embedder=HashEmbedder(args.dim), write_log=args.write_log, api_key=args.token)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
