@@ -145,6 +145,7 @@ def main() -> None:
     methods = args.methods.split(",")
     overrides = [o for o in args.train_overrides.split(",") if o]
     results: dict[str, object] = {}
+    trained: set[Path] = set()  # runs trained by this invocation
     started = time.time()
     for method in methods:
         t0 = time.time()
@@ -171,9 +172,12 @@ def main() -> None:
             hybrid = method == "hybrid-notellm"
             method = "notellm" if hybrid else method
             run = out / method
-            train("configs/notellm_movielens.yaml",
-                  [f"output_dir={run}", f"notes={paths['notes']}", f"train_pairs={paths['train_pairs']}",
-                   f"model.backbone={args.backbone}", *(["objective=gcl"] if method == "gcl" else []), *overrides])
+            if run not in trained:  # notellm then hybrid-notellm: score the same model, do not train it on
+                trained.add(run)
+                train("configs/notellm_movielens.yaml",
+                      [f"output_dir={run}", f"notes={paths['notes']}", f"train_pairs={paths['train_pairs']}",
+                       f"model.backbone={args.backbone}", *(["objective=gcl"] if method == "gcl" else []),
+                       *overrides])
             label = ("NoteLLM GCL + CSFT" if method == "notellm" else "GCL only (no CSFT)") + \
                 (" + BM25 (RRF)" if hybrid else "")
             report = embedding_report(str(run / "model"), paths, out, label, hybrid)
