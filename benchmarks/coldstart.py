@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("NOTELLM_SHARED", ROOT.parent / "shared"))
 CONFIGS = {"hackernews": ROOT / "configs" / "coldstart_hackernews.yaml", "demo": ROOT / "configs" / "coldstart_demo.yaml"}
 MODEL_ROWS = {"sft": "SFT (LoRA)", "align-dpo": "SFT + DPO", "align-dpop": "SFT + DPOP", "align-idpop": "SFT + IDPOP",
+              "align-idpop-inside": "SFT + IDPOP, penalty inside the sigmoid",
               "lightgbm": "LightGBM (history feats)", "history-mean": "mean of k past scores",
               "history-last": "last past score"}
 
@@ -61,8 +62,9 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     if not done("sft"):
         train_sft(cfg)
         times["sft"] = time.time() - t
-    for loss in args.losses:
-        cfg.align.loss = loss
+    for loss in args.losses:  # "idpop-inside": IDPOP with the penalty inside the sigmoid
+        cfg.align.loss, _, where = loss.partition("-")
+        cfg.align.placement = where or "outside"
         t = time.time()
         if not done(f"align-{loss}"):
             train_alignment(cfg)  # the first call also samples the preference pairs (cached after)
@@ -128,7 +130,7 @@ def print_table(name: str, res: dict) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="hackernews,demo")
-    ap.add_argument("--losses", default="dpo,dpop,idpop", help="alignment runs, e.g. dpo,dpop,idpop")
+    ap.add_argument("--losses", default="dpo,dpop,idpop", help="alignment runs, e.g. dpo,dpop,idpop,idpop-inside")
     ap.add_argument("--main-users", type=int, default=None, help="default: the config's data.main_users")
     ap.add_argument("--preference-users", type=int, default=None)
     ap.add_argument("--sft-epochs", type=float, default=None)

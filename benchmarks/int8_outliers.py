@@ -3,7 +3,8 @@
 Embeds 64 demo notes with zero-shot Gemma 3 270M in float32, then with int8 recipes, and prints each one's
 min / mean cosine to float32 and its notes/s in the same run: plain dynamic int8 (one activation scale per
 tensor), SmoothQuant-style smoothing folded into the decoder (`quantize.smooth_decoder`, scales from the fixed
-calibration notes) at a = .5, .7, .85, and a = .5 with down_proj kept in float32 (`INT8_RECIPE`, the default).
+calibration notes) at a = .5, .7, .85, a = .5 with down_proj kept in float32 (the earlier recipe), one activation
+scale per token without and with smoothing (`INT8_RECIPE`, the default).
 
     .venv/bin/python benchmarks/int8_outliers.py [--backbone gemma-3-270m] [--notes 64] [--threads 1]
 """
@@ -26,12 +27,14 @@ from notellm.inference.quantize import INT8_RECIPE, count_int8_layers, quantize_
 
 RECIPES = {
     "float32": None,
-    "int8, plain": {"smooth_alpha": None, "keep_float": ()},
-    "int8, smooth a=.5": {"smooth_alpha": 0.5, "keep_float": ()},
-    "int8, smooth a=.7": {"smooth_alpha": 0.7, "keep_float": ()},
-    "int8, smooth a=.85": {"smooth_alpha": 0.85, "keep_float": ()},
-    "int8, smooth a=.5, down_proj float32 (default)": {"smooth_alpha": INT8_RECIPE["smooth_alpha"],
-                                                       "keep_float": tuple(INT8_RECIPE["keep_float"])},
+    "int8, plain": {"smooth_alpha": None, "keep_float": (), "per_token": False},
+    "int8, smooth a=.5": {"smooth_alpha": 0.5, "keep_float": (), "per_token": False},
+    "int8, smooth a=.7": {"smooth_alpha": 0.7, "keep_float": (), "per_token": False},
+    "int8, smooth a=.85": {"smooth_alpha": 0.85, "keep_float": (), "per_token": False},
+    "int8, smooth a=.5, down_proj float32": {"smooth_alpha": 0.5, "keep_float": ("down_proj",), "per_token": False},
+    "int8, per-token scales, no smoothing": {"smooth_alpha": None, "keep_float": ()},
+    "int8, smooth a=.5, per-token scales (default)": {"smooth_alpha": INT8_RECIPE["smooth_alpha"],
+                                                      "keep_float": tuple(INT8_RECIPE["keep_float"])},
 }
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Install (if needed) and run the whole test suite, as CI does. `--fast` leaves out the tests marked slow (the
-# real default model, multi-process and DeepSpeed runs, Ray, the README run). Other arguments go to pytest.
+# Install (if needed) and run the test suite, as CI does: every test except those marked slow (the real default
+# model, multi-process torchrun and DeepSpeed runs, Ray, the run of the README's commands), which `--all` adds.
+# Other arguments go to pytest (`-k`, `-x`, a file). The 15 slowest tests are listed at the end, so a test that
+# grows past the suite's ~10-minute budget on 2 cores shows up in the run that made it slow.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -14,9 +16,13 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
     || echo "note: could not install $packages; the browser test will skip or fail on fonts"
 fi
 export OMP_WAIT_POLICY=PASSIVE TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
-select=()
+select=(-m "not slow")
 args=()
 for a in "$@"; do
-  if [ "$a" = "--fast" ]; then select=(-m "not slow"); else args+=("$a"); fi
+  case "$a" in
+    --all) select=() ;;
+    --fast) ;;  # the default; kept for the command earlier READMEs gave
+    *) args+=("$a") ;;
+  esac
 done
-exec .venv/bin/python -m pytest -q "${select[@]}" "${args[@]}"
+exec .venv/bin/python -m pytest -q --durations=15 "${select[@]}" "${args[@]}"

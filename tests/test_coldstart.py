@@ -307,3 +307,12 @@ def test_gemma_left_padding_gives_the_same_answers_and_logprobs():
     assert [a[0].token_ids for a in batched] == [a[0].token_ids for a in single]
     again = reference_logprobs(model, tok, prompts, [a[0].token_ids for a in batched], 96, 4, batch_size=2)
     assert [a[0].logp for a in batched] == pytest.approx(again, abs=1e-3)
+
+
+def test_each_placement_of_a_loss_trains_in_its_own_folder():
+    from notellm.training.coldstart import AlignConfig, ColdStartConfig
+
+    assert AlignConfig(loss="idpop").stage_name() == "align-idpop"
+    assert AlignConfig(loss="idpop", placement="inside").stage_name() == "align-idpop-inside"
+    cfg = ColdStartConfig(output_dir="runs/x", align={"loss": "dpop", "placement": "inside"})
+    assert cfg.stage("align").output_dir.endswith("align-dpop-inside")

@@ -8,8 +8,8 @@ import torch
 from helpers.toy import write_toy
 from notellm.errors import ConfigError
 from notellm.inference.embed import Embedder, embed_table, read_embeddings
-from notellm.inference.quantize import (INT8_RECIPE, _fold_into_norm, activation_maxima, check_quantize,
-                                        count_int8_layers, quantize_int8, smooth_decoder)
+from notellm.inference.quantize import (INT8_RECIPE, PerTokenInt8Linear, _fold_into_norm, activation_maxima,
+                                        check_quantize, count_int8_layers, quantize_int8, smooth_decoder)
 
 MODEL = "zero-shot:tiny-qwen3"
 
@@ -19,12 +19,13 @@ def notes(tmp_path_factory):
     return str(write_toy(tmp_path_factory.mktemp("toy"))["notes"])
 
 
-def test_int8_quantizes_the_decoder_projections_but_down_proj_and_keeps_vectors_close(notes):
+def test_int8_quantizes_every_decoder_projection_and_keeps_vectors_close(notes):
     rows = pq.read_table(notes).to_pylist()
     fp32, int8 = Embedder(MODEL, bf16=False), Embedder(MODEL, quantize="int8")
-    # tiny-qwen3: 2 layers x 7 projections (q, k, v, o, gate, up, down), down_proj kept float (the recipe);
-    # the tied LM head is left alone
-    assert count_int8_layers(int8.model) == 12 and count_int8_layers(fp32.model) == 0
+    # tiny-qwen3: 2 layers x 7 projections (q, k, v, o, gate, up, down), each with per-token activation
+    # scales; the tied LM head is left alone
+    assert count_int8_layers(int8.model) == 14 and count_int8_layers(fp32.model) == 0
+    assert sum(isinstance(m, PerTokenInt8Linear) for m in int8.model.modules()) == 14
     assert int8.meta["quantize"] == "int8" and int8.meta["bf16"] is False and int8.meta["int8"] == INT8_RECIPE
     a, b = fp32.encode(rows), int8.encode(rows)
     assert a.shape == b.shape
@@ -38,7 +39,41 @@ def test_embed_table_int8_records_the_quantization(tmp_path, notes):
     ids, vectors, meta = read_embeddings(embed_table(notes, MODEL, str(tmp_path / "e"), shard_size=16,
                                                      quantize="int8"))
     assert meta["quantize"] == "int8" and vectors.shape == (32, 64) and len(ids) == 32
-    assert meta["int8"]["keep_float"] == ["down_proj"]
+    assert meta["int8"]["keep_float"] == [] and meta["int8"]["activation_scale"] == "per_token"
+
+
+def test_per_token_scales_make_a_vector_independent_of_its_batch_mates(notes):
+    """torch's dynamic int8 scales a whole batch by one number, so a note's vector moved with the notes
+    beside it; with one scale per token the same note gives the same vector in any batch."""
+    rows = pq.read_table(notes).to_pylist()
+    one_scale, per_token = _float_model(), _float_model()
+    quantize_int8(one_scale.model, per_token=False, calibration=rows)
+    quantize_int8(per_token.model, calibration=rows)
+    loud = [dict(r, content=r["content"] + " ！！！ " * 20) for r in rows[8:16]]  # other batch-mates
+    a, b = per_token.encode(rows[:8]), per_token.encode(rows[:1] + loud)
+    np.testing.assert_allclose(a[0], b[0], atol=1e-5)
+    a, b = one_scale.encode(rows[:8]), one_scale.encode(rows[:1] + loud)
+    assert not np.allclose(a[0], b[0], atol=1e-5)  # what the per-token scale removes
+
+
+def test_per_token_linear_matches_float_with_a_bias():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(32, 8)
+    x = torch.randn(5, 32) * torch.tensor([1.0, 100.0, 0.01, 1.0, 3.0])[:, None]  # rows of very different size
+    model = torch.nn.Sequential(lin)
+    reference = model(x).detach()
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    from notellm.inference.quantize import _scale_per_token, int8_engine
+
+    torch.backends.quantized.engine = int8_engine()
+    quantize_dynamic(model, {"0": per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+    _scale_per_token(model)
+    assert isinstance(model[0], PerTokenInt8Linear)
+    out = model(x)
+    # each row's error is relative to that row's own size, small rows included
+    rel = ((out - reference).norm(dim=1) / (reference - lin.bias.detach()).norm(dim=1).clamp(min=1e-6))
+    assert float(rel.max()) < 0.05, rel
 
 
 def _float_model():
@@ -94,7 +129,7 @@ def test_smoothing_recovers_the_cosine_an_outlier_channel_costs(notes):
         quantize_int8(e.model, **recipe)
         return float((e.encode(rows) * reference).sum(axis=1).min())
 
-    plain = min_cosine(smooth_alpha=None, keep_float=())
+    plain = min_cosine(smooth_alpha=None, keep_float=(), per_token=False)
     smooth = min_cosine(calibration=rows)
     assert smooth > 0.99 and smooth > plain + 0.01, (plain, smooth)
 

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from helpers.methods import logged_losses
 from helpers.toy import write_toy
 
-# each run starts 2-3 Python processes that import torch: minutes in all (left out by `bash scripts/test.sh --fast`)
+# each run starts 2-3 Python processes that import torch: minutes in all (run by `bash scripts/test.sh --all`)
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]

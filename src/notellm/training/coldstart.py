@@ -81,6 +81,11 @@ class AlignConfig:
         if self.n_samples < 2:
             raise ConfigError("align.n_samples must be >= 2")
 
+    def stage_name(self) -> str:
+        """The run's folder under output_dir: align-<loss>, with -inside when the penalty sits in the sigmoid
+        (so the paper's and Smaug's placement of one loss can be trained and compared side by side)."""
+        return f"align-{self.loss}" + ("-inside" if self.placement == "inside" else "")
+
 
 _OLD_SFT_KEYS = ("epochs", "batch_size", "lr", "warmup_ratio", "weight_decay", "max_grad_norm", "seed")
 
@@ -117,7 +122,7 @@ class ColdStartConfig(TrainingArgs):
         if name == "sft":
             return replace(self, output_dir=str(root / "sft"))
         values = {k: getattr(self.align, k) for k in ALIGN_STAGE_KEYS if getattr(self.align, k) is not None}
-        return replace(self, output_dir=str(root / f"align-{self.align.loss}"), **values)
+        return replace(self, output_dir=str(root / self.align.stage_name()), **values)
 
 
 def align_overrides(overrides: Sequence[str]) -> list[str]:
