@@ -64,6 +64,8 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         times["sft"] = time.time() - t
     for loss in args.losses:  # "idpop-inside": IDPOP with the penalty inside the sigmoid
         cfg.align.loss, _, where = loss.partition("-")
+        if where not in ("", "inside"):
+            raise SystemExit(f"--losses: {loss!r}: a loss, or a loss with -inside (e.g. idpop-inside)")
         cfg.align.placement = where or "outside"
         t = time.time()
         if not done(f"align-{loss}"):
