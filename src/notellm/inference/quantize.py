@@ -39,7 +39,8 @@ KEEP_FLOAT: tuple[str, ...] = ()  # Linear names left float32 (the per-batch-sca
 PER_TOKEN = True
 CALIBRATION_NOTES = 32
 CALIBRATION_SEED = 20261204
-INT8_RECIPE = {"smooth_alpha": SMOOTH_ALPHA, "keep_float": list(KEEP_FLOAT), "activation_scale": "per_token",
+INT8_RECIPE = {"smooth_alpha": SMOOTH_ALPHA, "keep_float": list(KEEP_FLOAT),
+               "activation_scale": "per_token" if PER_TOKEN else "per_batch",
                "calibration_notes": CALIBRATION_NOTES, "calibration_seed": CALIBRATION_SEED}
 
 
