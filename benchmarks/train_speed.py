@@ -129,7 +129,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per trainer; the first (warm-up) is not timed")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--backbone", default="gemma-3-270m")
+    parser.add_argument("--lora-forward", choices=["fused", "peft"], default="fused",
+                        help="notellm's adapters: the fused sum (models.lora.fused_lora_forward, the default) or "
+                             "peft's own forward, to measure what the fusion alone is worth")
     args = parser.parse_args()
+    if args.lora_forward == "peft":
+        import notellm.models.lora as lora
+
+        lora.use_fused_forward = lambda model: 0  # apply_lora looks the name up when it runs
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         notes, pairs, rows = make_pairs(2000, args.steps * args.batch_size, tmp)
@@ -142,7 +149,7 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\n{machine_summary()}; backbone "
           f"{args.backbone}; LoRA r=16; bf16={ours['bf16']}; {args.steps} steps x {args.batch_size} pairs, "
-          f"steps 2-{args.steps} timed; load average {load:.1f} at the end")
+          f"steps 2-{args.steps} timed; notellm LoRA forward {args.lora_forward}; load average {load:.1f} at the end")
     print(f"{'trainer':52s} {'pairs/s':>8s} {'tokens/s':>9s} {'ratio':>6s} {'CPU-s/step':>10s} {'CPU ratio':>9s}")
     steps = args.steps - 1
     print(f"{'sentence-transformers + MNRL (contrastive only)':52s} {n_pairs / st['seconds']:8.2f} {'':>9s} "

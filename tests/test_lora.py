@@ -68,3 +68,53 @@ def test_one_lora_config_checks_its_values_and_names_missing_modules():
     lm, _ = load_backbone("tiny-qwen3")
     with pytest.raises(ConfigError, match="^lora: "):
         apply_lora(lm, LoraConfig(target_modules=["no_such_proj"]))
+
+
+def _adapted_tiny_model(dropout: float):
+    lm, _ = load_backbone("tiny-qwen3")
+    model = apply_lora(lm, LoraConfig(r=4, alpha=8, dropout=dropout), task_type="CAUSAL_LM")
+    torch.manual_seed(3)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero, where both forms agree trivially
+            nn.init.normal_(p, std=0.05)
+    return model
+
+
+def _logits_and_grads(model, ids):
+    model.zero_grad()
+    torch.manual_seed(11)  # the same dropout masks for both forms: dropout is called the same way
+    logits = model(input_ids=ids).logits
+    (logits.float() ** 2).mean().backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_fused_lora_forward_matches_peft_in_outputs_and_gradients(dropout):
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    model = _adapted_tiny_model(dropout).train()
+    ids = torch.randint(0, 1000, (3, 9))
+    layers = [m for m in model.modules() if type(m) is LoraLinear]
+    assert layers and all("forward" in vars(m) for m in layers)  # every adapted projection is fused
+    fused_logits, fused_grads = _logits_and_grads(model, ids)
+    for m in layers:
+        del m.forward  # back to peft's own forward
+    peft_logits, peft_grads = _logits_and_grads(model, ids)
+    assert torch.allclose(fused_logits, peft_logits, atol=1e-5, rtol=1e-5)
+    assert fused_grads.keys() == peft_grads.keys()
+    for name, grad in peft_grads.items():
+        assert grad.abs().max() > 0, name
+        assert torch.allclose(fused_grads[name], grad, atol=1e-6, rtol=1e-4), name
+
+
+def test_fused_lora_forward_steps_aside_when_adapters_are_disabled_or_merged():
+    model = _adapted_tiny_model(0.0).eval()
+    ids = torch.randint(0, 1000, (2, 5))
+    with torch.no_grad():
+        adapted = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+        model.merge_adapter()
+        merged = model(input_ids=ids).logits
+    assert not torch.allclose(adapted, base, atol=1e-4)
+    assert torch.allclose(merged, adapted, atol=1e-4)

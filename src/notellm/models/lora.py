@@ -1,5 +1,5 @@
 """LoRA for every notellm model: one config (`LoraConfig`, the `lora:` section of every training config), one
-applier (`apply_lora`), and a dropout in front of the adapters that is fast on CPUs.
+applier (`apply_lora`), and a dropout and an adapter sum that are fast on CPUs.
 
 All four model kinds (NoteLLM, NoteLLM-2, popularity, cold start) wrap their backbone here, so "LoRA in the top N
 layers" and the dropout speed-up mean the same thing everywhere.
@@ -74,13 +74,24 @@ class FastDropout(nn.Dropout):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0 or not x.is_cpu:
+        if not self.fast(x):
             return F.dropout(x, self.p, self.training, self.inplace)
+        return torch.where(self.keep_mask(x), x * (1.0 / (1.0 - self.p)), 0.0)
+
+    def fast(self, x: torch.Tensor) -> bool:
+        """Whether this call draws its own mask (training, p > 0, a CPU tensor)."""
+        return self.training and self.p > 0.0 and x.is_cpu
+
+    def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
         n = x.numel()
         words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
         draws = words.view(torch.int16)[:n].view(x.shape)  # uniform over -32768..32767
-        keep = draws >= round(self.p * 65536) - 32768
-        return torch.where(keep, x * (1.0 / (1.0 - self.p)), 0.0)
+        return draws >= round(self.p * 65536) - 32768
+
+    def drop_unscaled(self, x: torch.Tensor) -> torch.Tensor:
+        """The dropped input without the 1 / (1 - p): for a caller that folds the rescaling into a later,
+        smaller tensor (the LoRA sum's alpha), one pass over the input less, forward and backward."""
+        return torch.where(self.keep_mask(x), x, 0.0)
 
 
 def use_fast_dropout(model: nn.Module) -> int:
@@ -95,6 +106,48 @@ def use_fast_dropout(model: nn.Module) -> int:
                 dropouts[name] = FastDropout(dropout.p, dropout.inplace)
                 swapped += 1
     return swapped
+
+
+def fused_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """peft's LoRA `Linear.forward` with the adapter's scaling and its sum into the base output done inside one
+    `addmm` (base(x) + s * B(A(dropout(x))) as one matrix product with alpha = s, beta = 1), and FastDropout's
+    1 / (1 - p) folded into that alpha.
+
+    peft computes `result + lora_B(...) * scaling`: two more passes over every adapted projection's output
+    (and one more in backward), about as many elements as the base projections write; the dropout's rescaling
+    is one more pass over its input each way. The sum is the same up to float rounding (tests/test_lora.py), and
+    the dropout masks are the same draws. Anything but one plain adapter (merged, disabled, DoRA or another
+    variant, mixed batches, a LoRA bias, ZeRO-3 partitioned weights) takes peft's path.
+    """
+    name = self.active_adapters[0] if len(self.active_adapters) == 1 else None
+    lora_b = self.lora_B[name] if name in self.lora_B else None
+    if (lora_b is None or self.disable_adapters or self.merged or kwargs.get("adapter_names") is not None
+            or name in self.lora_variant or lora_b.bias is not None or hasattr(lora_b.weight, "ds_id")):
+        return type(self).forward(self, x, *args, **kwargs)
+    result = self.base_layer(x, *args, **kwargs)
+    x = self._cast_input_dtype(x, self.lora_A[name].weight.dtype)
+    dropout, scale = self.lora_dropout[name], self.scaling[name]
+    if isinstance(dropout, FastDropout) and dropout.fast(x):  # A is linear: A(m * x / (1 - p)) = A(m * x) / (1 - p)
+        down, scale = self.lora_A[name](dropout.drop_unscaled(x)), scale / (1.0 - dropout.p)
+    else:
+        down = self.lora_A[name](dropout(x))
+    if down.dtype != result.dtype:  # e.g. bf16 base weights without autocast: peft's promotion rules
+        return result + (lora_b(down) * scale).to(result.dtype)
+    out = result.shape[-1]
+    fused = torch.addmm(result.reshape(-1, out), down.reshape(-1, down.shape[-1]), lora_b.weight.t(), alpha=scale)
+    return fused.view(result.shape)
+
+
+def use_fused_forward(model: nn.Module) -> int:
+    """Give every peft LoRA `Linear` of `model` the fused forward above; returns how many."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    fused = 0
+    for module in model.modules():
+        if type(module) is LoraLinear:
+            module.forward = fused_lora_forward.__get__(module)  # the instance's own: saving is unchanged
+            fused += 1
+    return fused
 
 
 def apply_lora(model: nn.Module, cfg: LoraConfig, task_type: str | None = None,
@@ -114,6 +167,7 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, task_type: str | None = None,
     except ValueError as exc:  # e.g. no module named like target_modules in this backbone
         raise ConfigError(f"lora: {exc}") from None
     use_fast_dropout(peft_model)
+    use_fused_forward(peft_model)
     return peft_model
 
 
