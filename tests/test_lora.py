@@ -118,3 +118,20 @@ def test_fused_lora_forward_steps_aside_when_adapters_are_disabled_or_merged():
         merged = model(input_ids=ids).logits
     assert not torch.allclose(adapted, base, atol=1e-4)
     assert torch.allclose(merged, adapted, atol=1e-4)
+
+
+def test_fused_lora_forward_over_bf16_base_weights_follows_peft_promotion():
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    model = _adapted_tiny_model(0.0).eval()
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            p.data = p.data.to(torch.bfloat16)  # bf16 base, float32 adapters, no autocast
+    ids = torch.randint(0, 1000, (2, 5))
+    with torch.no_grad():
+        fused = model(input_ids=ids).logits
+        for m in model.modules():
+            if type(m) is LoraLinear:
+                del m.forward
+        plain = model(input_ids=ids).logits
+    assert fused.dtype == plain.dtype and torch.equal(fused, plain)

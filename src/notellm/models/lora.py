@@ -132,7 +132,7 @@ def fused_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     else:
         down = self.lora_A[name](dropout(x))
     if down.dtype != result.dtype:  # e.g. bf16 base weights without autocast: peft's promotion rules
-        return result + (lora_b(down) * scale).to(result.dtype)
+        return (result + lora_b(down) * scale).to(result.dtype)
     out = result.shape[-1]
     fused = torch.addmm(result.reshape(-1, out), down.reshape(-1, down.shape[-1]), lora_b.weight.t(), alpha=scale)
     return fused.view(result.shape)
