@@ -80,6 +80,17 @@ def _adapted_tiny_model(dropout: float):
     return model
 
 
+def _lora_linears(model) -> list:
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    return [m for m in model.modules() if type(m) is LoraLinear]
+
+
+def _back_to_peft_forward(model) -> None:
+    for m in _lora_linears(model):
+        del m.forward  # the instance's fused forward goes; peft's class forward answers again
+
+
 def _logits_and_grads(model, ids):
     model.zero_grad()
     torch.manual_seed(11)  # the same dropout masks for both forms: dropout is called the same way
@@ -90,15 +101,12 @@ def _logits_and_grads(model, ids):
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_fused_lora_forward_matches_peft_in_outputs_and_gradients(dropout):
-    from peft.tuners.lora.layer import Linear as LoraLinear
-
     model = _adapted_tiny_model(dropout).train()
     ids = torch.randint(0, 1000, (3, 9))
-    layers = [m for m in model.modules() if type(m) is LoraLinear]
+    layers = _lora_linears(model)
     assert layers and all("forward" in vars(m) for m in layers)  # every adapted projection is fused
     fused_logits, fused_grads = _logits_and_grads(model, ids)
-    for m in layers:
-        del m.forward  # back to peft's own forward
+    _back_to_peft_forward(model)
     peft_logits, peft_grads = _logits_and_grads(model, ids)
     assert torch.allclose(fused_logits, peft_logits, atol=1e-5, rtol=1e-5)
     assert fused_grads.keys() == peft_grads.keys()
@@ -121,8 +129,6 @@ def test_fused_lora_forward_steps_aside_when_adapters_are_disabled_or_merged():
 
 
 def test_fused_lora_forward_over_bf16_base_weights_follows_peft_promotion():
-    from peft.tuners.lora.layer import Linear as LoraLinear
-
     model = _adapted_tiny_model(0.0).eval()
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -130,8 +136,6 @@ def test_fused_lora_forward_over_bf16_base_weights_follows_peft_promotion():
     ids = torch.randint(0, 1000, (2, 5))
     with torch.no_grad():
         fused = model(input_ids=ids).logits
-        for m in model.modules():
-            if type(m) is LoraLinear:
-                del m.forward
+        _back_to_peft_forward(model)
         plain = model(input_ids=ids).logits
     assert fused.dtype == plain.dtype and torch.equal(fused, plain)
