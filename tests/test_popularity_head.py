@@ -56,9 +56,13 @@ def test_training_lowers_the_heads_loss_and_beats_the_mean(one):
     losses = [r["loss"] for r in log if "loss" in r and "event" not in r]
     assert len(losses) == 30 * (27 // 4)  # 27 training notes, batches of 4, 30 epochs
     assert np.mean(losses[-6:]) < 0.3 * np.mean(losses[:6])
-    # the feature pass ran once, as the run's first (timed) phase, over every note
+    # the feature pass ran once, as the run's first (timed) phase, over every training note; the held-out
+    # notes' features were read when the folder was saved
     prepared = next(r for r in log if r.get("event") == "prepared")
-    assert prepared["feature_notes"] == 36
+    assert prepared["feature_notes"] == prepared["training_notes"] == 27 and "cut_by_time_budget" not in prepared
+    parts = sorted((one["root"] / "run" / "head_features").glob("part-*.npz"))
+    with_rows = [np.load(p, allow_pickle=False)["rows"] for p in parts]
+    assert sorted(np.concatenate(with_rows).tolist()) == list(range(36))  # every note once
     card = json.loads((one["model"] / "notellm.json").read_text())
     heldout = card["popularity_head"]["heldout"]
     test = pq.read_table(one["model"] / "popularity_test_predictions.parquet").to_pydict()
@@ -275,3 +279,95 @@ def test_popularity_eval_takes_the_one_folder_as_a_rednoob_folder(one, tmp_path)
     assert saved["note_id"] == head["predictions"]["note_id"]
     np.testing.assert_allclose(head["predictions"][head_row], saved["prediction"], atol=1e-4)
     assert rows[head_row]["mae"].startswith(f"{head['metrics'][head_row]['mae']['value']:.3f}")
+
+
+class CountingFeatures:
+    """Wraps the feature pass's `head_features`: counts the notes it reads, sleeps per batch (a slow backbone),
+    and can fail on a given call (a killed run)."""
+
+    def __init__(self, sleep: float = 0.0, fail_on_call: int | None = None):
+        from notellm.training import popularity_head
+
+        self.real, self.sleep, self.fail_on_call = popularity_head.head_features, sleep, fail_on_call
+        self.notes = self.calls = 0
+
+    def __call__(self, model, notes, **kwargs):
+        import time
+
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise RuntimeError("killed")
+        time.sleep(self.sleep)
+        self.notes += len(notes)
+        return self.real(model, notes, **kwargs)
+
+
+def head_weights(folder: Path) -> np.ndarray:
+    from safetensors.numpy import load_file
+
+    return load_file(str(folder / "score_head.safetensors"))["weight"]
+
+
+def test_a_budget_that_ends_in_the_feature_pass_saves_a_head_and_a_rerun_continues(one, monkeypatch, capsys):
+    """time_budget_min cuts the training notes' feature pass (a slow backbone: 0.25 s a batch, a 0.9 s budget):
+    the run stops inside its budget with the notes read so far saved, fits the head on them (ridge), scores the
+    held-out notes, writes no checkpoint; the same command again reads only the notes still missing, then
+    trains to the same head as a run never cut."""
+    from notellm.training import popularity_head
+
+    root = one["root"]
+    config = write_config(root, str(one["base"]), "cut", head_init="ridge", time_budget_min=0.015)
+    slow = CountingFeatures(sleep=0.25)
+    monkeypatch.setattr(popularity_head, "head_features", slow)
+    assert run_cli(app, ["popularity", "train", str(config)]) == 0
+    log = logged(root / "cut")
+    prepared = next(r for r in log if r.get("event") == "prepared")
+    assert prepared["cut_by_time_budget"] and 4 <= prepared["feature_notes"] < 27 == prepared["training_notes"]
+    assert prepared["feature_seconds"] < 0.9
+    stop = next(r for r in log if r.get("event") == "time_budget")
+    assert stop["step"] == 0 and stop["phase"] == "before_training" and stop["elapsed_s"] <= 0.9
+    saved = next(r for r in log if r.get("event") == "saved")
+    assert saved["steps"] == 0 and not list((root / "cut").glob("checkpoint*"))
+    card = json.loads((root / "cut" / "model" / "notellm.json").read_text())["popularity_head"]
+    assert card["train"]["feature_notes"] == prepared["feature_notes"] and card["heldout"]["notes"] == 9
+    assert np.abs(head_weights(root / "cut" / "model")).sum() > 0  # the ridge fit on the notes read
+    assert slow.notes == prepared["feature_notes"] + 9  # the held-out notes read when saving
+
+    again = CountingFeatures()
+    monkeypatch.setattr(popularity_head, "head_features", again)
+    assert run_cli(app, ["popularity", "train", str(config), "time_budget_min=null"]) == 0
+    assert again.notes == 27 - prepared["feature_notes"]  # only the training notes still missing
+    prepared = [r for r in logged(root / "cut") if r.get("event") == "prepared"][-1]
+    assert prepared["feature_notes"] == 27 and "cut_by_time_budget" not in prepared
+    clean = write_config(root, str(one["base"]), "uncut", head_init="ridge")
+    monkeypatch.setattr(popularity_head, "head_features", CountingFeatures())
+    assert run_cli(app, ["popularity", "train", str(clean)]) == 0
+    np.testing.assert_allclose(head_weights(root / "cut" / "model"), head_weights(root / "uncut" / "model"),
+                               rtol=1e-3, atol=1e-6)
+    capsys.readouterr()
+
+
+def test_a_killed_feature_pass_continues_and_features_of_another_run_are_dropped(one, monkeypatch, capsys):
+    from notellm.training import popularity_head
+
+    root = one["root"]
+    config = write_config(root, str(one["base"]), "killed")
+    monkeypatch.setattr(popularity_head, "head_features", CountingFeatures(fail_on_call=4))  # eval batches of 8
+    with pytest.raises(RuntimeError, match="killed"):
+        run_cli(app, ["popularity", "train", str(config)])
+    parts = list((root / "killed" / "head_features").glob("part-*.npz"))
+    assert len(parts) == 3  # the batches read before the failure, each in a file of its own
+    read = sum(len(np.load(part, allow_pickle=False)["rows"]) for part in parts)
+    rerun = CountingFeatures()
+    monkeypatch.setattr(popularity_head, "head_features", rerun)
+    assert run_cli(app, ["popularity", "train", str(config)]) == 0
+    assert rerun.notes == 27 - read + 9  # the training notes not read before the failure, then the held-out ones
+    np.testing.assert_allclose(head_weights(root / "killed" / "model"), head_weights(one["model"]), rtol=1e-3, atol=1e-6)
+    # a feature folder made by something else (another note set, model or precision): dropped, not mixed in
+    key = root / "killed" / "head_features" / "key.json"
+    key.write_text(json.dumps({**json.loads(key.read_text()), "bf16": True}), encoding="utf-8")
+    again = CountingFeatures()
+    monkeypatch.setattr(popularity_head, "head_features", again)
+    assert run_cli(app, ["popularity", "train", str(config)]) == 0  # finished: resumes at its end, reads all again
+    assert again.notes == 36
+    capsys.readouterr()

@@ -51,6 +51,7 @@ log = logging.getLogger("notellm.train")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 TRACKERS = ("none", "tensorboard", "wandb")
 RESUME = ("auto", "force")
+PRE_PASS_CUT = "cut_by_time_budget"  # a before_training result key: the budget ended inside the pre-pass
 
 
 @dataclass
@@ -196,7 +197,10 @@ class Recipe:
 
     # optional
     def before_training(self, engine: "Engine", module: nn.Module) -> dict[str, Any]:
-        """A pre-pass on a fresh start (not on resume), inside the time budget; returns what to log."""
+        """A pre-pass on a fresh start (not on resume), inside the time budget; returns what to log. A pre-pass
+        that the budget cuts (`engine.pre_pass_would_overrun`) returns `{PRE_PASS_CUT: True, ...}`: the engine then
+        saves the model as it stands without training or a checkpoint, and a rerun starts the pre-pass again
+        (the recipe keeps what it had computed)."""
         return {}
 
     def epoch_batches(self, epoch: int, global_batch: int) -> list[np.ndarray]:
@@ -365,10 +369,12 @@ class Engine:
         total = self.total_steps()
         fingerprint = self.recipe.fingerprint()
         checkpoint = ckpt.latest_checkpoint(self.out)
+        cut = False
         if checkpoint is not None:
             self._check_resume(checkpoint, fingerprint)
         elif info := self.recipe.before_training(self, module):
             self._log({"event": "prepared", **info})
+            cut = bool(info.get(PRE_PASS_CUT))
         optimizer = torch.optim.AdamW(self.recipe.param_groups(module), lr=args.lr, weight_decay=args.weight_decay)
         scheduler = self._scheduler(optimizer, total)
         self._configure_deepspeed()
@@ -386,6 +392,12 @@ class Engine:
             acc.init_trackers(self.out.name or "notellm", config=_flat_config(asdict(args)))
         self._log({"event": "start", "kind": self.recipe.kind, "steps": total, "items": self.recipe.num_items(),
                    "processes": self.world, "bf16": self.bf16, "device": str(self.device)})
+        if cut:  # the budget ended inside the pre-pass: the model as it stands, no checkpoint (a rerun continues
+            # the pre-pass from the recipe's own cache, then trains)
+            self._log({"event": "time_budget", "step": 0, "of": total, "phase": "before_training",
+                       "elapsed_s": round(self.elapsed(position), 1),
+                       "rerun": "the same command continues the pre-pass where it stopped, then trains"})
+            return self._finish(prepared, position, {}, total)
         last = self._loop(prepared, optimizer, scheduler, position, total, fingerprint)
         return self._finish(prepared, position, last, total)
 
@@ -500,14 +512,20 @@ class Engine:
         self.phase("train", self.args.time_budget_min * 60 if timed else total, "s" if timed else "steps")
         self._progress(pos, total)
 
-    def _out_of_time(self, elapsed: float, step_seconds: float) -> bool:
-        """Stop when the next step would end past the budget; every process stops at the same step."""
+    def _out_of_time(self, elapsed: float, step_seconds: float, share: float = 1.0) -> bool:
+        """Stop when the next step would end past `share` of the budget; every process stops at the same step."""
         if self.args.time_budget_min is None:
             return False
-        late = torch.tensor([float(elapsed + step_seconds > self.args.time_budget_min * 60)], device=self.device)
+        late = elapsed + step_seconds > share * self.args.time_budget_min * 60
+        late = torch.tensor([float(late)], device=self.device)
         if self.world > 1:
             late = self.accelerator.reduce(late, "max")
         return bool(late.item())
+
+    def pre_pass_would_overrun(self, seconds: float, share: float = 1.0) -> bool:
+        """For a pre-pass (`before_training`, a fresh start): would `seconds` more end past `share` of the time
+        budget? The same answer on every process; False without a budget."""
+        return self._out_of_time(time.time() - self.started, seconds, share)
 
     def _progress(self, pos: Position, total: int) -> None:
         timed = self.args.time_budget_min is not None
