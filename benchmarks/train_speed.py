@@ -132,7 +132,14 @@ def main() -> None:
     parser.add_argument("--lora-forward", choices=["fused", "peft"], default="fused",
                         help="notellm's adapters: the fused sum (models.lora.fused_lora_forward, the default) or "
                              "peft's own forward, to measure what the fusion alone is worth")
+    parser.add_argument("--packing", choices=["on", "off"], default="on",
+                        help="notellm's CPU batches padding-free (models.packing, the default) or padded, to measure "
+                             "what packing alone is worth")
     args = parser.parse_args()
+    if args.packing == "off":
+        import notellm.models.packing as packing
+
+        packing.enabled = False
     if args.lora_forward == "peft":
         import notellm.models.lora as lora
 
@@ -149,7 +156,7 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\n{machine_summary()}; backbone "
           f"{args.backbone}; LoRA r=16; bf16={ours['bf16']}; {args.steps} steps x {args.batch_size} pairs, "
-          f"steps 2-{args.steps} timed; notellm LoRA forward {args.lora_forward}; load average {load:.1f} at the end")
+          f"steps 2-{args.steps} timed; notellm LoRA forward {args.lora_forward}, packing {args.packing}; load average {load:.1f} at the end")
     print(f"{'trainer':52s} {'pairs/s':>8s} {'tokens/s':>9s} {'ratio':>6s} {'CPU-s/step':>10s} {'CPU ratio':>9s}")
     steps = args.steps - 1
     print(f"{'sentence-transformers + MNRL (contrastive only)':52s} {n_pairs / st['seconds']:8.2f} {'':>9s} "

@@ -36,6 +36,10 @@ def _loss_and_grads(module, batch):
 
 
 def test_chunked_forward_gives_the_whole_batch_losses_and_gradients(monkeypatch):
+    """Where packing does not apply (models/packing.py), length chunks do."""
+    from notellm.models import packing
+
+    monkeypatch.setattr(packing, "enabled", False)
     module = make_module()
     module.model.config.max_length = 96
     prompts = [build_prompt(n, "category" if i % 2 else "hashtag", tag_target=0) for i, n in enumerate(_notes())]

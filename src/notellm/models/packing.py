@@ -1,0 +1,127 @@
+"""Padding-free decoder forward for right-padded CPU batches: the batch's real tokens run as one packed row.
+
+A batch of notes padded to its longest row spends the projections and MLPs (nearly all of a step's matrix
+products) on padding: on the demo corpus 16 notes of 103 tokens on average pad to 124, a fifth more rows.
+Here every real token is concatenated into one row of T tokens, positions restart at 0 for each note (RoPE sees
+each note exactly as before), every token-wise layer runs on T rows, and only attention goes back to the padded
+[batch, heads, longest, dim] layout for one causal `scaled_dot_product_attention` call, where padding never
+reaches a real token (causal attention, padding on the right). The result is the padded batch's last hidden
+states, zeros at padding: the same numbers as the padded forward up to float rounding (tests/test_packing.py).
+This is TRL's padding-free training (`padding_free=True`, flash-attention's varlen kernels on GPUs) done with
+the sdpa kernel CPUs have.
+
+How it reaches the attention: the "sdpa" entry of transformers' `AttentionInterface` becomes a dispatcher that
+runs the packed attention while `packed_forward` is active in the calling thread (a context variable) and
+transformers' own sdpa otherwise, so every other model and call in the process behaves exactly as before, and
+concurrent requests in a server's threads never see each other's packing. The decoder gets a placeholder 4-D
+mask, which transformers passes through as it is: no [T, T] mask is built.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+enabled = True  # NoteLLMModel.hidden_states packs CPU batches; benchmarks/train_speed.py --packing off clears it
+
+
+@dataclass
+class Packing:
+    """Where the packed row's tokens sit in the padded [batch, longest] layout."""
+
+    slots: torch.Tensor     # [T] index of each real token in the flattened [batch * longest] layout
+    fill: torch.Tensor      # [batch * longest] index of the packed token each padded slot takes (padding: any real one)
+    batch: int
+    longest: int
+
+
+_current: contextvars.ContextVar[Packing | None] = contextvars.ContextVar("notellm_packing", default=None)
+
+
+def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                     sliding_window=None, softcap=None, **kwargs):
+    """transformers attention function: query [1, heads, T, dim] of the packed row -> [1, T, heads, dim]."""
+    packing = _current.get()
+    if packing is None:
+        raise RuntimeError("packed attention outside notellm.models.packing.packed_forward")
+    if softcap is not None:
+        raise RuntimeError("packed attention has no logit soft-capping")
+
+    def padded(x: torch.Tensor) -> torch.Tensor:  # [1, h, T, d] -> [batch, h, longest, d]
+        h, d = x.shape[1], x.shape[-1]
+        x = x[0].index_select(1, packing.fill)
+        return x.view(h, packing.batch, packing.longest, d).transpose(0, 1)
+
+    out = F.scaled_dot_product_attention(padded(query), padded(key), padded(value), is_causal=True, scale=scaling,
+                                         dropout_p=dropout if module.training else 0.0,
+                                         enable_gqa=query.shape[1] != key.shape[1])
+    heads, dim = out.shape[1], out.shape[-1]
+    out = out.transpose(1, 2).reshape(packing.batch * packing.longest, heads, dim).index_select(0, packing.slots)
+    return out[None], None
+
+
+def sdpa_or_packed(module, query, key, value, attention_mask, **kwargs):
+    """The "sdpa" attention function while notellm is imported: packed inside `packed_forward`, transformers'
+    sdpa everywhere else."""
+    if _current.get() is None:
+        return _transformers_sdpa(module, query, key, value, attention_mask, **kwargs)
+    return packed_attention(module, query, key, value, attention_mask, **kwargs)
+
+
+_transformers_sdpa = None
+
+
+def _register() -> None:
+    global _transformers_sdpa
+    from transformers import AttentionInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    current = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    if current is not sdpa_or_packed:
+        _transformers_sdpa = current
+        AttentionInterface.register("sdpa", sdpa_or_packed)
+
+
+def can_pack(decoder, attention_mask: torch.Tensor) -> bool:
+    """Packing gives the padded forward's states: sdpa attention without soft-capping, every row within the
+    sliding window, padding on the right, no empty row."""
+    config = decoder.config
+    if config._attn_implementation != "sdpa" or getattr(config, "attn_logit_softcapping", None):
+        return False
+    window = getattr(config, "sliding_window", None)
+    if window is not None and attention_mask.shape[1] > window:
+        return False
+    lengths = attention_mask.sum(1)
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return bool((attention_mask.bool() == (positions[None, :] < lengths[:, None])).all()) and bool((lengths > 0).all())
+
+
+def packed_forward(decoder, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The decoder's last hidden states [batch, longest, hidden] of a right-padded batch (`can_pack`), computed
+    on its real tokens only; zeros at padding."""
+    _register()
+    batch, longest = input_ids.shape
+    real = attention_mask.bool().reshape(-1)
+    slots = real.nonzero().squeeze(1)
+    lengths = attention_mask.sum(1)
+    positions = torch.arange(longest, device=input_ids.device).expand(batch, longest).reshape(-1)[slots]
+    # each padded slot takes the packed index of its row's last real token: its key is never attended by a
+    # real query (causal), its query's output is dropped
+    packed_index = torch.cumsum(real.long(), 0) - 1
+    row_last = (torch.cumsum(lengths, 0) - 1).repeat_interleave(longest)
+    fill = torch.where(real, packed_index, row_last)
+    token = _current.set(Packing(slots=slots, fill=fill, batch=batch, longest=longest))
+    try:  # a 4-D mask passes through transformers untouched; the packed attention does not read it
+        placeholder = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=input_ids.device)
+        hidden = decoder(input_ids=input_ids.reshape(-1)[slots][None], position_ids=positions[None],
+                         attention_mask=placeholder).last_hidden_state[0]
+    finally:
+        _current.reset(token)
+    out = hidden.new_zeros(batch * longest, hidden.shape[-1]).index_copy(0, slots, hidden)
+    return out.view(batch, longest, -1)
+
+
+__all__ = ["can_pack", "packed_attention", "packed_forward", "sdpa_or_packed"]
