@@ -35,25 +35,35 @@ def _loss_and_grads(module, batch):
     return out, grads
 
 
+def batch_of_mixed_lengths(module):
+    """A training batch of short and long notes (much padding), hashtag and category answers."""
+    module.model.config.max_length = 96
+    prompts = [build_prompt(n, "category" if i % 2 else "hashtag", tag_target=0) for i, n in enumerate(_notes())]
+    batch = module.model.encode_prompts(prompts)
+    batch["note_keys"] = torch.arange(len(prompts))
+    return batch
+
+
+def assert_same_training(got, want) -> None:
+    """(out, grads) of `_loss_and_grads`: the same loss terms and gradients within float rounding."""
+    (out, grads), (whole, whole_grads) = got, want
+    for key in ("loss", "contrastive", "generative"):
+        assert out[key].item() == pytest.approx(whole[key].item(), rel=1e-5, abs=1e-6)
+    assert grads.keys() == whole_grads.keys() and len(whole_grads) > 10
+    for name, g in whole_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_chunked_forward_gives_the_whole_batch_losses_and_gradients(monkeypatch):
     """Where packing does not apply (models/packing.py), length chunks do."""
     from notellm.models import packing
 
     monkeypatch.setattr(packing, "enabled", False)
     module = make_module()
-    module.model.config.max_length = 96
-    prompts = [build_prompt(n, "category" if i % 2 else "hashtag", tag_target=0) for i, n in enumerate(_notes())]
-    batch = module.model.encode_prompts(prompts)
-    batch["note_keys"] = torch.arange(len(prompts))
+    batch = batch_of_mixed_lengths(module)
     lengths = batch["attention_mask"].sum(1).tolist()
     assert length_chunks(lengths) is not None, "the test batch must be one that gets chunked"
 
-    chunked, chunked_grads = _loss_and_grads(module, batch)
+    chunked = _loss_and_grads(module, batch)
     monkeypatch.setattr(notellm_mod, "length_chunks", lambda *a, **k: None)
-    whole, whole_grads = _loss_and_grads(module, batch)
-
-    for key in ("loss", "contrastive", "generative"):
-        assert chunked[key].item() == pytest.approx(whole[key].item(), rel=1e-5, abs=1e-6)
-    assert chunked_grads.keys() == whole_grads.keys() and len(whole_grads) > 10
-    for name, g in whole_grads.items():
-        torch.testing.assert_close(chunked_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+    assert_same_training(chunked, _loss_and_grads(module, batch))

@@ -7,21 +7,12 @@ import torch
 from helpers.dist import make_module
 from notellm.models import notellm as notellm_mod
 from notellm.models import packing
-from notellm.models.prompts import build_prompt
-from test_length_chunks import _loss_and_grads, _notes
-
-
-def _batch(module):
-    module.model.config.max_length = 96
-    prompts = [build_prompt(n, "category" if i % 2 else "hashtag", tag_target=0) for i, n in enumerate(_notes())]
-    batch = module.model.encode_prompts(prompts)
-    batch["note_keys"] = torch.arange(len(prompts))
-    return batch
+from test_length_chunks import _loss_and_grads, assert_same_training, batch_of_mixed_lengths
 
 
 def test_packed_states_are_the_padded_batchs_and_padding_is_zero():
     module = make_module()
-    batch = _batch(module)
+    batch = batch_of_mixed_lengths(module)
     decoder = module.model.lm.get_decoder()
     mask = batch["attention_mask"].bool()
     assert (~mask).sum() > 100, "the test batch must hold padding"
@@ -31,25 +22,20 @@ def test_packed_states_are_the_padded_batchs_and_padding_is_zero():
     assert packed.shape == padded.shape
     torch.testing.assert_close(packed[mask], padded[mask], rtol=1e-5, atol=1e-5)
     assert packed[~mask].abs().max() == 0
-    assert decoder.config._attn_implementation == "sdpa"  # switched back after the call
+    assert decoder.config._attn_implementation == "sdpa"  # the model's config is never touched
 
 
 def test_packed_training_gives_the_padded_losses_and_gradients(monkeypatch):
     module = make_module()
-    batch = _batch(module)
+    batch = batch_of_mixed_lengths(module)
     calls = []
     real = packing.packed_forward
     monkeypatch.setattr(packing, "packed_forward", lambda *a: calls.append(1) or real(*a))
-    packed, packed_grads = _loss_and_grads(module, batch)
+    packed = _loss_and_grads(module, batch)
     assert calls, "hidden_states must pack a right-padded CPU batch"
     monkeypatch.setattr(packing, "enabled", False)
     monkeypatch.setattr(notellm_mod, "length_chunks", lambda *a, **k: None)  # the whole padded batch
-    whole, whole_grads = _loss_and_grads(module, batch)
-    for key in ("loss", "contrastive", "generative"):
-        assert packed[key].item() == pytest.approx(whole[key].item(), rel=1e-5, abs=1e-6)
-    assert packed_grads.keys() == whole_grads.keys() and len(whole_grads) > 10
-    for name, g in whole_grads.items():
-        torch.testing.assert_close(packed_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+    assert_same_training(packed, _loss_and_grads(module, batch))
 
 
 def test_what_cannot_be_packed_runs_padded():
@@ -84,7 +70,7 @@ def test_other_threads_and_models_keep_transformers_sdpa():
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     module = make_module()
-    batch = _batch(module)
+    batch = batch_of_mixed_lengths(module)
     decoder = module.model.lm.get_decoder()
     packing.packed_forward(decoder, batch["input_ids"][:2], batch["attention_mask"][:2])
     assert ALL_ATTENTION_FUNCTIONS["sdpa"] is packing.sdpa_or_packed
