@@ -32,13 +32,24 @@ def _grads(module) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
-def test_cached_bottom_gives_the_losses_and_gradients_of_the_full_forward(tmp_path):
+@pytest.mark.parametrize("packed", [True, False])
+def test_cached_bottom_gives_the_losses_and_gradients_of_the_full_forward(tmp_path, monkeypatch, packed):
+    """Against the full padded forward; the top layers run padding-free on CPUs (models/packing.py) or padded."""
+    from notellm.models import packing
+
     plain = NoteLLMRecipe(_config(tmp_path / "a"))
     cached = NoteLLMRecipe(_config(tmp_path / "b", cache_frozen_layers=True))
     m_plain, m_cached = plain.build(), cached.build()
     assert m_cached.model.frozen_cache.frozen == 3  # adapters in the top layer of four
     batch = plain.collate([0, 1, 2, 3], epoch=0)
-    out_plain, out_cached = m_plain(**batch), m_cached(**batch)
+    assert (batch["attention_mask"] == 0).any(), "the test batch must hold padding"
+    monkeypatch.setattr(packing, "enabled", False)
+    out_plain = m_plain(**batch)
+    monkeypatch.setattr(packing, "enabled", packed)
+    calls, real = [], packing.packed
+    monkeypatch.setattr(packing, "packed", lambda *a: calls.append(1) or real(*a))
+    out_cached = m_cached(**batch)
+    assert bool(calls) == packed
     assert out_cached["loss"].item() == pytest.approx(out_plain["loss"].item(), abs=1e-5)
     out_plain["loss"].backward()
     out_cached["loss"].backward()

@@ -22,6 +22,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from notellm.models import packing
 from notellm.models.lora import decoder_layers
 
 
@@ -135,7 +136,11 @@ class FrozenLayerCache:
                 layers[i] = layer
 
     def last_hidden_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The top layers from the cached states; on CPUs padding-free (models/packing.py) where it applies."""
         states = self.bottom_states(input_ids, attention_mask)
+        if input_ids.is_cpu and packing.enabled and packing.can_pack(self.decoder, attention_mask):
+            with packing.packed(input_ids, attention_mask) as batch, self.injected(batch.pack(states)):
+                return batch.unpack(self.decoder(**batch.decoder_inputs()).last_hidden_state)
         with self.injected(states):
             return self.decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 

@@ -7,6 +7,7 @@ each note exactly as before), every token-wise layer runs on T rows, and only at
 [batch, heads, longest, dim] layout for one causal `scaled_dot_product_attention` call, where padding never
 reaches a real token (causal attention, padding on the right). The result is the padded batch's last hidden
 states, zeros at padding: the same numbers as the padded forward up to float rounding (tests/test_packing.py).
+`NoteLLM.hidden_states` and the frozen-layer cache's top layers (models/frozen_cache.py) run this way.
 This is TRL's padding-free training (`padding_free=True`, flash-attention's varlen kernels on GPUs) done with
 the sdpa kernel CPUs have.
 
@@ -19,8 +20,10 @@ mask, which transformers passes through as it is: no [T, T] mask is built.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -99,9 +102,10 @@ def can_pack(decoder, attention_mask: torch.Tensor) -> bool:
     return bool((attention_mask.bool() == (positions[None, :] < lengths[:, None])).all()) and bool((lengths > 0).all())
 
 
-def packed_forward(decoder, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The decoder's last hidden states [batch, longest, hidden] of a right-padded batch (`can_pack`), computed
-    on its real tokens only; zeros at padding."""
+@contextlib.contextmanager
+def packed(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Iterator["PackedInputs"]:
+    """Inside: sdpa attention in this thread runs packed for this right-padded batch (`can_pack`); yields the
+    decoder's packed inputs and the maps between the padded and the packed layouts."""
     _register()
     batch, longest = input_ids.shape
     real = attention_mask.bool().reshape(-1)
@@ -113,15 +117,41 @@ def packed_forward(decoder, input_ids: torch.Tensor, attention_mask: torch.Tenso
     packed_index = torch.cumsum(real.long(), 0) - 1
     row_last = (torch.cumsum(lengths, 0) - 1).repeat_interleave(longest)
     fill = torch.where(real, packed_index, row_last)
-    token = _current.set(Packing(slots=slots, fill=fill, batch=batch, longest=longest))
-    try:  # a 4-D mask passes through transformers untouched; the packed attention does not read it
-        placeholder = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=input_ids.device)
-        hidden = decoder(input_ids=input_ids.reshape(-1)[slots][None], position_ids=positions[None],
-                         attention_mask=placeholder).last_hidden_state[0]
+    layout = Packing(slots=slots, fill=fill, batch=batch, longest=longest)
+    token = _current.set(layout)
+    try:
+        yield PackedInputs(layout, input_ids.reshape(-1)[slots][None], positions[None])
     finally:
         _current.reset(token)
-    out = hidden.new_zeros(batch * longest, hidden.shape[-1]).index_copy(0, slots, hidden)
-    return out.view(batch, longest, -1)
 
 
-__all__ = ["can_pack", "packed_attention", "packed_forward", "sdpa_or_packed"]
+@dataclass
+class PackedInputs:
+    layout: Packing
+    input_ids: torch.Tensor      # [1, T]
+    position_ids: torch.Tensor   # [1, T], restarting at 0 for each row
+
+    def decoder_inputs(self) -> dict[str, torch.Tensor]:
+        # a 4-D mask passes through transformers untouched; the packed attention does not read it
+        placeholder = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=self.input_ids.device)
+        return {"input_ids": self.input_ids, "position_ids": self.position_ids, "attention_mask": placeholder}
+
+    def pack(self, padded: torch.Tensor) -> torch.Tensor:
+        """[batch, longest, ...] -> [1, T, ...]: the real tokens' rows."""
+        return padded.reshape(-1, *padded.shape[2:]).index_select(0, self.layout.slots)[None]
+
+    def unpack(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[1, T, hidden] -> [batch, longest, hidden], zeros at padding."""
+        rows = self.layout.batch * self.layout.longest
+        out = hidden.new_zeros(rows, hidden.shape[-1]).index_copy(0, self.layout.slots, hidden[0])
+        return out.view(self.layout.batch, self.layout.longest, -1)
+
+
+def packed_forward(decoder, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The decoder's last hidden states [batch, longest, hidden] of a right-padded batch (`can_pack`), computed
+    on its real tokens only; zeros at padding."""
+    with packed(input_ids, attention_mask) as batch:
+        return batch.unpack(decoder(**batch.decoder_inputs()).last_hidden_state)
+
+
+__all__ = ["PackedInputs", "can_pack", "packed", "packed_attention", "packed_forward", "sdpa_or_packed"]
