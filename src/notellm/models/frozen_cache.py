@@ -138,7 +138,7 @@ class FrozenLayerCache:
     def last_hidden_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The top layers from the cached states; on CPUs padding-free (models/packing.py) where it applies."""
         states = self.bottom_states(input_ids, attention_mask)
-        if input_ids.is_cpu and packing.enabled and packing.can_pack(self.decoder, attention_mask):
+        if packing.packs(self.decoder, input_ids, attention_mask):
             with packing.packed(input_ids, attention_mask) as batch, self.injected(batch.pack(states)):
                 return batch.unpack(self.decoder(**batch.decoder_inputs()).last_hidden_state)
         with self.injected(states):

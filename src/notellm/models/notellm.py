@@ -178,18 +178,17 @@ class NoteLLM(nn.Module):
         as one packed row, attention alone in the padded layout), or where packing does not apply, when its rows
         differ much in length, as a few length-sorted chunks, each cut to its own longest row (`length_chunks`):
         the same states for every real token (padding never reaches them: the attention is causal and padding
-        sits on the right), fewer padding tokens computed. The padded positions of the result are zeros. On GPUs the batch runs whole (padding
-        costs less there, and under FSDP / ZeRO-3 each decoder call would gather the weights again)."""
+        sits on the right), fewer padding tokens computed. The padded positions of the result are zeros. On GPUs
+        the batch runs whole (padding costs less there, and under FSDP / ZeRO-3 each decoder call would gather the
+        weights again)."""
         cache = getattr(self, "frozen_cache", None)
         if cache is not None and not torch.is_inference_mode_enabled():  # inference tensors cannot be cached
             return cache.last_hidden_state(input_ids, attention_mask)
         decoder = self.lm.get_decoder()
-        if input_ids.is_cpu and packing.enabled and packing.can_pack(decoder, attention_mask):
+        if packing.packs(decoder, input_ids, attention_mask):
             return packing.packed_forward(decoder, input_ids, attention_mask)
         lengths = attention_mask.sum(1)
-        right_padded = bool((attention_mask == (torch.arange(attention_mask.shape[1], device=lengths.device)[None, :]
-                                                 < lengths[:, None])).all())
-        chunks = length_chunks(lengths.tolist()) if input_ids.is_cpu and right_padded else None
+        chunks = length_chunks(lengths.tolist()) if input_ids.is_cpu and packing.right_padded(attention_mask) else None
         if chunks is None:
             return decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         parts, order = [], []

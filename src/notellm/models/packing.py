@@ -12,7 +12,7 @@ This is TRL's padding-free training (`padding_free=True`, flash-attention's varl
 the sdpa kernel CPUs have.
 
 How it reaches the attention: the "sdpa" entry of transformers' `AttentionInterface` becomes a dispatcher that
-runs the packed attention while `packed_forward` is active in the calling thread (a context variable) and
+runs the packed attention inside `packed(...)` in the calling thread (a context variable) and
 transformers' own sdpa otherwise, so every other model and call in the process behaves exactly as before, and
 concurrent requests in a server's threads never see each other's packing. The decoder gets a placeholder 4-D
 mask, which transformers passes through as it is: no [T, T] mask is built.
@@ -28,7 +28,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-enabled = True  # NoteLLMModel.hidden_states packs CPU batches; benchmarks/train_speed.py --packing off clears it
+enabled = True  # NoteLLM.hidden_states packs CPU batches; benchmarks/train_speed.py --packing off clears it
 
 
 @dataclass
@@ -49,7 +49,7 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     """transformers attention function: query [1, heads, T, dim] of the packed row -> [1, T, heads, dim]."""
     packing = _current.get()
     if packing is None:
-        raise RuntimeError("packed attention outside notellm.models.packing.packed_forward")
+        raise RuntimeError("packed attention outside notellm.models.packing.packed")
     if softcap is not None:
         raise RuntimeError("packed attention has no logit soft-capping")
 
@@ -88,6 +88,13 @@ def _register() -> None:
         AttentionInterface.register("sdpa", sdpa_or_packed)
 
 
+def right_padded(attention_mask: torch.Tensor) -> bool:
+    """Every row's real tokens first, then its padding."""
+    lengths = attention_mask.sum(1)
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return bool((attention_mask.bool() == (positions[None, :] < lengths[:, None])).all())
+
+
 def can_pack(decoder, attention_mask: torch.Tensor) -> bool:
     """Packing gives the padded forward's states: sdpa attention without soft-capping, every row within the
     sliding window, padding on the right, no empty row."""
@@ -97,9 +104,13 @@ def can_pack(decoder, attention_mask: torch.Tensor) -> bool:
     window = getattr(config, "sliding_window", None)
     if window is not None and attention_mask.shape[1] > window:
         return False
-    lengths = attention_mask.sum(1)
-    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return bool((attention_mask.bool() == (positions[None, :] < lengths[:, None])).all()) and bool((lengths > 0).all())
+    return right_padded(attention_mask) and bool((attention_mask.sum(1) > 0).all())
+
+
+def packs(decoder, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> bool:
+    """Whether a forward of this batch runs packed: on CPUs (GPUs pad cheaply, and under FSDP / ZeRO-3 the
+    usual path is the tested one), packing on, and `can_pack`."""
+    return input_ids.is_cpu and enabled and can_pack(decoder, attention_mask)
 
 
 @contextlib.contextmanager
@@ -154,4 +165,5 @@ def packed_forward(decoder, input_ids: torch.Tensor, attention_mask: torch.Tenso
         return batch.unpack(decoder(**batch.decoder_inputs()).last_hidden_state)
 
 
-__all__ = ["PackedInputs", "can_pack", "packed", "packed_attention", "packed_forward", "sdpa_or_packed"]
+__all__ = ["PackedInputs", "can_pack", "packed", "packed_attention", "packed_forward", "packs", "right_padded",
+           "sdpa_or_packed"]

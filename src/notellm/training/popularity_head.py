@@ -37,12 +37,13 @@ from notellm.errors import ConfigError, DataError
 from notellm.fingerprint import file_digest
 from notellm.inference.embed import ZERO_SHOT_PREFIX, head_features, load_model_for_embedding
 from notellm.inference.popularity import Standardizer
-from notellm.io import atomic_dir, atomic_path, read_json, write_json
+from notellm.io import atomic_path, read_json, write_json
 from notellm.losses import RegressionLoss
 from notellm.training.engine import PRE_PASS_CUT, Callback, Engine, Recipe
 from notellm.training.popularity import PopularityConfig, prepare, write_heldout
 
 FEATURES_DIR = "head_features"
+TRAINING_PASS = "frozen NoteLLM: pooled state of every training note"  # the phase both callers show
 FEATURE_SHARE = 0.95  # of the time budget the training notes' feature pass may use; the steps are cheap
 PREFIX = "popularity_"  # the head's train ids / test predictions / metrics beside the NoteLLM's own files
 
@@ -168,7 +169,7 @@ class NoteLLMHeadRecipe(Recipe):
         """[notes, hidden] pooled states (rows not read yet are zeros); on first use the training rows' are
         completed (a resumed run reads them back) and the scaler fit on them."""
         if self.x is None:
-            self._read_features(self.rows, "frozen NoteLLM: pooled state of every training note")
+            self._read_features(self.rows, TRAINING_PASS)
             self.x = torch.from_numpy(self._cache().x)  # shares memory: rows read later appear in it
             self._fit_scaler(self.rows)
         return self.x
@@ -183,7 +184,7 @@ class NoteLLMHeadRecipe(Recipe):
         """The training notes' feature pass (inside the time budget; a pass the budget cuts leaves the head
         fit on the rows it read, and a rerun continues the pass), then with `head_init: ridge` the head starts
         from a ridge fit (alpha by GCV) on the training rows read."""
-        complete = self._read_features(self.rows, "frozen NoteLLM: pooled state of every training note", timed=True)
+        complete = self._read_features(self.rows, TRAINING_PASS, timed=True)
         have = self._cache().have[self.rows]
         read = self.rows[have]
         self.x = torch.from_numpy(self.cache.x)
@@ -281,7 +282,8 @@ class FeatureCache:
         for part in self.parts:
             with np.load(part, allow_pickle=False) as saved:
                 rows, x = saved["rows"], saved["x"]
-            if rows.ndim != 1 or x.shape != (len(rows), width) or (len(rows) and not 0 <= rows.min() <= rows.max() < notes):
+            in_range = not len(rows) or 0 <= rows.min() <= rows.max() < notes
+            if rows.ndim != 1 or x.shape != (len(rows), width) or not in_range:
                 raise DataError(f"{part}: not a feature part of this run (rows {rows.shape}, features {x.shape}); "
                                 f"delete {folder} to compute them again")
             self.x[rows], self.have[rows] = x, True
