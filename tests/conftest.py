@@ -14,6 +14,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SHARED = Path(os.environ.get("NOTELLM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `long` run first: under `-n 2` one worker starts the minutes-long one at once while the other
+    works through the rest, instead of it starting last and running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
     """`../shared/datasets` beside the checkout; tests that need it skip cleanly when it is absent."""

@@ -104,7 +104,7 @@ def test_readme_has_no_placeholders_and_a_measured_quick_start():
     assert re.search(r"measured", text) and "QUICKSTART-TIME" not in text
 
 
-@pytest.mark.slow  # minutes: every README command on demo data (run by `bash scripts/test.sh --all`)
+@pytest.mark.long  # about 4 minutes: every README command on demo data, in CI (scripts/test.sh)
 def test_readme_commands_run_in_order(tmp_path):
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
     for config in (tmp_path / "configs").glob("*.yaml"):
