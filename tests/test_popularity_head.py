@@ -175,8 +175,8 @@ def test_one_folder_serves_embeddings_recommendations_tags_and_popularity(one, t
         health = c.get("/health").json()["components"]["popularity"]
     assert vector["dim"] == 16 and similar[0]["note_id"] == rows[3]["note_id"]
     assert tags["tagger"] == "NoteGenerator" and isinstance(tags["hashtags"], list)
-    # the server's Embedder and the API decide bf16 the same way (auto)
-    expected = NoteLLM.from_pretrained(model).predict_popularity([note])[0]
+    # the server runs the model at the index's recorded precision (float32 here), as the API does when told
+    expected = NoteLLM.from_pretrained(model, bf16=False).predict_popularity([note])[0]
     assert body["score"] == pytest.approx(float(expected), abs=1e-5)
     assert body["target"]["name"] == "wlaes" and body["model"] == "model"
     assert body["percentile"]["overall"] is not None and body["interval"]["coverage"] == 0.8
@@ -269,11 +269,12 @@ def test_popularity_eval_takes_the_one_folder_as_a_rednoob_folder(one, tmp_path)
     assert head["versus_reference"][head_row].keys() == lora["versus_reference"][lora_row].keys()
     rows = {r["model"]: r for r in head["rows"]}
     assert rows[head_row].keys() == {r["model"]: r for r in lora["rows"]}[lora_row].keys()
-    # the baselines are the same numbers; the head's row scores the split's test notes as the API does
+    # the baselines are the same numbers; the head's row scores the split's test notes as the API does, at the
+    # config's precision (bf16=false)
     assert head["metrics"]["mean"] == lora["metrics"]["mean"]
     by_id = {r["note_id"]: r for r in one["rows"]}
     test_notes = [by_id[i] for i in head["predictions"]["note_id"]]
-    expected = NoteLLM.from_pretrained(one["model"]).predict_popularity(test_notes)
+    expected = NoteLLM.from_pretrained(one["model"], bf16=False).predict_popularity(test_notes)
     np.testing.assert_allclose(head["predictions"][head_row], expected, rtol=0, atol=1e-6)
     saved = pq.read_table(one["model"] / "popularity_test_predictions.parquet").to_pydict()
     assert saved["note_id"] == head["predictions"]["note_id"]

@@ -367,3 +367,19 @@ def test_serve_command_is_registered():
     assert result.exit_code == 0
     for option in ("--model", "--index", "--notes", "--popularity-model", "--tagger", "--host", "--port"):
         assert option in result.output
+
+
+def test_the_served_model_embeds_at_the_stored_vectors_precision(monkeypatch):
+    """`serve` without --bf16/--fp32: new notes are embedded at the precision recorded with the stored vectors
+    (bf16 and float32 vectors of one note differ enough to reorder close neighbours); bf16 recorded on a machine
+    without bf16 units, or nothing recorded, leaves it to the hardware; an explicit flag wins."""
+    import notellm.device as device
+    from notellm.serving.app import _query_precision
+
+    monkeypatch.setattr(device, "bf16_supported", lambda *a: True)
+    assert _query_precision(None, {"bf16": False}) is False
+    assert _query_precision(None, {"bf16": True}) is True
+    assert _query_precision(None, {}) is None and _query_precision(None, None) is None
+    assert _query_precision(True, {"bf16": False}) is True and _query_precision(False, {"bf16": True}) is False
+    monkeypatch.setattr(device, "bf16_supported", lambda *a: False)
+    assert _query_precision(None, {"bf16": True}) is None and _query_precision(None, {"bf16": False}) is False

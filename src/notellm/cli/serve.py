@@ -74,6 +74,9 @@ def serve(
     max_notes: int = typer.Option(32, help="most notes per /embed or POST /notes request"),
     max_body_kb: int = typer.Option(1024, help="largest request body in KiB (bigger: 413)"),
     batch_wait_ms: float = typer.Option(5.0, help="how long a model request waits to share a forward pass"),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--fp32",
+                                        help="precision of the model's forward passes (default: the stored "
+                                             "vectors' own, else bf16 where the CPU/GPU supports it)"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
     """Serve the API (`/docs`) and the web page (`/`) for creators and engineers."""
@@ -91,7 +94,7 @@ def serve(
                                 collection=collection,
                                 write_log=write_log, api_key=api_key, protect_reads=protect_reads,
                                 rate_limit=rate_limit, coldstart_model=coldstart_model,
-                                coldstart_language=coldstart_language)
+                                coldstart_language=coldstart_language, bf16=bf16)
     writes = f", writes logged to {write_log}" if write_log else ""
     console.print(f"[green]serving[/] http://{host}:{port}/  (API docs: /docs{writes})")
     uvicorn.run(web, host=host, port=port, log_level=log_level, workers=1)

@@ -82,7 +82,10 @@ class PopularityHead(nn.Module):
         self.register_buffer("target_std", torch.tensor(float(target_std)), persistent=False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear(features.float()).squeeze(-1) * self.target_std + self.target_mean
+        # float32 even under bf16 autocast: a bf16 score steps by 1/32 at a WLAES of 4, coarser than the
+        # differences between notes that the head is trained to rank
+        with torch.autocast(features.device.type, enabled=False):
+            return self.linear(features.float()).squeeze(-1) * self.target_std + self.target_mean
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"weight": self.linear.weight.detach().float().contiguous(),

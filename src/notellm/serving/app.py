@@ -506,16 +506,33 @@ def mount_offline_docs(app: FastAPI, title: str) -> None:
                 "swagger_favicon_url": "/docs-static/favicon-32x32.png"} if local else {}))
 
 
+def _query_precision(bf16: bool | None, stored: dict[str, Any] | None) -> bool | None:
+    """bf16 for the served model's forward passes: as asked; else the stored vectors' own precision, so that a
+    new note lands where `notellm embed` would have put it (bf16 and float32 embeddings of one note differ by
+    ~1e-3 in cosine, enough to reorder close neighbours); None (the hardware decides) when unrecorded or when
+    bf16 was recorded but this machine has no bf16 units."""
+    from notellm.device import bf16_supported
+
+    if bf16 is not None:
+        return bf16
+    recorded = (stored or {}).get("bf16")
+    if recorded is False or (recorded is True and bf16_supported()):
+        return recorded
+    return None
+
+
 def create_app_from_paths(model: str | None = None, index: str | None = None, notes: str | None = None,
                           popularity_model: str | None = None, tagger: str = "none",
                           limits: ServingLimits | None = None, backend: str = "faiss",
                           milvus_uri: str | None = None, coldstart_model: str | None = None,
-                          coldstart_language: str = "en", collection: str = "notes", **options: Any) -> FastAPI:
+                          coldstart_language: str = "en", collection: str = "notes", bf16: bool | None = None,
+                          **options: Any) -> FastAPI:
     """Load the components from folders (server-side paths, given by whoever starts the server).
     `backend="milvus"`: vectors live in the Milvus collection `collection` at `milvus_uri`: one built by
     `notellm index build --backend milvus` (then `index` is not needed: dimension, embedding metadata, titles
     and categories come from the collection), or one filled from `index` the first time. `options`:
-    create_app's write_log, api_key, protect_reads, rate_limit, rate_burst."""
+    create_app's write_log, api_key, protect_reads, rate_limit, rate_burst. `bf16=None`: new notes are embedded
+    at the precision the stored vectors were (their embedding metadata), else bf16 where the hardware has it."""
     from notellm.data.schema import read_notes
     from notellm.inference.index import load_index
     from notellm.inference.store import BACKENDS
@@ -531,7 +548,7 @@ def create_app_from_paths(model: str | None = None, index: str | None = None, no
     if model:
         from notellm.inference.embed import Embedder
 
-        embedder = Embedder(model)
+        embedder = Embedder(model, bf16=_query_precision(bf16, getattr(store, "meta", None)))
     popularity = None
     if popularity_model:
         from notellm.serving.components import PopularityPredictor

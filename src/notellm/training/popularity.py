@@ -477,7 +477,9 @@ def evaluate(cfg: PopularityConfig, model_dir: str | Path | None = None, stack: 
     saved = {f"saved model {model_dir}": model_dir} if model_dir is not None else {}
     for name, folder in {**saved, **(models or {})}.items():
         check_no_overlap(folder, data)
-        preds[name] = predict_table(load_model(folder), data.table, data.source, cfg.data.as_of, rows=data.test_idx)
+        # at the run's precision (bf16=auto|true|false), as its training-time held-out scores were
+        preds[name] = predict_table(load_model(folder), data.table, data.source, cfg.data.as_of, rows=data.test_idx,
+                                    bf16=cfg.bf16)
     report = score_report(cfg.eval, cfg.split.kind, cfg.target.resolved(), data, preds)
     report["use_age"], report["use_history"] = cfg.eval.use_age, cfg.eval.use_history
     if llm is not None:
