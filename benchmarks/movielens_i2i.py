@@ -6,7 +6,8 @@ Stages (each cached under --out, so a killed run continues where it stopped):
             [EMB] in float32 and with `--int8`), zero-shot-std (the state before [EMB] z-scored with
             training-note statistics as NoteLLM does, no projection), NoteLLM (trained with
             `notellm train configs/notellm_movielens.yaml`), GCL-only ablation (objective=gcl); hybrid-zero-shot-std
-            and hybrid-notellm fuse those vectors with BM25 by reciprocal ranks (a trained run is reused)
+            hybrid-notellm and hybrid-gcl fuse those vectors with BM25 by reciprocal ranks (a trained run is
+            reused); --tag names a trained variant so its rows sit beside earlier ones in one results.json
 Every method is scored by notellm.evaluation.recall.evaluate_recall on the same test pairs and pool.
 
     python benchmarks/movielens_i2i.py --methods tfidf-word,tfidf-char,bm25,e5,zero-shot,notellm
@@ -134,6 +135,7 @@ def main() -> None:
     parser.add_argument("--methods", default="tfidf-word,tfidf-char,bm25,e5,zero-shot,notellm")
     parser.add_argument("--backbone", default="gemma-3-270m")
     parser.add_argument("--train-overrides", default="", help="extra key=value for notellm train, comma-separated")
+    parser.add_argument("--tag", default="", help="appended to trained methods' labels, e.g. 'dim 0'")
     parser.add_argument("--reference", default="NoteLLM GCL + CSFT",
                         help="method whose paired Recall@K differences to every other stored method are printed")
     args = parser.parse_args()
@@ -168,18 +170,18 @@ def main() -> None:
             hybrid = method.startswith("hybrid")
             report = standardized_zero_shot_report(paths, args.backbone, hybrid)
             method = f"{args.backbone} zero-shot (before_emb, standardised)" + (" + BM25 (RRF)" if hybrid else "")
-        elif method in ("notellm", "gcl", "hybrid-notellm"):
-            hybrid = method == "hybrid-notellm"
-            method = "notellm" if hybrid else method
+        elif method in ("notellm", "gcl", "hybrid-notellm", "hybrid-gcl"):
+            hybrid = method.startswith("hybrid-")
+            method = method.removeprefix("hybrid-")
             run = out / method
-            if run not in trained:  # notellm then hybrid-notellm: score the same model, do not train it on
+            if run not in trained:  # gcl then hybrid-gcl: score the same model, do not train it once more
                 trained.add(run)
                 train("configs/notellm_movielens.yaml",
                       [f"output_dir={run}", f"notes={paths['notes']}", f"train_pairs={paths['train_pairs']}",
                        f"model.backbone={args.backbone}", *(["objective=gcl"] if method == "gcl" else []),
                        *overrides])
             label = ("NoteLLM GCL + CSFT" if method == "notellm" else "GCL only (no CSFT)") + \
-                (" + BM25 (RRF)" if hybrid else "")
+                (f" [{args.tag}]" if args.tag else "") + (" + BM25 (RRF)" if hybrid else "")
             report = embedding_report(str(run / "model"), paths, out, label, hybrid)
             method = label
         else:

@@ -85,3 +85,46 @@ def test_sampled_hashtag_targets_are_subsets_in_order_and_resampled_each_epoch()
     assert targets[:40] != targets[40:80]  # another epoch, other targets
     assert assign_task(note, 0, 0, 0, 1.0, "removed")[1] in range(5)
     assert assign_task(note, 0, 0, 0, 0.0, "sample") == ("category", None)
+
+
+def test_scale_lr_zero_fixes_the_temperature_and_the_default_moves_it(tmp_path):
+    scales = {}
+    for scale_lr in (0.0, None):
+        cfg = config(tmp_path / str(scale_lr), init_log_scale=3.0, scale_lr=scale_lr, max_steps=3)
+        Engine(NoteLLMRecipe(cfg)).run()
+        log = (tmp_path / str(scale_lr) / "run" / "log.jsonl").read_text().splitlines()
+        scales[scale_lr] = [r["scale"] for r in map(json.loads, log) if "scale" in r]
+    e3 = torch.tensor(3.0).exp().item()
+    assert len(scales[0.0]) == 3 and all(s == pytest.approx(e3, rel=1e-6) for s in scales[0.0])
+    assert scales[None][-1] != pytest.approx(scales[0.0][-1], rel=1e-4)  # head_lr 2e-3 moves it by then
+
+
+def test_negative_head_or_scale_lr_is_a_config_error(tmp_path):
+    from notellm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="scale_lr"):
+        config(tmp_path, scale_lr=-1.0)
+
+
+def test_gcl_and_the_csft_free_share_read_the_full_compression_prompt_as_at_inference(tmp_path):
+    """A generation task removes its answer from the input; GCL alone has no answer, so its notes (and the
+    1 - csft_rate share under notellm) read the whole note, as `notellm embed` does."""
+    occurrences = [(i, side) for i in range(16) for side in (0, 1)]
+
+    def tasks(**kw) -> list[str]:
+        recipe = NoteLLMRecipe(config(tmp_path, **kw))
+        recipe.read_items()
+        return [recipe.task_for(recipe.store[recipe.items[i][side]], i, side, 0)[0] for i, side in occurrences]
+
+    assert set(tasks(objective="gcl")) == {"embed"}
+    paper = tasks()
+    assert "embed" not in paper and {"hashtag", "category"} <= set(paper)
+    recipe = NoteLLMRecipe(config(tmp_path))
+    recipe.read_items()
+    assert paper == [assign_task(recipe.store[recipe.items[i][side]], 0, 0, 2 * i + side, 0.4)[0]
+                     for i, side in occurrences]  # csft_rate 1.0 draws what it drew before the option
+    mixed = tasks(csft_rate=0.5)
+    assert 6 <= mixed.count("embed") <= 26  # 32 draws at 1/2
+    assert all(m == p for m, p in zip(mixed, paper) if m != "embed")  # the others keep their task
+    prompt = recipe.prompt(recipe.store[recipe.items[0][0]], 0, 0, 0)
+    assert prompt.answer  # notellm: an answer follows the [EMB] prompt

@@ -21,9 +21,8 @@ from notellm.device import weights_dtype
 from notellm.errors import ConfigError
 from notellm.losses import MultimodalLoss
 from notellm.models.multimodal import MultimodalSettings, NoteLLM2
-from notellm.models.prompts import TASK_EMBED
 from notellm.training.engine import Engine
-from notellm.training.notellm import NoteLLMRecipe, NoteLLMTrainConfig, TrainModule, assign_task, item_notes
+from notellm.training.notellm import NoteLLMRecipe, NoteLLMTrainConfig, TrainModule, fix_scale_if_asked, item_notes
 
 
 @dataclass
@@ -80,8 +79,8 @@ class MultimodalRecipe(NoteLLMRecipe):
 
     def make_loss(self) -> nn.Module:
         a, mm = self.args, self.args.multimodal
-        return MultimodalLoss(a.gen_weight if a.objective == "notellm" else 0.0, a.init_log_scale, a.max_scale,
-                              mm.multimodal_weight, mm.image_weight)
+        return fix_scale_if_asked(MultimodalLoss(a.gen_weight if a.objective == "notellm" else 0.0, a.init_log_scale,
+                                                 a.max_scale, mm.multimodal_weight, mm.image_weight), a.scale_lr)
 
     def build_model(self) -> NoteLLM2:
         from notellm.models.multimodal import build_notellm2
@@ -99,11 +98,7 @@ class MultimodalRecipe(NoteLLMRecipe):
         for index in indices:
             for side, note_id in enumerate(item_notes(self.items[index])):
                 note = self.store[note_id]
-                if self.args.objective == "gcl":  # no generation target: the compression prompt, as at inference
-                    task, target = TASK_EMBED, None
-                else:
-                    task, target = assign_task(note, self.args.seed, epoch, 2 * index + side,
-                                               self.args.topic_rate, self.args.hashtag_target)
+                task, target = self.task_for(note, index, side, epoch)
                 prompts.append(self.model.prompt_for(note, task, target))
         batch = self.model.encode_prompts(prompts, with_answers=self.args.objective != "gcl")
         batch["note_keys"] = self.note_keys(indices)

@@ -42,6 +42,10 @@ class NoteLLMTrainConfig(TrainingArgs):
     objective: str = "notellm"          # notellm = GCL + CSFT | gcl | csft (generation only)
     gen_weight: float = 0.01            # a in L = (L_cl + a L_gen) / (1 + a)
     topic_rate: float = 0.4             # share of notes given the hashtag task (the rest: category)
+    csft_rate: float = 1.0              # share of note occurrences given a generation task at all; the rest read
+                                        # the full compression prompt, as at inference. A task removes what it
+                                        # asks for from the input (a tag, or the category), so on notes with
+                                        # few fields at 1.0 most training embeddings see less than test ones do
     hashtag_target: str = "removed"     # removed: one tag taken out of the input is the answer (reference code)
                                         # sample: j random tags are, the input has none (paper; `notellm tag`)
     init_log_scale: float = 3.0         # GCL's learnable log-scale starts here (scale e^3 ~ 20)
@@ -50,9 +54,9 @@ class NoteLLMTrainConfig(TrainingArgs):
     head_lr: float | None = 2e-3        # projection + temperature; None: lr. A fresh random projection of
                                         # hidden states dominated by a few massive dimensions keeps little of
                                         # their signal, and at the backbone's lr it takes hundreds of steps to fix
-    scale_lr: float | None = None       # the contrastive log-scale; None: head_lr. Data whose pairs are only weakly
-                                        # related want a far lower scale than the initial 20, and reach it only
-                                        # if the scale moves faster than the weights
+    scale_lr: float | None = None       # the contrastive log-scale; None: head_lr; 0: fixed at init_log_scale.
+                                        # Data whose pairs are only weakly related want a far lower scale than
+                                        # the initial 20, and reach it only if it moves faster than the weights
     batch_size: int = 16                # pairs per process per micro-step (2x notes); csft: notes
     grad_cache_chunk: int = 0           # > 0: GradCache with chunks of this many notes (huge in-batch negatives)
     hard_negatives: str = "none"        # none | bm25 | an embeddings folder (notellm embed): one mined negative
@@ -79,8 +83,10 @@ class NoteLLMTrainConfig(TrainingArgs):
             raise ConfigError(f"objective must be one of {list(OBJECTIVES)}, not {self.objective!r}")
         if self.hashtag_target not in HASHTAG_TARGETS:
             raise ConfigError(f"hashtag_target must be one of {list(HASHTAG_TARGETS)}, not {self.hashtag_target!r}")
-        if not 0 <= self.topic_rate <= 1 or self.gen_weight < 0:
-            raise ConfigError("topic_rate must be in [0, 1] and gen_weight >= 0")
+        if not (0 <= self.topic_rate <= 1 and 0 <= self.csft_rate <= 1) or self.gen_weight < 0:
+            raise ConfigError("topic_rate and csft_rate must be in [0, 1] and gen_weight >= 0")
+        if any(v is not None and v < 0 for v in (self.head_lr, self.scale_lr)):
+            raise ConfigError("head_lr and scale_lr must be >= 0")
         if self.grad_cache_chunk < 0 or self.eval_every < 0:
             raise ConfigError("grad_cache_chunk and eval_every must be >= 0")
         if any(k < 1 for k in self.eval_ks):
@@ -122,6 +128,15 @@ def standardizer_ids(note_ids: set[str], seed: int, n: int = 256) -> list[str]:
     notes (the same on every run and resume, and for the zero-shot baseline that uses the same statistics)."""
     ids = sorted(note_ids)
     return [ids[i] for i in np.random.default_rng([seed, 11]).permutation(len(ids))[:n]]
+
+
+def fix_scale_if_asked(loss: nn.Module, scale_lr: float | None) -> nn.Module:
+    """scale_lr 0: every contrastive log-scale of `loss` stays at its initial value (a fixed temperature)."""
+    if scale_lr == 0:
+        for name, p in loss.named_parameters():
+            if name.endswith("log_scale"):
+                p.requires_grad_(False)
+    return loss
 
 
 # ---- the module trained ----------------------------------------------------------------------------------
@@ -208,7 +223,7 @@ class NoteLLMRecipe(Recipe):
 
     def make_loss(self) -> nn.Module:
         a = self.args
-        return NoteLLMLoss(a.gen_weight, a.init_log_scale, a.max_scale)
+        return fix_scale_if_asked(NoteLLMLoss(a.gen_weight, a.init_log_scale, a.max_scale), a.scale_lr)
 
     def build_model(self) -> NoteLLM:
         from notellm.models.notellm import build_notellm
@@ -241,9 +256,17 @@ class NoteLLMRecipe(Recipe):
         return len(self.items)
 
     # batches
+    def task_for(self, note: dict[str, Any], index: int, side: int, epoch: int) -> tuple[str, Any]:
+        """The task of one note occurrence: the compression prompt alone (as at inference) under objective gcl
+        and for the 1 - csft_rate share, else a generation task (assign_task)."""
+        a, slot = self.args, 2 * index + side
+        # its own random stream, so csft_rate 1.0 draws exactly the tasks it drew before the option existed
+        if a.objective == "gcl" or np.random.default_rng([a.seed, epoch, slot, 1]).random() >= a.csft_rate:
+            return TASK_EMBED, None
+        return assign_task(note, a.seed, epoch, slot, a.topic_rate, a.hashtag_target)
+
     def prompt(self, note: dict[str, Any], index: int, side: int, epoch: int) -> NotePrompt:
-        task, target = assign_task(note, self.args.seed, epoch, 2 * index + side, self.args.topic_rate,
-                                   self.args.hashtag_target)
+        task, target = self.task_for(note, index, side, epoch)
         return build_prompt(note, task, self.args.model.prompt, tag_target=target)
 
     def collate(self, indices: list[int], epoch: int) -> dict[str, Any]:
@@ -290,12 +313,13 @@ class NoteLLMRecipe(Recipe):
             if p.requires_grad:
                 group = scale if name.startswith("loss.") else head if name.startswith("model.proj.") else body
                 group.append(p)
-        head_lr = self.args.head_lr or self.args.lr
+        head_lr = self.args.lr if self.args.head_lr is None else self.args.head_lr
+        scale_lr = head_lr if self.args.scale_lr is None else self.args.scale_lr
         groups = [{"params": body, "lr": self.args.lr}]
         if head:
             groups.append({"params": head, "lr": head_lr})
         if scale:
-            groups.append({"params": scale, "lr": self.args.scale_lr or head_lr})
+            groups.append({"params": scale, "lr": scale_lr})
         return groups
 
     def saved_parameters(self, module: nn.Module) -> list[nn.Parameter]:
